@@ -1,0 +1,36 @@
+"""Error types that the CLI turns into one clear line and an exit code.
+
+Exit codes (DESIGN section 2): 0 ok, 1 unexpected failure, 2 usage or config error,
+3 data error. Library code raises these; only the CLI prints and exits.
+"""
+
+from __future__ import annotations
+
+
+class LearnerError(Exception):
+    """Base class for errors a user can fix. ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        # Several independent problems (e.g. manifest rows) are reported one per line.
+        self.problems: list[str] = list(problems) if problems else [message]
+
+
+class ConfigError(LearnerError):
+    """A bad option, config key or value (exit 2)."""
+
+    exit_code = 2
+
+
+class DataError(LearnerError):
+    """A bad manifest, scan file or data set (exit 3)."""
+
+    exit_code = 3
+
+
+class NotBuiltError(LearnerError):
+    """A documented command that this version does not provide yet (exit 2)."""
+
+    exit_code = 2
