@@ -1,0 +1,590 @@
+"""Load and validate a manifest: one row per scan (DESIGN section 2).
+
+The loader reads every cell as text, checks the whole file and reports every problem at once,
+one line each, naming the manifest, the spreadsheet row (header = row 1), the column and the fix.
+Scan files are checked for existence, readability and extension only; decoding them is the
+readers' job (:mod:`learner.data.readers`).
+
+Example:
+    >>> manifest = load_manifest("cohort/manifest.csv")  # doctest: +SKIP
+    >>> manifest.frame[["patient_id", "visit", "visit_order", "score"]].head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from learner.errors import DataError
+
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+SCAN_EXTENSIONS = (
+    ".mp4",
+    ".avi",
+    ".mov",
+    ".mpeg",
+    ".mpg",
+    ".gif",
+    ".dcm",
+    ".nii",
+    ".nii.gz",
+    ".npy",
+)
+SPLITS = ("train", "val", "test")
+OPTIONAL_COLUMNS = ("zone", "split")
+
+_INTEGER = re.compile(r"[+-]?\d+")
+# Excel and friends write a header cell they leave blank as "Unnamed: N" once pandas reads it.
+_UNNAMED = re.compile(r"Unnamed: (\d+)")
+_SHOWN_IDS = 5
+
+
+@dataclass
+class Manifest:
+    """A validated manifest.
+
+    Attributes:
+        frame: one row per scan, in file order, with columns ``patient_id`` (str), ``visit``
+            (str, as written), ``visit_order`` (int, 0-based rank of the visit within its
+            patient), ``path`` (absolute str; absent for tabular data), ``score`` (float, NaN =
+            unlabelled), ``zone`` (str, only if present), ``split`` (str, only if present), the
+            feature columns (float, tabular only) and ``row`` (1-based spreadsheet row).
+        source: the manifest file.
+        warnings: one line each; problems that do not stop loading.
+        feature_columns: the numeric columns used instead of ``path``, or ``None``.
+    """
+
+    frame: pd.DataFrame
+    source: Path
+    warnings: list[str] = field(default_factory=list)
+    feature_columns: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class _VisitKey:
+    """A parsed visit: integers and datetimes order separately, so the kind travels along."""
+
+    kind: str  # "integer" or "date"
+    value: int | datetime
+
+
+class _Problems:
+    """Collects one-line problems that name the manifest file, row and column.
+
+    Lines come out in row order (file-level problems first), the order a user fixes them in.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._entries: list[tuple[int, int, str]] = []
+
+    def file(self, text: str) -> None:
+        self._entries.append((0, len(self._entries), f"{self.name}: {text}"))
+
+    def cell(self, row: int | np.integer, column: str, text: str) -> None:
+        line = f"{self.name} row {row}, column {column}: {text}"
+        self._entries.append((int(row), len(self._entries), line))
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for _, _, line in sorted(self._entries)]
+
+
+def load_manifest(
+    path: str | os.PathLike[str],
+    *,
+    feature_columns: Sequence[str] | None = None,
+    check_files: bool = True,
+) -> Manifest:
+    """Read and validate a manifest (CSV, or Parquet with ``.parquet`` / ``.pq``).
+
+    Args:
+        path: the manifest file. Relative scan paths inside it start at its folder.
+        feature_columns: numeric columns to use instead of ``path`` (tabular data); when given
+            they are required, ``path`` is not.
+        check_files: check that every scan file exists, is readable and has a known extension.
+
+    Returns:
+        The :class:`Manifest`; ``frame`` has one row per scan (n_rows, n_columns).
+
+    Raises:
+        DataError: one problem per line in ``.problems`` (unreadable file, missing column,
+            duplicate row, missing scan file, bad score / visit / split, empty manifest).
+    """
+    source = Path(path)
+    name = source.name
+    features = _clean_feature_columns(feature_columns)
+    problems = _Problems(name)
+    raw = _read_table(source, problems)
+    warnings: list[str] = []
+    raw = _drop_unnamed_columns(raw, warnings, name)
+    required = ["patient_id", "visit", "score"] + (features if features else ["path"])
+    missing = [column for column in required if column not in raw.columns]
+    for column in missing:
+        problems.cell(1, column, _missing_column_text(column, raw.columns, features is not None))
+
+    known = set(required) | set(OPTIONAL_COLUMNS)
+    for column in raw.columns:
+        if column == "path" and features:
+            warnings.append(
+                f"{name}: column path is ignored because feature columns are used; "
+                "delete it or drop --features to read scans"
+            )
+        elif column not in known:
+            warnings.append(
+                f"{name}: column {column!r} is not used and is ignored "
+                f"(known columns: {', '.join(required + list(OPTIONAL_COLUMNS))})"
+            )
+
+    # Rows whose cells are all empty (blank lines) carry nothing; dropping them keeps the
+    # spreadsheet row numbers of the others intact.
+    raw = raw[(raw != "").any(axis=1)]
+    if raw.empty:
+        if not problems.lines:
+            problems.file("has no data rows; add one row per scan below the header")
+        raise DataError(problems.lines[0], problems=problems.lines)
+
+    rows = raw.index.to_numpy().astype(np.int64)
+    frame = pd.DataFrame({"row": rows})
+    present = set(raw.columns)
+
+    if "patient_id" in present:
+        frame["patient_id"] = raw["patient_id"].to_numpy(dtype=object)
+        for row, value in zip(rows, frame["patient_id"], strict=True):
+            if value == "":
+                problems.cell(row, "patient_id", "is empty; write the patient's identifier")
+    if "visit" in present:
+        frame["visit"] = raw["visit"].to_numpy(dtype=object)
+    if "visit" in present and "patient_id" in present:
+        frame["visit_order"] = _visit_order(frame, problems)
+    if "score" in present:
+        frame["score"] = _numbers(raw["score"], rows, "score", problems, allow_empty=True)
+    if features is None and "path" in present:
+        frame["path"] = _scan_paths(raw["path"], rows, source, problems, check_files=check_files)
+    for column in features or []:
+        if column in present:
+            frame[column] = _numbers(raw[column], rows, column, problems, allow_empty=False)
+    if "zone" in present:
+        frame["zone"] = raw["zone"].to_numpy(dtype=object)
+        for row, value in zip(rows, frame["zone"], strict=True):
+            if value == "":
+                problems.cell(
+                    row,
+                    "zone",
+                    "is empty; write the zone or view of this scan, or delete "
+                    "the zone column to pair whole visits",
+                )
+    if "split" in present:
+        frame["split"] = _splits(raw["split"], rows, frame, problems)
+
+    if not missing:
+        _check_duplicates(frame, features, problems)
+    if problems.lines:
+        raise DataError(problems.lines[0], problems=problems.lines)
+
+    single = _single_visit_patients(frame)
+    if single:
+        shown = ", ".join(repr(p) for p in single[:_SHOWN_IDS])
+        more = f" and {len(single) - _SHOWN_IDS} more" if len(single) > _SHOWN_IDS else ""
+        warnings.append(
+            f"{name}: {len(single)} patient(s) have a single visit and give no change pairs "
+            f"(they still count for pretraining): {shown}{more}"
+        )
+
+    order = ["patient_id", "visit", "visit_order"]
+    order += [] if features else ["path"]
+    order += ["score"]
+    order += [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+    order += features or []
+    order += ["row"]
+    frame = frame[order].reset_index(drop=True)
+    frame["visit_order"] = frame["visit_order"].astype(np.int64)
+    return Manifest(frame=frame, source=source, warnings=warnings, feature_columns=features)
+
+
+def _clean_feature_columns(feature_columns: Sequence[str] | None) -> list[str] | None:
+    if feature_columns is None:
+        return None
+    if isinstance(feature_columns, str):
+        feature_columns = [feature_columns]
+    columns = [str(c).strip() for c in feature_columns if str(c).strip()]
+    if not columns:
+        raise DataError(
+            "no feature columns given; name at least one numeric column, e.g. --features a,b"
+        )
+    return list(dict.fromkeys(columns))
+
+
+def _read_table(source: Path, problems: _Problems) -> pd.DataFrame:
+    """Read the manifest with every cell as stripped text ('' = empty) and stripped names.
+
+    The index holds each row's spreadsheet row number (header = row 1). Blank header cells
+    become ``Unnamed: <0-based column>``; CSV rows with more non-empty cells than the header
+    are reported to ``problems`` and left out.
+    """
+    name = source.name
+    suffix = source.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise DataError(
+            f"{source}: unknown manifest type {source.suffix or '(no extension)'!r}; "
+            "save it as .csv or .parquet"
+        )
+    if not source.exists():
+        raise DataError(f"{source}: manifest not found; check the path")
+    if source.is_dir():
+        raise DataError(f"{source}: is a folder; pass the manifest file inside it")
+    try:
+        if suffix == ".csv":
+            table = _read_csv(source, problems)
+        else:
+            table = pd.read_parquet(source)
+            table.index = pd.RangeIndex(2, len(table) + 2)
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name}: is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8"
+        ) from None
+    except PermissionError:
+        raise DataError(f"{name}: cannot be read (permission denied); make it readable") from None
+    except Exception as exc:  # csv, pyarrow and the OS raise many types for a garbled file
+        kind = "CSV" if suffix == ".csv" else "Parquet"
+        raise DataError(
+            f"{name}: cannot be read as {kind} ({type(exc).__name__}: {_one_line(exc)}); "
+            f"check that it is a valid {kind} file"
+        ) from None
+    names = [str(c).strip() or f"Unnamed: {i}" for i, c in enumerate(table.columns)]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        lines = [
+            f"{name} row 1, column {column}: appears more than once in the header; "
+            "rename or delete the extra ones"
+            for column in repeated
+        ]
+        raise DataError(lines[0], problems=lines)
+    return pd.DataFrame(
+        {column: _as_text(table.iloc[:, i]) for i, column in enumerate(names)},
+        index=table.index,
+    )
+
+
+def _read_csv(source: Path, problems: _Problems) -> pd.DataFrame:
+    """CSV as text cells; the csv module counts records, so rows match a spreadsheet's even
+    with blank lines or line breaks inside quoted cells."""
+    with open(source, encoding="utf-8-sig", newline="") as handle:  # -sig: Excel's BOM
+        records = list(csv.reader(handle))
+    if not records or not any(cell.strip() for cell in records[0]):
+        raise DataError(f"{source.name}: is empty; write a header row and one row per scan")
+    header = records[0]
+    width = len(header)
+    kept: list[list[str]] = []
+    rows: list[int] = []
+    for row, record in enumerate(records[1:], start=2):
+        if len(record) > width and any(cell.strip() for cell in record[width:]):
+            problems.cell(
+                row,
+                f"{width + 1} (no header)",
+                f"the row has {len(record)} cells but the header has {width}; check the "
+                "commas and quotes of this row",
+            )
+            continue
+        kept.append((record + [""] * width)[:width])
+        rows.append(row)
+    return pd.DataFrame(kept, columns=header, index=rows, dtype=object)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] if text else "no detail"
+
+
+def _as_text(column: pd.Series) -> list[str]:
+    """Cells as stripped text; Parquet numbers and dates get the text a CSV would hold."""
+    return [_cell_text(value) for value in column.tolist()]
+
+
+def _cell_text(value: Any) -> str:
+    if value is None or value is pd.NaT or value is pd.NA:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value))
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if math.isnan(number):
+            return ""
+        # Integer columns with gaps come back from Parquet as floats (1.0): keep them integers.
+        if number.is_integer() and abs(number) < 2**53:
+            return str(int(number))
+        return repr(number)
+    if isinstance(value, datetime | date | pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace").strip()
+    return str(value).strip()
+
+
+def _drop_unnamed_columns(raw: pd.DataFrame, warnings: list[str], name: str) -> pd.DataFrame:
+    keep = []
+    for column in raw.columns:
+        match = _UNNAMED.fullmatch(column)
+        if match is None:
+            keep.append(column)
+        elif (raw[column] != "").any():
+            warnings.append(
+                f"{name}: column {int(match.group(1)) + 1} has values but no header and is "
+                "ignored; give it a name or delete it"
+            )
+    return raw[keep]
+
+
+def _missing_column_text(column: str, present: pd.Index, tabular: bool) -> str:
+    text = f"required column is missing; add a {column!r} column to the header"
+    if column == "path" and not tabular:
+        text += " (or name numeric feature columns with --features for tabular data)"
+    header = ",".join(present)
+    for separator, label in ((";", "semicolons"), ("\t", "tabs")):
+        if len(present) == 1 and separator in header:
+            text += f"; the header seems to use {label}: save the file comma-separated"
+    return text
+
+
+def _parse_number(text: str) -> float | str:
+    """A finite float, or the reason the text is not one."""
+    try:
+        number = float(text)
+    except ValueError:
+        return "is not a number"
+    if math.isnan(number):
+        return "is a NaN literal"
+    if math.isinf(number):
+        return "is infinite"
+    return number
+
+
+def _numbers(
+    column: pd.Series,
+    rows: np.ndarray,
+    name: str,
+    problems: _Problems,
+    *,
+    allow_empty: bool,
+) -> np.ndarray:
+    """Parse a numeric column (n_rows,) float64; empty cells are NaN where allowed."""
+    values = np.full(len(column), np.nan, dtype=np.float64)
+    for i, (row, text) in enumerate(zip(rows, column.tolist(), strict=True)):
+        if text == "":
+            if not allow_empty:
+                problems.cell(row, name, "is empty; every feature column needs a number")
+            continue
+        parsed = _parse_number(text)
+        if isinstance(parsed, float):
+            values[i] = parsed
+            continue
+        fix = "write a finite number"
+        fix += " or leave the cell empty for an unlabelled scan" if allow_empty else ""
+        problems.cell(row, name, f"{text!r} {parsed}; {fix}")
+    return values
+
+
+def _parse_visit(text: str) -> _VisitKey | None:
+    if _INTEGER.fullmatch(text):
+        return _VisitKey("integer", int(text))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        # Compare zone-aware times on one clock so they also order against naive ones.
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return _VisitKey("date", moment)
+
+
+def _visit_order(frame: pd.DataFrame, problems: _Problems) -> np.ndarray:
+    """0-based rank of each row's visit among its patient's distinct visits, (n_rows,) int64.
+
+    Each patient's visits must be all integers or all ISO dates; rows that break this are
+    reported and get rank -1 (the frame is not returned then).
+    """
+    order = np.full(len(frame), -1, dtype=np.int64)
+    first_of_kind: dict[tuple[str, str], int] = {}
+    keys: dict[str, list[tuple[int, _VisitKey]]] = {}
+    for i, (row, patient, text) in enumerate(
+        zip(frame["row"], frame["patient_id"], frame["visit"], strict=True)
+    ):
+        if text == "":
+            problems.cell(
+                row, "visit", "is empty; write the visit number (1, 2, ...) or date (YYYY-MM-DD)"
+            )
+            continue
+        key = _parse_visit(text)
+        if key is None:
+            problems.cell(
+                row,
+                "visit",
+                f"{text!r} is neither an integer nor an ISO date; write visit numbers "
+                "(1, 2, ...) or dates (YYYY-MM-DD) so that visits can be ordered",
+            )
+            continue
+        first_of_kind.setdefault((patient, key.kind), row)
+        keys.setdefault(patient, []).append((i, key))
+    for patient, entries in keys.items():
+        kinds = {key.kind for _, key in entries}
+        if len(kinds) > 1:
+            int_row = first_of_kind[(patient, "integer")]
+            date_row = first_of_kind[(patient, "date")]
+            problems.cell(
+                max(int_row, date_row),
+                "visit",
+                f"patient {patient!r} mixes integer visits (row {int_row}) and dates "
+                f"(row {date_row}), which cannot be ordered; use one kind per patient",
+            )
+            continue
+        distinct = sorted({key.value for _, key in entries})
+        rank = {value: r for r, value in enumerate(distinct)}
+        for i, key in entries:
+            order[i] = rank[key.value]
+    return order
+
+
+def _scan_paths(
+    column: pd.Series,
+    rows: np.ndarray,
+    source: Path,
+    problems: _Problems,
+    *,
+    check_files: bool,
+) -> np.ndarray:
+    """Absolute scan paths (n_rows,) as str; each checked once for extension and access."""
+    base = Path(os.path.abspath(source)).parent
+    paths = np.empty(len(column), dtype=object)
+    verdicts: dict[str, str | None] = {}
+    for i, (row, text) in enumerate(zip(rows, column.tolist(), strict=True)):
+        if text == "":
+            problems.cell(row, "path", "is empty; write the scan file's path")
+            paths[i] = ""
+            continue
+        candidate = Path(text).expanduser()
+        resolved = os.path.abspath(candidate if candidate.is_absolute() else base / candidate)
+        paths[i] = resolved
+        if resolved not in verdicts:
+            verdicts[resolved] = _check_scan(resolved, text, check_files=check_files)
+        if verdicts[resolved] is not None:
+            problems.cell(row, "path", str(verdicts[resolved]))
+    return paths
+
+
+def _has_scan_extension(name: str) -> bool:
+    return name.lower().endswith(SCAN_EXTENSIONS)
+
+
+def _check_scan(resolved: str, text: str, *, check_files: bool) -> str | None:
+    """Why the scan at ``resolved`` cannot be used, or None when it can."""
+    known = _has_scan_extension(resolved)
+    allowed = " ".join(SCAN_EXTENSIONS)
+    if not check_files:
+        if known or Path(resolved).suffix == "":  # no suffix: may be a DICOM series folder
+            return None
+        return f"{text!r} has an unknown extension; use one of {allowed} or a DICOM series folder"
+    if not os.path.lexists(resolved):
+        return (
+            f"file not found: {resolved}; fix the path (relative paths start at the "
+            "manifest's folder) or delete the row"
+        )
+    if os.path.isdir(resolved):
+        try:
+            entries = [entry for entry in os.scandir(resolved) if entry.is_file()]
+        except OSError:
+            return f"folder {resolved} cannot be read; make it readable"
+        if not entries:
+            return (
+                f"folder {resolved} holds no files; a folder is allowed only as a DICOM "
+                "series folder: point to the series files or to a scan file"
+            )
+        if not os.access(resolved, os.R_OK | os.X_OK):
+            return f"folder {resolved} cannot be read; make it readable"
+        return None
+    if not os.path.isfile(resolved):
+        return f"{resolved} is not a regular file (a broken link?); point to the scan file"
+    if not known:
+        return f"{text!r} has an unknown extension; use one of {allowed} or a DICOM series folder"
+    if not os.access(resolved, os.R_OK):
+        return f"file {resolved} cannot be read (permission denied); make it readable"
+    return None
+
+
+def _splits(
+    column: pd.Series, rows: np.ndarray, frame: pd.DataFrame, problems: _Problems
+) -> np.ndarray:
+    """Lower-cased split names (n_rows,); each patient must stay in one split."""
+    values = np.array([text.lower() for text in column.tolist()], dtype=object)
+    seen: dict[str, tuple[str, int]] = {}
+    patients = frame["patient_id"].tolist() if "patient_id" in frame else [None] * len(values)
+    for row, value, patient in zip(rows, values, patients, strict=True):
+        if value not in SPLITS:
+            shown = repr(value) if value else "empty"
+            problems.cell(
+                row,
+                "split",
+                f"{shown} is not a split; write train, val or test in every row, or delete "
+                "the split column to assign splits by patient from the seed",
+            )
+            continue
+        if patient is None or patient == "":
+            continue
+        first = seen.setdefault(patient, (value, row))
+        if first[0] != value:
+            problems.cell(
+                row,
+                "split",
+                f"patient {patient!r} is in {value!r} here but in {first[0]!r} at row "
+                f"{first[1]}; put all of a patient's scans in one split",
+            )
+    return values
+
+
+def _check_duplicates(frame: pd.DataFrame, features: list[str] | None, problems: _Problems) -> None:
+    """Report rows repeating an earlier row's (patient_id, visit, path[, zone]).
+
+    For tabular data the key is the patient, visit, zone and every feature value. Visits are
+    compared parsed where they parse, so '1' and '01' are the same visit.
+    """
+    key_columns = ["patient_id", "visit"] + (features if features else ["path"])
+    key_columns += ["zone"] if "zone" in frame.columns else []
+    visits = [
+        str(parsed.value) if (parsed := _parse_visit(text)) is not None else text
+        for text in frame["visit"].tolist()
+    ]
+    keyed = frame[key_columns].assign(visit=visits)
+    duplicated = keyed.duplicated(keep=False)
+    first_row: dict[tuple[Any, ...], int] = {}
+    label = ", ".join(key_columns)
+    for row, key, is_dup in zip(
+        frame["row"], keyed.itertuples(index=False, name=None), duplicated, strict=True
+    ):
+        if not is_dup:
+            continue
+        if key not in first_row:
+            first_row[key] = row
+            continue
+        problems.cell(
+            row,
+            "path" if not features else "patient_id",
+            f"duplicate of row {first_row[key]} (same {label}); delete one of the two rows",
+        )
+
+
+def _single_visit_patients(frame: pd.DataFrame) -> list[str]:
+    visits = frame.groupby("patient_id", sort=True)["visit_order"].nunique()
+    return [str(p) for p in visits.index[visits.to_numpy() == 1]]

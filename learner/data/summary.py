@@ -1,0 +1,169 @@
+"""A manifest at a glance: counts, score range and downstream change pairs per class.
+
+Used by ``learner validate``; the band for ``"tertiles"`` is taken over all the manifest's
+pairs here (evaluation takes it over training pairs only).
+
+Example:
+    >>> from rich.console import Console
+    >>> manifest = load_manifest("m.csv")  # doctest: +SKIP
+    >>> summary = summarize_manifest(manifest, delta=2, higher_is_better=True)  # doctest: +SKIP
+    >>> render_summary(summary, Console())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from learner.data.manifest import Manifest
+from learner.data.pairs import (
+    LABELS,
+    consecutive_pairs,
+    label_changes,
+    resolve_stable_band,
+    visit_table,
+)
+from learner.errors import DataError
+
+
+@dataclass(frozen=True)
+class ManifestSummary:
+    """Counts describing a manifest.
+
+    Attributes:
+        source: the manifest file name.
+        patients: distinct patients.
+        visits: distinct (patient, visit) pairs.
+        scans: rows.
+        labelled_scans: rows with a score.
+        score_min, score_max, score_mean: over labelled scans; None when none is labelled.
+        zones: distinct zones, sorted; empty without a zone column.
+        splits: patients per split (train / val / test), empty without a split column.
+        single_visit_patients: patients with one visit (no change pairs).
+        features: number of feature columns (tabular), or None.
+        pairs: change pairs per label of ``LABELS``, zone-matched when zones exist.
+        band: the stable band used, in score units; None when ``delta`` is ``"tertiles"`` and
+            there are no pairs.
+        delta: the stable band as asked (a number or ``"tertiles"``).
+        higher_is_better: direction used for labels.
+    """
+
+    source: str
+    patients: int
+    visits: int
+    scans: int
+    labelled_scans: int
+    score_min: float | None
+    score_max: float | None
+    score_mean: float | None
+    zones: tuple[str, ...]
+    splits: dict[str, int]
+    single_visit_patients: int
+    features: int | None
+    pairs: dict[str, int]
+    band: float | None
+    delta: str
+    higher_is_better: bool
+
+
+def summarize_manifest(
+    manifest: Manifest, *, delta: float | str, higher_is_better: bool
+) -> ManifestSummary:
+    """Count patients, visits, scans and change pairs per class of a loaded manifest.
+
+    Args:
+        manifest: from :func:`learner.data.manifest.load_manifest`.
+        delta: stable band, a number >= 0 or ``"tertiles"`` (of all the manifest's pairs).
+        higher_is_better: whether a higher score means better health.
+
+    Returns:
+        The :class:`ManifestSummary`.
+
+    Raises:
+        ConfigError: ``delta`` is not valid.
+    """
+    frame = manifest.frame
+    scores = frame["score"].to_numpy(dtype=np.float64)
+    labelled = scores[~np.isnan(scores)]
+    visits_per_patient = frame.groupby("patient_id")["visit_order"].nunique()
+    pairs = consecutive_pairs(visit_table(frame))
+    try:
+        band: float | None = resolve_stable_band(pairs["change"].to_numpy(), delta)
+    except DataError:
+        if len(pairs):
+            raise
+        band = None  # 'tertiles' of no pairs: nothing to label anyway
+    counts = dict.fromkeys(LABELS, 0)
+    if len(pairs) and band is not None:
+        labels, n = np.unique(
+            label_changes(pairs["change"], band, higher_is_better=higher_is_better),
+            return_counts=True,
+        )
+        counts.update({str(label): int(c) for label, c in zip(labels, n, strict=True)})
+    splits: dict[str, int] = {}
+    if "split" in frame.columns:
+        per_split = frame.drop_duplicates("patient_id")["split"].value_counts()
+        splits = {s: int(per_split.get(s, 0)) for s in ("train", "val", "test")}
+    return ManifestSummary(
+        source=manifest.source.name,
+        patients=int(frame["patient_id"].nunique()),
+        visits=int(visits_per_patient.sum()),
+        scans=len(frame),
+        labelled_scans=int(labelled.size),
+        score_min=float(labelled.min()) if labelled.size else None,
+        score_max=float(labelled.max()) if labelled.size else None,
+        score_mean=float(labelled.mean()) if labelled.size else None,
+        zones=tuple(sorted(frame["zone"].astype(str).unique())) if "zone" in frame else (),
+        splits=splits,
+        single_visit_patients=int((visits_per_patient == 1).sum()),
+        features=len(manifest.feature_columns) if manifest.feature_columns else None,
+        pairs=counts,
+        band=band,
+        delta=str(delta),
+        higher_is_better=higher_is_better,
+    )
+
+
+def _number(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.4g}"
+
+
+def render_summary(summary: ManifestSummary, console: Console) -> None:
+    """Print the summary as a two-column rich table."""
+    table = Table(title=f"manifest {summary.source}", show_header=True, header_style="bold")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("patients", str(summary.patients))
+    table.add_row("visits", str(summary.visits))
+    table.add_row("scans", str(summary.scans))
+    table.add_row("labelled scans", f"{summary.labelled_scans} of {summary.scans}")
+    table.add_row(
+        "score min / mean / max",
+        " / ".join(_number(v) for v in (summary.score_min, summary.score_mean, summary.score_max)),
+    )
+    if summary.features is not None:
+        table.add_row("feature columns", str(summary.features))
+    if summary.zones:
+        table.add_row("zones", f"{len(summary.zones)}: {', '.join(summary.zones)}")
+    if summary.splits:
+        table.add_row(
+            "patients per split", ", ".join(f"{k} {v}" for k, v in summary.splits.items())
+        )
+    table.add_row("single-visit patients", str(summary.single_visit_patients))
+    direction = "higher is better" if summary.higher_is_better else "lower is better"
+    band = (
+        f"|change| <= {_number(summary.band)} ({summary.delta}, {direction})"
+        if summary.band is not None
+        else f"none: {summary.delta} of no pairs"
+    )
+    table.add_row("stable band", band)
+    for label in LABELS:
+        table.add_row(f"pairs {label}", str(summary.pairs[label]))
+    table.add_row("pairs total", str(sum(summary.pairs.values())))
+    console.print(table)
