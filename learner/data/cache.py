@@ -1,0 +1,145 @@
+"""On-disk cache of decoded, preprocessed scans, read back memory-mapped.
+
+Decoding a video or resampling a volume costs far more than reading the result back, and it
+is the same work every epoch. :class:`DecodeCache` stores each preprocessed array once as a
+plain ``.npy`` file keyed by the source file's identity and the preprocessing parameters, so
+later epochs (and later runs) read a memory map instead of decoding.
+
+Example:
+    >>> cache = DecodeCache(Path("/tmp/learner-cache"))
+    >>> arr = cache.get(Path("clip.mp4"), {"size": 112}, lambda: decode_and_resize("clip.mp4"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learner.errors import DataError
+
+
+def file_identity(path: Path) -> list[Any]:
+    """What identifies a scan's content cheaply: its absolute path, size and mtime.
+
+    Args:
+        path: a file, or a folder (a DICOM series): every file below it counts.
+
+    Returns:
+        A JSON-serialisable list that changes when any file is replaced, resized or touched.
+
+    Raises:
+        DataError: the path does not exist.
+    """
+    path = Path(path).absolute()
+    try:
+        if path.is_dir():
+            members: list[Any] = []
+            for member in sorted(p for p in path.rglob("*") if p.is_file()):
+                st = member.stat()
+                members.append([member.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
+            return [str(path), "dir", members]
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: scan file not found; check the manifest's path column") from None
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+class DecodeCache:
+    """Decoded arrays on disk, keyed by file identity and preprocessing parameters.
+
+    Files live at ``<root>/<key[:2]>/<key>.npy``; ``key`` is the sha256 of the absolute path,
+    size, mtime (every member's, for a folder) and ``json.dumps(params, sort_keys=True)``.
+    Writes go to a temporary file in the same folder and are then renamed over the target
+    (``os.replace``), so DataLoader workers that build the same key at once each produce a
+    complete file and readers never see a partial one.
+
+    ``hits`` and ``misses`` count this process's lookups (each DataLoader worker process
+    holds its own copy).
+
+    Args:
+        root: cache folder (created on first write).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, path: Path, params: Mapping[str, Any]) -> str:
+        """The cache key of ``path`` preprocessed with ``params`` (64 hex characters).
+
+        Raises:
+            DataError: the path does not exist.
+            TypeError: ``params`` is not JSON-serialisable (a programming error).
+        """
+        payload = json.dumps({"file": file_identity(path), "params": dict(params)}, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def location(self, key: str) -> Path:
+        """Where the array for ``key`` is stored."""
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(
+        self,
+        path: Path,
+        params: Mapping[str, Any],
+        build: Callable[[], np.ndarray],
+    ) -> np.ndarray:
+        """Return the cached array for ``(path, params)``, building and storing it on a miss.
+
+        Args:
+            path: the source scan (file or DICOM folder).
+            params: preprocessing parameters; any change gives a new entry.
+            build: computes the array from the source; called only on a miss.
+
+        Returns:
+            A read-only memory-mapped array with ``build``'s shape and dtype.
+
+        Raises:
+            DataError: the source is missing, ``build`` raised it, or ``build`` returned an
+                object array (which plain ``.npy`` cannot hold without pickle).
+        """
+        target = self.location(self.key(path, params))
+        if target.is_file():
+            try:
+                array = _open_read_only(target)
+            except (ValueError, OSError, EOFError):
+                # A file truncated by a crash or full disk: rebuild it rather than fail.
+                pass
+            else:
+                self.hits += 1
+                return array
+        self.misses += 1
+        array = np.ascontiguousarray(build())
+        if array.dtype.hasobject:
+            raise DataError(f"{path}: decoded to an object array; cannot cache it")
+        self._write(target, array)
+        return _open_read_only(target)
+
+    def _write(self, target: Path, array: np.ndarray) -> None:
+        """Write ``array`` to ``target`` atomically (temp file in the same folder + rename)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.save(handle, array, allow_pickle=False)
+            # mkstemp makes the file private (0600); a cache is plain data others may share.
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, target)
+        except BaseException:
+            # Leave no temp file behind, whatever went wrong (disk full, interrupt).
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+
+def _open_read_only(path: Path) -> np.ndarray:
+    """Memory-map a cached ``.npy`` read-only (plain format: no pickle allowed)."""
+    array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+    return array

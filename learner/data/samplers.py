@@ -1,0 +1,189 @@
+"""Batches for pair losses: one scan per patient, scores spread across the batch.
+
+The pair objectives compare scans of *different* patients; two scans of one patient in a
+batch only waste a slot. :class:`PatientBatchSampler` therefore builds each epoch as follows
+(deterministic from ``(seed, epoch)``):
+
+1. Each patient's scans are shuffled and dealt into rounds aligned at the end: a patient with
+   n scans appears in the last n rounds, once per round. Patients with many scans thus start
+   early, and the pool of distinct patients lasts as long as possible.
+2. Within a round, patients are ordered by a stratified interleave over score quantiles:
+   ``batch_size`` strata, visited in turn, so any ``batch_size`` consecutive places take about
+   one scan from each stratum and every batch spans the score range. Unlabelled scans (NaN)
+   are placed in a random stratum.
+3. Batches are cut greedily from this stream; a scan whose patient is already in the batch is
+   deferred to the next batch. Only when every patient with scans left is already in the
+   batch does a patient appear twice.
+
+Example:
+    >>> sampler = PatientBatchSampler(codes, scores, batch_size=32, seed=0)
+    >>> loader = DataLoader(dataset, batch_sampler=sampler)  # doctest: +SKIP
+    >>> sampler.set_epoch(epoch)  # each epoch, before iterating
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class PatientBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices: each scan once per epoch, patients distinct per batch.
+
+    Args:
+        patient_codes: (N,) integer patient code of each scan.
+        scores: (N,) score of each scan (any monotone scale), NaN = unlabelled.
+        batch_size: scans per batch.
+        seed: base seed; the epoch's order depends on (seed, epoch) only.
+        drop_last: drop the final incomplete batch.
+
+    Raises:
+        ValueError: mismatched lengths or a batch size below 1.
+    """
+
+    def __init__(
+        self,
+        patient_codes: np.ndarray,
+        scores: np.ndarray,
+        batch_size: int,
+        *,
+        seed: int,
+        drop_last: bool = False,
+    ) -> None:
+        self.patient_codes = np.asarray(patient_codes).astype(np.int64).ravel()
+        self.scores = np.asarray(scores, dtype=np.float64).ravel()
+        if self.patient_codes.shape != self.scores.shape:
+            raise ValueError(
+                f"patient_codes ({self.patient_codes.size}) and scores ({self.scores.size}) "
+                "must have one entry per scan"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = self.scores.size
+        if self.drop_last:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.batches(self.epoch)
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        yield from batches
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of ``epoch`` (the last may be short; ``drop_last`` is not applied)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        stream = self._stream(rng)
+        return _cut_batches(stream, self.patient_codes, self.batch_size)
+
+    def _stream(self, rng: np.random.Generator) -> list[int]:
+        """All scan indices in round order, each round stratified by score."""
+        n = self.scores.size
+        if n == 0:
+            return []
+        codes = self.patient_codes
+        # Each patient's scans in random order: position j among its n_p scans.
+        order = rng.permutation(n)
+        _, inverse, counts = np.unique(codes[order], return_inverse=True, return_counts=True)
+        by_patient = np.argsort(inverse, kind="stable")
+        position = np.empty(n, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        position[by_patient] = np.arange(n) - np.repeat(starts, counts)
+        # Rounds aligned at the end: the last scan of every patient is in the last round.
+        round_of = np.empty(n, dtype=np.int64)
+        round_of[order] = position - counts[inverse]
+
+        quantile = self._score_quantiles(rng)
+        stream: list[int] = []
+        for r in np.unique(round_of):
+            members = np.flatnonzero(round_of == r)
+            stream.extend(members[_stratified_order(quantile[members], self.batch_size, rng)])
+        return stream
+
+    def _score_quantiles(self, rng: np.random.Generator) -> np.ndarray:
+        """Each scan's score rank in [0, 1) with random tie-breaks; NaN -> uniform random."""
+        scores = self.scores
+        labelled = np.isfinite(scores)
+        quantile = rng.random(scores.size)
+        n_lab = int(labelled.sum())
+        if n_lab:
+            idx = np.flatnonzero(labelled)
+            # lexsort's last key is primary: by score, ties broken by a random key.
+            ranked = idx[np.lexsort((rng.random(n_lab), scores[idx]))]
+            quantile[ranked] = (np.arange(n_lab) + 0.5) / n_lab
+        return quantile
+
+
+def _stratified_order(quantile: np.ndarray, n_strata: int, rng: np.random.Generator) -> np.ndarray:
+    """Order of one round's scans: strata of score quantiles visited in turn.
+
+    Args:
+        quantile: (M,) rank of each scan in [0, 1).
+        n_strata: number of quantile strata (the batch size).
+        rng: randomness for the order inside strata and between them.
+
+    Returns:
+        A permutation of range(M).
+    """
+    m = quantile.size
+    n_strata = max(1, min(n_strata, m))
+    # Strata from the rank within this round, so each stratum holds about m / n_strata scans.
+    rank = np.empty(m, dtype=np.int64)
+    rank[np.argsort(quantile, kind="stable")] = np.arange(m)
+    stratum = rank * n_strata // m
+    # Random place inside its stratum, then visit strata round-robin in a random order.
+    slot = np.empty(m, dtype=np.int64)
+    shuffled = rng.permutation(m)
+    by_stratum = shuffled[np.argsort(stratum[shuffled], kind="stable")]
+    sizes = np.bincount(stratum, minlength=n_strata)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    slot[by_stratum] = np.arange(m) - np.repeat(starts, sizes)
+    visit = rng.permutation(n_strata)
+    return np.lexsort((visit[stratum], slot))
+
+
+def _cut_batches(stream: list[int], codes: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Cut ``stream`` into batches, deferring a scan whose patient is already in the batch."""
+    pending: deque[int] = deque(stream)
+    # Scans left per patient: when every patient with scans left is in the batch, stop
+    # looking for a new one instead of scanning the whole stream.
+    left: dict[int, int] = {}
+    for i in stream:
+        left[int(codes[i])] = left.get(int(codes[i]), 0) + 1
+    batches: list[list[int]] = []
+    while pending:
+        batch: list[int] = []
+        seen: set[int] = set()
+        deferred: list[int] = []
+        while pending and len(batch) < batch_size and len(seen) < len(left):
+            i = pending.popleft()
+            code = int(codes[i])
+            if code in seen:
+                deferred.append(i)
+                continue
+            batch.append(i)
+            seen.add(code)
+        # No distinct patient left: fill with repeats, earliest deferred first.
+        while len(batch) < batch_size and (deferred or pending):
+            batch.append(deferred.pop(0) if deferred else pending.popleft())
+        pending.extendleft(reversed(deferred))
+        for i in batch:
+            code = int(codes[i])
+            left[code] -= 1
+            if left[code] == 0:
+                del left[code]
+        batches.append(batch)
+    return batches

@@ -1,0 +1,150 @@
+"""DecodeCache: hits, keys, atomic writes, read-only memory maps, concurrency."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learner.data.cache import DecodeCache
+from learner.errors import DataError
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "scan.npy"
+    np.save(path, np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    return path
+
+
+class CountingBuild:
+    """A build callable that counts its calls."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.calls = 0
+
+    def __call__(self) -> np.ndarray:
+        self.calls += 1
+        return self.array
+
+
+def test_second_get_hits_and_builds_once(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    build = CountingBuild(np.arange(12, dtype=np.float16).reshape(3, 4))
+    first = cache.get(source, {"size": 4}, build)
+    second = cache.get(source, {"size": 4}, build)
+    assert build.calls == 1
+    assert (cache.hits, cache.misses) == (1, 1)
+    np.testing.assert_array_equal(second, build.array)
+    assert first.dtype == second.dtype == np.float16
+
+
+def test_returns_read_only_memmap(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    array = cache.get(source, {}, lambda: np.ones((2, 2), dtype=np.uint8))
+    assert isinstance(array, np.memmap)
+    assert not array.flags.writeable
+    with pytest.raises(ValueError):
+        array[0, 0] = 3
+
+
+def test_stored_as_plain_npy_under_key_prefix(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    cache.get(source, {"a": 1}, lambda: np.zeros(5, dtype=np.uint8))
+    key = cache.key(source, {"a": 1})
+    stored = tmp_path / "cache" / key[:2] / f"{key}.npy"
+    assert stored.is_file()
+    np.testing.assert_array_equal(np.load(stored, allow_pickle=False), np.zeros(5))
+
+
+def test_key_depends_on_params_not_their_order(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path)
+    assert cache.key(source, {"a": 1, "b": 2}) == cache.key(source, {"b": 2, "a": 1})
+    assert cache.key(source, {"a": 1}) != cache.key(source, {"a": 2})
+
+
+def test_key_changes_with_mtime_and_rebuilds(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    build = CountingBuild(np.zeros(3, dtype=np.uint8))
+    before = cache.key(source, {})
+    cache.get(source, {}, build)
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert cache.key(source, {}) != before
+    cache.get(source, {}, build)
+    assert build.calls == 2
+
+
+def test_key_of_folder_follows_its_files(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "1.dcm").write_bytes(b"a")
+    cache = DecodeCache(tmp_path / "cache")
+    before = cache.key(series, {})
+    (series / "2.dcm").write_bytes(b"b")
+    after_add = cache.key(series, {})
+    (series / "2.dcm").write_bytes(b"bb")
+    assert len({before, after_add, cache.key(series, {})}) == 3
+
+
+def test_missing_source_is_a_data_error(tmp_path: Path) -> None:
+    cache = DecodeCache(tmp_path)
+    with pytest.raises(DataError, match=r"missing\.mp4"):
+        cache.get(tmp_path / "missing.mp4", {}, lambda: np.zeros(1))
+
+
+def test_failed_build_and_write_leave_no_temp_files(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    cache.get(source, {"ok": 1}, lambda: np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        # Object arrays need pickle: np.save refuses them mid-write.
+        cache._write(cache.location("ab" + "0" * 62), np.array([{"a": 1}], dtype=object))
+    files = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].endswith(".npy") and not files[0].startswith(".")
+
+
+def test_object_array_is_refused(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    with pytest.raises(DataError, match="object array"):
+        cache.get(source, {}, lambda: np.array([None, 1], dtype=object))
+
+
+def test_truncated_entry_is_rebuilt(tmp_path: Path, source: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache")
+    cache.get(source, {}, lambda: np.arange(100, dtype=np.uint8))
+    stored = cache.location(cache.key(source, {}))
+    stored.write_bytes(stored.read_bytes()[:40])
+    again = cache.get(source, {}, lambda: np.arange(100, dtype=np.uint8))
+    np.testing.assert_array_equal(again, np.arange(100))
+    assert cache.misses == 2
+
+
+def test_concurrent_writers_of_one_key(tmp_path: Path, source: Path) -> None:
+    cache_root = tmp_path / "cache"
+    expected = np.arange(50_000, dtype=np.int32)
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def worker() -> None:
+        try:
+            start.wait()
+            results.append(np.array(DecodeCache(cache_root).get(source, {}, lambda: expected)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 6
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+    files = [p for p in cache_root.rglob("*") if p.is_file()]
+    assert len(files) == 1
