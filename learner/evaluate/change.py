@@ -1,0 +1,686 @@
+"""Downstream task: classify worsen / stable / improve between consecutive visits of a patient.
+
+A visit's embedding is the mean of its scans' embeddings (per zone when the frame has one),
+consecutive visits give ``d = u_to - u_from`` (or ``[u_from, u_to]``), and a classifier on
+these frozen features, trained on the pairs of training patients, is tested on the pairs of
+held-out patients (DESIGN section 1, 'Downstream'). Every metric comes with a 95% interval
+from a bootstrap over *test patients*. Reported beside the probe, as the design asks:
+
+- ``head_delta``: the same classifier on one feature, the regression head's predicted change
+  ``pred_to - pred_from`` (the pilot's strongest baseline);
+- Figure 1: cosine distance of each test pair against |score change|, Spearman rho
+  (``spearman_distance``);
+- ``score_mae``: the head's error on labelled test scans;
+- beyond the paper: a ridge regression of the score change from ``d`` (``change_mae``,
+  ``change_spearman``) and a temporal consistency rho over all visit pairs of test patients
+  with 3+ visits (``temporal_spearman``).
+
+Example:
+    >>> frame, meta = read_embeddings("run/embeddings.parquet")
+    >>> result = evaluate_change(frame, delta="tertiles", higher_is_better=True)
+    >>> result.metrics["balanced_accuracy"], result.ci95["balanced_accuracy"]
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.stats import rankdata
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
+
+from learner.data.pairs import (
+    LABELS,
+    consecutive_pairs,
+    label_changes,
+    resolve_stable_band,
+    visit_table,
+)
+from learner.data.splits import check_no_leakage
+from learner.errors import ConfigError, DataError
+from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
+from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
+
+FEATURES = ("diff", "concat")
+CLASSIFIERS = ("logreg", "mlp")
+CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+# Metrics of the embedding probe and its companions, in the order results report them.
+METRICS = (
+    *CLASS_METRICS,
+    "spearman_distance",
+    "score_mae",
+    "change_mae",
+    "change_spearman",
+    "temporal_spearman",
+)
+HEAD_DELTA_PREFIX = "head_delta_"
+
+
+@dataclass
+class ChangeResult:
+    """Everything one downstream evaluation measured (one objective, one seed).
+
+    Attributes:
+        metrics: :data:`METRICS` -> value (NaN where undefined).
+        ci95: metric -> (lo, hi) 95% patient-bootstrap interval (NaN when ``n_boot`` is 0).
+        confusion: (3, 3) int counts on test pairs, rows true, columns predicted, order
+            :data:`LABELS` (worsen, stable, improve).
+        head_delta: accuracy / balanced_accuracy / macro_f1 of the classifier on the predicted
+            score change alone (NaN when ``pred_score`` is missing).
+        head_delta_ci95: their intervals.
+        head_delta_confusion: (3, 3) like ``confusion``.
+        figure1: one row per test pair: ``distance`` (cosine distance of the two visit
+            embeddings), ``abs_change`` (|score change|), ``patient_id``.
+        band: the stable band in score units, resolved on training pairs.
+        delta: the band as requested (a number or ``"tertiles"``).
+        n_train_pairs, n_test_pairs, n_train_patients, n_test_patients: sizes.
+        class_counts_train, class_counts_test: label -> number of pairs.
+        feature, classifier: the feature ("diff" / "concat") and classifier used.
+        n_boot, seed: bootstrap resamples and seed.
+        warnings: one line each (a class absent from training, no convergence, ...).
+        test_pairs: per test pair: patient_id, [zone,] visit_from, visit_to, change, label,
+            predicted, head_predicted, distance, predicted_change.
+        train_patients, test_patients: sorted patient ids whose pairs trained / tested.
+        model: the fitted classifier pipeline (scaler + classifier) on the embedding feature.
+        bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
+            seeds in :func:`summarize_seeds`.
+    """
+
+    metrics: dict[str, float]
+    ci95: dict[str, tuple[float, float]]
+    confusion: np.ndarray
+    head_delta: dict[str, float]
+    head_delta_ci95: dict[str, tuple[float, float]]
+    head_delta_confusion: np.ndarray
+    figure1: pd.DataFrame
+    band: float
+    delta: float | str
+    n_train_pairs: int
+    n_test_pairs: int
+    n_train_patients: int
+    n_test_patients: int
+    class_counts_train: dict[str, int]
+    class_counts_test: dict[str, int]
+    feature: str
+    classifier: str
+    n_boot: int
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+    test_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    train_patients: list[str] = field(default_factory=list)
+    test_patients: list[str] = field(default_factory=list)
+    model: Pipeline | None = None
+    bootstrap: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (floats, ints, strings, lists; NaN -> None)."""
+        out = {
+            "metrics": self.metrics,
+            "ci95": self.ci95,
+            "labels": list(LABELS),
+            "confusion": self.confusion,
+            "head_delta": self.head_delta,
+            "head_delta_ci95": self.head_delta_ci95,
+            "head_delta_confusion": self.head_delta_confusion,
+            "band": self.band,
+            "delta": self.delta,
+            "n_train_pairs": self.n_train_pairs,
+            "n_test_pairs": self.n_test_pairs,
+            "n_train_patients": self.n_train_patients,
+            "n_test_patients": self.n_test_patients,
+            "class_counts_train": self.class_counts_train,
+            "class_counts_test": self.class_counts_test,
+            "feature": self.feature,
+            "classifier": self.classifier,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+            "warnings": self.warnings,
+            "figure1": {column: self.figure1[column].tolist() for column in self.figure1.columns},
+        }
+        return _plain(out)
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy / tuples / NaN -> JSON types (NaN and inf -> None: JSON has neither)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- features
+
+
+def visit_embeddings(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Average scans into visits: embeddings, score and predicted score.
+
+    Args:
+        frame: an embeddings frame (one row per scan; see docs/architecture.md).
+
+    Returns:
+        ``(visits, matrix)``: ``visits`` has one row per (patient_id, [zone,] visit_order)
+        as :func:`learner.data.pairs.visit_table` gives it, with the mean ``score`` (NaN
+        ignored) and ``pred_score``; ``matrix`` (V, D) float64 holds row i's mean embedding.
+    """
+    values = ["score", "embedding"]
+    if "pred_score" in frame.columns:
+        values.insert(1, "pred_score")
+    prepared = frame.copy()
+    # visit_table averages array cells element-wise; give it float64 arrays of one length.
+    matrix = embedding_matrix(frame).astype(np.float64)
+    prepared["embedding"] = list(matrix)
+    visits = visit_table(prepared, value_cols=values)
+    embedded = embedding_matrix(visits).astype(np.float64)
+    return visits.drop(columns=["embedding"]), embedded
+
+
+def change_features(
+    visit_matrix: np.ndarray,
+    pairs: pd.DataFrame,
+    feature: Literal["diff", "concat"] | str = "diff",
+) -> np.ndarray:
+    """Pair features from visit embeddings.
+
+    Args:
+        visit_matrix: (V, D) visit embeddings from :func:`visit_embeddings`.
+        pairs: from :func:`learner.data.pairs.consecutive_pairs` (``index_from``,
+            ``index_to`` are rows of ``visit_matrix``).
+        feature: ``"diff"``: ``u_to - u_from`` (P, D); ``"concat"``: ``[u_from, u_to]``
+            (P, 2D), the ablation.
+
+    Returns:
+        float64 array (P, D) or (P, 2D).
+    """
+    start = visit_matrix[pairs["index_from"].to_numpy(dtype=np.int64)]
+    end = visit_matrix[pairs["index_to"].to_numpy(dtype=np.int64)]
+    if feature == "diff":
+        return end - start
+    if feature == "concat":
+        return np.concatenate([start, end], axis=1)
+    raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise ``1 - cos(a_i, b_i)`` for (N, D) arrays; a zero vector counts as distance 1."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    dots = np.einsum("nd,nd->n", a, b)
+    return 1.0 - dots / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_classifier(name: str, seed: int = 0) -> Pipeline:
+    """Standardisation + classifier, the probe on frozen features.
+
+    Args:
+        name: ``"logreg"``: multinomial logistic regression (lbfgs fits the multinomial
+            loss for 3 classes) with balanced class weights; ``"mlp"``: one hidden layer of
+            64 units. ``MLPClassifier`` has no ``class_weight``: :func:`evaluate_change`
+            passes balanced per-sample weights instead where scikit-learn supports them.
+        seed: seeds the MLP's initialisation.
+
+    Returns:
+        An unfitted ``Pipeline(scale, clf)``.
+    """
+    clf: LogisticRegression | MLPClassifier
+    if name == "logreg":
+        clf = LogisticRegression(class_weight="balanced", max_iter=2000)
+    elif name == "mlp":
+        clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=1000, random_state=seed)
+    else:
+        raise ConfigError(f"classifier={name!r} is not known; use one of {list(CLASSIFIERS)}")
+    return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+
+
+def _fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[str]) -> Pipeline:
+    """Fit, balancing classes, and record convergence warnings as one line each."""
+    clf = model.named_steps["clf"]
+    params: dict[str, Any] = {}
+    if isinstance(clf, MLPClassifier):
+        if "sample_weight" in inspect.signature(clf.fit).parameters:
+            params["clf__sample_weight"] = compute_sample_weight("balanced", y)
+        else:
+            notes.append(
+                "this scikit-learn's MLPClassifier takes no sample weights: classes unbalanced"
+            )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, **params)
+    for item in caught:
+        if "converge" in str(item.message).lower():
+            notes.append(f"{type(clf).__name__} did not converge; results may be unstable")
+            break
+    return model
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _codes(labels: npt.ArrayLike) -> np.ndarray:
+    """Label strings -> 0 worsen, 1 stable, 2 improve."""
+    lookup = {label: i for i, label in enumerate(LABELS)}
+    return np.array([lookup[str(v)] for v in np.asarray(labels).ravel()], dtype=np.int64)
+
+
+def confusion_counts(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(3, 3) counts, rows true, columns predicted, from integer codes 0..2."""
+    flat = np.bincount(true * 3 + pred, minlength=9)
+    return flat.reshape(3, 3)
+
+
+def class_metrics(confusion: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy, balanced accuracy and macro-F1 from a (3, 3) confusion matrix.
+
+    Balanced accuracy averages recall over the classes present in the truth (as
+    scikit-learn does); macro-F1 averages over all three labels, an undefined F1 counting
+    as 0 (``zero_division=0``). NaN for an empty matrix.
+    """
+    total = confusion.sum()
+    if total == 0:
+        return math.nan, math.nan, math.nan
+    tp = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    accuracy = tp.sum() / total
+    present = support > 0
+    balanced = float(np.mean(tp[present] / support[present]))
+    denom = support + predicted
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros(3), where=denom > 0)
+    return float(accuracy), balanced, float(f1.mean())
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN if < 3 points or constant."""
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3:
+        return math.nan
+    rx = rankdata(x[keep])
+    ry = rankdata(y[keep])
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(np.abs(a - b))) if a.size else math.nan
+
+
+def _interval(samples: np.ndarray | None) -> tuple[float, float]:
+    if samples is None:
+        return math.nan, math.nan
+    lo, hi = percentile_interval(samples)
+    return float(lo), float(hi)
+
+
+def _bootstrap(
+    patient_ids: np.ndarray, stat: Callable[[np.ndarray], Any], n_boot: int, seed: int
+) -> np.ndarray | None:
+    """Patient bootstrap samples, or None when disabled or there is nothing to resample."""
+    if n_boot < 1 or patient_ids.size == 0:
+        return None
+    return bootstrap_distribution(patient_ids, stat, n_boot, seed)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"embeddings lack column '{missing[0]}' (need {list(REQUIRED_COLUMNS)}); "
+            "use the file written by `learner embed`"
+        )
+    check_no_leakage(frame)
+    matrix = embedding_matrix(frame)
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        row = frame.iloc[int(np.argmax(bad))]
+        raise DataError(
+            f"embedding of patient {row['patient_id']!r} visit_order {row['visit_order']} "
+            f"is not finite ({int(bad.sum())} scans affected); the encoder diverged: "
+            "re-train or embed with an earlier checkpoint"
+        )
+
+
+def _temporal_pairs(visits: pd.DataFrame, matrix: np.ndarray) -> pd.DataFrame:
+    """All visit pairs (not only consecutive) of (patient, [zone]) groups with 3+ visits.
+
+    Returns:
+        Columns patient_id, distance, abs_change; one row per pair i < j.
+    """
+    keys = ["patient_id", "zone"] if "zone" in visits.columns else ["patient_id"]
+    labelled = visits[np.isfinite(visits["score"].to_numpy(dtype=np.float64))]
+    rows: list[pd.DataFrame] = []
+    for _, group in labelled.groupby(keys, sort=True, dropna=False):
+        if len(group) < 3:
+            continue
+        first, second = np.triu_indices(len(group), k=1)
+        index = group.index.to_numpy()
+        scores = group["score"].to_numpy(dtype=np.float64)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "patient_id": group["patient_id"].iloc[0],
+                    "distance": cosine_distance(matrix[index[first]], matrix[index[second]]),
+                    "abs_change": np.abs(scores[second] - scores[first]),
+                }
+            )
+        )
+    if not rows:
+        return pd.DataFrame({"patient_id": [], "distance": [], "abs_change": []})
+    return pd.concat(rows, ignore_index=True)
+
+
+def _training_classes_check(labels: np.ndarray, band: float, notes: list[str]) -> None:
+    present = [label for label in LABELS if np.any(labels == label)]
+    if len(present) < 2:
+        only = present[0] if present else "no"
+        fix = "narrow --delta" if only == "stable" else "widen --delta"
+        raise DataError(
+            f"only {only} pairs among the {labels.size} training pairs (stable band "
+            f"{band:.4g}); {fix} or add training patients with more visits"
+        )
+    for label in LABELS:
+        if label not in present:
+            notes.append(
+                f"no '{label}' pairs among training patients (band {band:.4g}): "
+                "the classifier never predicts it"
+            )
+
+
+def evaluate_change(
+    frame: pd.DataFrame,
+    *,
+    delta: float | str = "tertiles",
+    higher_is_better: bool = True,
+    feature: str = "diff",
+    classifier: str = "logreg",
+    train_splits: Sequence[str] = ("train", "val"),
+    test_split: str = "test",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> ChangeResult:
+    """Classify worsen / stable / improve between consecutive visits from frozen embeddings.
+
+    Args:
+        frame: embeddings frame, one row per scan (docs/architecture.md 'Embeddings file').
+        delta: stable band in raw score units, or ``"tertiles"`` (1/3 quantile of |change|
+            over *training* pairs; the resolved band is applied unchanged to test pairs).
+        higher_is_better: whether a rising score means better health.
+        feature: ``"diff"`` (``u_to - u_from``) or ``"concat"`` (``[u_from, u_to]``).
+        classifier: ``"logreg"`` or ``"mlp"`` (see :func:`build_classifier`).
+        train_splits: splits whose patients' pairs train the classifier (and the ridge).
+        test_split: the split whose patients' pairs are tested.
+        n_boot: patient-bootstrap resamples for the intervals; 0 skips them (NaN).
+        seed: seeds the bootstrap and the MLP.
+
+    Returns:
+        A :class:`ChangeResult`.
+
+    Raises:
+        DataError: missing columns, non-finite embeddings, a patient in two splits, no
+            training or test pairs, or fewer than 2 classes among training pairs.
+        ConfigError: an unknown feature or classifier, a bad delta, or ``test_split`` among
+            ``train_splits``.
+    """
+    if feature not in FEATURES:
+        raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
+    if classifier not in CLASSIFIERS:
+        raise ConfigError(f"classifier={classifier!r} is not known; use one of {list(CLASSIFIERS)}")
+    if test_split in train_splits:
+        raise ConfigError(
+            f"test split {test_split!r} is also a training split {list(train_splits)}; "
+            "test on patients the classifier never saw"
+        )
+    _check_frame(frame)
+    notes: list[str] = []
+
+    visits, matrix = visit_embeddings(frame)
+    pairs = consecutive_pairs(visits)
+    train = pairs[pairs["split"].isin(list(train_splits))].reset_index(drop=True)
+    test = pairs[pairs["split"] == test_split].reset_index(drop=True)
+    if len(train) == 0:
+        raise DataError(
+            f"no training pairs: no patient in splits {list(train_splits)} has two consecutive "
+            "labelled visits; add such patients or change the split"
+        )
+    if len(test) == 0:
+        raise DataError(
+            f"no test pairs: no patient in split {test_split!r} has two consecutive labelled "
+            "visits; add such patients or change the split"
+        )
+    train_patients = set(train["patient_id"].astype(str))
+    test_patients = set(test["patient_id"].astype(str))
+    shared = sorted(train_patients & test_patients)
+    if shared:
+        # Guarded again here, on the pairs actually used, so no refactor can leak silently.
+        raise DataError(
+            f"patient {shared[0]!r} has pairs in both training and test ({len(shared)} such "
+            "patients); keep each patient in one split"
+        )
+
+    band = resolve_stable_band(train["change"].to_numpy(), delta)
+    y_train = label_changes(train["change"].to_numpy(), band, higher_is_better=higher_is_better)
+    y_test = label_changes(test["change"].to_numpy(), band, higher_is_better=higher_is_better)
+    _training_classes_check(y_train, band, notes)
+    true_codes = _codes(y_test)
+
+    # Embedding probe: trained on training-patient pairs only, predicted on test pairs.
+    x_train = change_features(matrix, train, feature)
+    x_test = change_features(matrix, test, feature)
+    model = _fit_classifier(build_classifier(classifier, seed), x_train, y_train, notes)
+    predicted = np.asarray(model.predict(x_test)).astype(str)
+    pred_codes = _codes(predicted)
+
+    # head_delta: one feature, the regression head's predicted change.
+    head_codes: np.ndarray | None = None
+    pred_visit = visits["pred_score"].to_numpy(dtype=np.float64)
+    head_train = (pred_visit[train["index_to"]] - pred_visit[train["index_from"]])[:, None]
+    head_test = (pred_visit[test["index_to"]] - pred_visit[test["index_from"]])[:, None]
+    if np.isfinite(head_train).all() and np.isfinite(head_test).all():
+        head_model = _fit_classifier(build_classifier(classifier, seed), head_train, y_train, [])
+        head_codes = _codes(np.asarray(head_model.predict(head_test)).astype(str))
+    else:
+        notes.append("pred_score is missing for some visits: head_delta not computed")
+
+    # Figure 1 and the change regression (both on test pairs).
+    start = matrix[test["index_from"].to_numpy()]
+    end = matrix[test["index_to"].to_numpy()]
+    distance = cosine_distance(start, end)
+    abs_change = np.abs(test["change"].to_numpy(dtype=np.float64))
+    ridge = Pipeline(
+        [("scale", StandardScaler()), ("ridge", RidgeCV(alphas=np.logspace(-3, 3, 13)))]
+    )
+    ridge.fit(x_train, train["change"].to_numpy(dtype=np.float64))
+    change_pred = np.asarray(ridge.predict(x_test), dtype=np.float64)
+    change_true = test["change"].to_numpy(dtype=np.float64)
+
+    pair_patients = test["patient_id"].astype(str).to_numpy()
+
+    def pair_stats(idx: np.ndarray) -> np.ndarray:
+        """(9,): probe metrics, head_delta metrics, Figure-1 rho, change MAE and rho."""
+        probe = class_metrics(confusion_counts(true_codes[idx], pred_codes[idx]))
+        head = (
+            class_metrics(confusion_counts(true_codes[idx], head_codes[idx]))
+            if head_codes is not None
+            else (math.nan,) * 3
+        )
+        return np.array(
+            [
+                *probe,
+                *head,
+                spearman(distance[idx], abs_change[idx]),
+                _mae(change_pred[idx], change_true[idx]),
+                spearman(change_pred[idx], change_true[idx]),
+            ]
+        )
+
+    everything = np.arange(len(test))
+    point = pair_stats(everything)
+    pair_samples = _bootstrap(pair_patients, pair_stats, n_boot, seed)
+
+    # score_mae on labelled test scans (the head's own quality).
+    scan_score = frame["score"].to_numpy(dtype=np.float64)
+    scan_pred = frame["pred_score"].to_numpy(dtype=np.float64)
+    scans = (
+        (frame["split"].astype(str).to_numpy() == test_split)
+        & np.isfinite(scan_score)
+        & np.isfinite(scan_pred)
+    )
+    scan_error = np.abs(scan_pred[scans] - scan_score[scans])
+    score_mae = float(scan_error.mean()) if scan_error.size else math.nan
+    scan_samples = _bootstrap(
+        frame.loc[scans, "patient_id"].astype(str).to_numpy(),
+        lambda idx: float(scan_error[idx].mean()),
+        n_boot,
+        seed,
+    )
+
+    # Temporal consistency over all visit pairs of test patients with 3+ visits.
+    test_visits = visits["patient_id"].astype(str).isin(test_patients).to_numpy()
+    temporal = _temporal_pairs(visits[test_visits], matrix)
+    t_distance = temporal["distance"].to_numpy(dtype=np.float64)
+    t_change = temporal["abs_change"].to_numpy(dtype=np.float64)
+    temporal_rho = spearman(t_distance, t_change)
+    temporal_samples = _bootstrap(
+        temporal["patient_id"].astype(str).to_numpy(),
+        lambda idx: spearman(t_distance[idx], t_change[idx]),
+        n_boot,
+        seed,
+    )
+
+    pair_keys = [
+        *CLASS_METRICS,
+        *(HEAD_DELTA_PREFIX + m for m in CLASS_METRICS),
+        "spearman_distance",
+        "change_mae",
+        "change_spearman",
+    ]
+    values = dict(zip(pair_keys, point.tolist(), strict=True))
+    samples: dict[str, np.ndarray] = {}
+    if pair_samples is not None:
+        samples.update({key: pair_samples[:, i] for i, key in enumerate(pair_keys)})
+    if scan_samples is not None:
+        samples["score_mae"] = scan_samples
+    if temporal_samples is not None:
+        samples["temporal_spearman"] = temporal_samples
+    values["score_mae"] = score_mae
+    values["temporal_spearman"] = temporal_rho
+
+    metrics = {key: float(values[key]) for key in METRICS}
+    ci95 = {key: _interval(samples.get(key)) for key in METRICS}
+    head_delta = {m: float(values[HEAD_DELTA_PREFIX + m]) for m in CLASS_METRICS}
+    head_delta_ci95 = {m: _interval(samples.get(HEAD_DELTA_PREFIX + m)) for m in CLASS_METRICS}
+
+    zone = ["zone"] if "zone" in test.columns else []
+    test_table = test[["patient_id", *zone, "visit_from", "visit_to", "change"]].assign(
+        label=y_test,
+        predicted=predicted,
+        head_predicted=(np.asarray(LABELS)[head_codes] if head_codes is not None else None),
+        distance=distance,
+        predicted_change=change_pred,
+    )
+    return ChangeResult(
+        metrics=metrics,
+        ci95=ci95,
+        confusion=confusion_counts(true_codes, pred_codes),
+        head_delta=head_delta,
+        head_delta_ci95=head_delta_ci95,
+        head_delta_confusion=(
+            confusion_counts(true_codes, head_codes)
+            if head_codes is not None
+            else np.zeros((3, 3), dtype=np.int64)
+        ),
+        figure1=pd.DataFrame(
+            {"distance": distance, "abs_change": abs_change, "patient_id": pair_patients}
+        ),
+        band=float(band),
+        delta=delta,
+        n_train_pairs=len(train),
+        n_test_pairs=len(test),
+        n_train_patients=len(train_patients),
+        n_test_patients=len(test_patients),
+        class_counts_train=_class_counts(y_train),
+        class_counts_test=_class_counts(y_test),
+        feature=feature,
+        classifier=classifier,
+        n_boot=n_boot,
+        seed=seed,
+        warnings=notes,
+        test_pairs=test_table,
+        train_patients=sorted(train_patients),
+        test_patients=sorted(test_patients),
+        model=model,
+        bootstrap=samples,
+    )
+
+
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    return {label: int(np.sum(labels == label)) for label in LABELS}
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def summarize_seeds(results: Sequence[ChangeResult], level: float = 0.95) -> dict[str, Any]:
+    """One objective's block of results.json: ``{METRIC: {mean, std, per_seed, ci95}}``.
+
+    ``ci95`` is the percentile interval of the seed-averaged patient bootstrap: resample b of
+    every seed is averaged across seeds, so with one seed it is that seed's interval and
+    with several it reflects test-patient sampling of the mean. ``std`` (ddof=1; 0 for one
+    seed) shows seed-to-seed spread beside it. Keys: :data:`METRICS` and ``head_delta_*``.
+
+    Args:
+        results: one :class:`ChangeResult` per seed of the same objective.
+        level: interval coverage.
+
+    Returns:
+        JSON-ready dict (NaN -> None).
+    """
+    if not results:
+        raise ValueError("summarize_seeds needs at least one result")
+    keys = [*METRICS, *(HEAD_DELTA_PREFIX + m for m in CLASS_METRICS)]
+    out: dict[str, Any] = {}
+    for key in keys:
+        per_seed = np.array([_metric_value(r, key) for r in results], dtype=np.float64)
+        finite = per_seed[np.isfinite(per_seed)]
+        mean = float(finite.mean()) if finite.size else math.nan
+        std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
+        boots = [r.bootstrap[key] for r in results if key in r.bootstrap]
+        interval: list[float] = [math.nan, math.nan]
+        if len(boots) == len(results):
+            n = min(b.shape[0] for b in boots)
+            with warnings.catch_warnings():
+                # A resample where every seed is NaN stays NaN; percentile_interval skips it.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pooled = np.nanmean(np.stack([b[:n] for b in boots]), axis=0)
+            lo, hi = percentile_interval(pooled, level)
+            interval = [float(lo), float(hi)]
+        out[key] = {"mean": mean, "std": std, "per_seed": per_seed.tolist(), "ci95": interval}
+    return _plain(out)
+
+
+def _metric_value(result: ChangeResult, key: str) -> float:
+    if key.startswith(HEAD_DELTA_PREFIX):
+        return result.head_delta[key.removeprefix(HEAD_DELTA_PREFIX)]
+    return result.metrics[key]
