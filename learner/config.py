@@ -1,0 +1,234 @@
+"""Typed configuration: YAML files plus ``--set key=value`` overrides, validated by pydantic.
+
+Every section rejects unknown keys, so a typo fails loudly with the key's dotted name. Relative
+paths are resolved against the current working directory (the same rule for YAML and ``--set``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from learner.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    """How a scan becomes a tensor."""
+
+    kind: Literal["video", "volume", "slices", "tabular"] = "video"
+    frames: int = Field(8, ge=1, description="T: frames per clip, or slices for 'slices'.")
+    size: int = Field(112, ge=8, description="Frame edge (clips) or grid edge (volumes).")
+    channels: Literal[1, 3] = 1
+    clips_per_scan: int = Field(1, ge=1, description="Eval-time clip samplings averaged per scan.")
+
+
+class SplitConfig(_Section):
+    """Patient-level split; ``folds`` switches to grouped k-fold in ``learner run``."""
+
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int | None = Field(None, description="Split seed; null = train.seed.")
+    folds: int | None = Field(None, ge=2)
+
+
+class DataConfig(_Section):
+    manifest: Path | None = None
+    feature_columns: list[str] | None = None
+    score_range: tuple[float, float] | None = Field(
+        None, description="Score normalisation range; null = the training scans' range."
+    )
+    higher_is_better: bool = True
+    input: InputConfig = Field(default_factory=InputConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    cache_dir: Path | None = Field(
+        None, description="Decode cache; null = <manifest dir>/.learner-cache."
+    )
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("score_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError("score_range must be [low, high] with low < high")
+        return v
+
+
+class ModelConfig(_Section):
+    encoder: Literal["tsm_resnet18", "tsm_slices", "resnet3d_18", "mlp"] = "tsm_resnet18"
+    width: int = Field(64, ge=4, description="ResNet base width (64 = standard ResNet-18).")
+    mlp_hidden: list[int] = [128, 128]
+    mlp_embed_dim: int = Field(64, ge=2)
+    pair_on: Literal["embedding", "projection"] = "embedding"
+    pretrained: Path | None = Field(None, description="Local torchvision resnet18 state dict.")
+
+
+class ObjectiveConfig(_Section):
+    """Pair objective; only the hyperparameters the named objective takes are passed to it."""
+
+    name: Literal["mse", "contrastive", "weighted", "yaware", "rnc"] = "weighted"
+    lam: float = Field(1.0, ge=0.0, description="lambda: weight of the pair term.")
+    tau: float = Field(0.1, ge=0.0, le=1.0)
+    margin: float = Field(0.5, gt=0.0, le=2.0)
+    partition: Literal["threshold", "soft"] = "threshold"
+    weighting: Literal["linear", "exp", "log"] = "linear"
+    alpha: float = Field(3.0, gt=0.0)
+    temperature: float | None = Field(None, gt=0.0, description="null = the objective's default.")
+    sigma: float = Field(0.1, gt=0.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+    deterministic: bool = True
+    out: Path = Path("runs/pretrain")
+
+
+class EvalConfig(_Section):
+    delta: float | Literal["tertiles"] = "tertiles"
+    feature: Literal["diff", "concat"] = "diff"
+    classifier: Literal["logreg", "mlp"] = "logreg"
+    n_boot: int = Field(1000, ge=0)
+
+    @field_validator("delta")
+    @classmethod
+    def _non_negative(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and v < 0:
+            raise ValueError("delta must be >= 0 or 'tertiles'")
+        return v
+
+
+class RunVariant(_Section):
+    """One entry of ``run.objectives``: a label plus objective overrides."""
+
+    label: str
+    objective: dict[str, Any] = {}
+
+
+class RunConfig(_Section):
+    objectives: list[str | RunVariant] = ["mse", "contrastive", "weighted"]
+    seeds: list[int] = [0]
+    features: list[Literal["diff", "concat"]] = ["diff"]
+    baselines: bool = Field(True, description="Also evaluate head_delta and untrained.")
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        enc, kind = self.model.encoder, self.data.input.kind
+        expected = {"tsm_resnet18": "video", "tsm_slices": "slices", "resnet3d_18": "volume"}
+        if enc in expected and kind != expected[enc]:
+            raise ValueError(
+                f"model.encoder {enc} needs data.input.kind {expected[enc]} (got {kind})"
+            )
+        if enc == "mlp" and kind != "tabular":
+            raise ValueError("model.encoder mlp needs data.input.kind tabular")
+        return self
+
+    def to_plain(self) -> dict[str, Any]:
+        """A JSON/YAML-safe dict (paths as strings)."""
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section; check the key name")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """Parse ``key=value`` strings; the value is read as YAML (``[0,1]``, ``true``, ``1e-3``)."""
+    parsed = []
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if not key:
+            lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'; see configs/ for the valid keys")
+        else:
+            got = err.get("input")
+            got_txt = f" (got {got!r})" if not isinstance(got, dict) else ""
+            lines.append(f"{source}: key '{key}': {err['msg']}{got_txt}")
+    return lines
+
+
+def build_config(
+    tree: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
+) -> Config:
+    """Validate a config tree after applying ``--set`` overrides."""
+    tree = copy.deepcopy(tree)
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = _format_validation_error(exc, source)
+        raise ConfigError(lines[0], problems=lines) from None
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (safe loader) and apply overrides; errors name the file and key."""
+    tree: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; pass an existing YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"{path}: not valid YAML ({first}); fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections (data, model, ...)")
+        tree = loaded
+    return build_config(tree, overrides, source=source)
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from learner.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_plain(), sort_keys=False))

@@ -1,0 +1,141 @@
+"""`learner embed`: one embedding per scan, streamed to Parquet so memory stays flat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from learner.config import Config
+from learner.data.manifest import load_manifest
+from learner.errors import DataError
+from learner.evaluate.embeddings_io import EmbeddingsWriter
+from learner.train.module import LearnerModule
+from learner.train.pretrain import PreparedData, input_spec, make_dataset, resolve_cache
+
+_META_COLUMNS = ("patient_id", "visit", "visit_order", "zone", "path", "score", "split")
+
+
+def load_checkpoint(path: Path) -> tuple[LearnerModule, dict[str, Any]]:
+    """Rebuild the model from a checkpoint (``weights_only=True``: no pickle from disk)."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: checkpoint not found; pass a .ckpt from a pretrain run folder")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: not a loadable learner checkpoint ({type(exc).__name__}); "
+            "pass checkpoints/best.ckpt or last.ckpt of a pretrain run"
+        ) from None
+    meta = ckpt.get("learner") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise DataError(f"{path}: checkpoint has no learner metadata; was it written by learner?")
+    info = {k: v for k, v in meta.items() if k not in ("config", "score_range")}
+    model = LearnerModule(meta["config"], tuple(meta["score_range"]), info)
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, meta
+
+
+@torch.no_grad()
+def embed_frame(
+    model: LearnerModule,
+    data: PreparedData,
+    frame: pd.DataFrame,
+    out: Path,
+    *,
+    metadata: dict[str, Any],
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> Path:
+    """Embed every row of ``frame`` (a manifest frame with a ``split`` column) into ``out``."""
+    model.eval()
+    frame = frame.reset_index(drop=True)
+    dataset = make_dataset(data, frame, train=False, seed=0)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    meta = {
+        **metadata,
+        "score_range": list(model.score_range),
+        "higher_is_better": model.cfg.data.higher_is_better,
+    }
+    with EmbeddingsWriter(out, meta) as writer:
+        for batch in loader:
+            x = batch["x"]
+            if x.ndim == data_rank(data) + 2:  # several clips per scan: (B, K, ...)
+                b, k = x.shape[:2]
+                u, pred = model(x.flatten(0, 1))
+                u = u.view(b, k, -1).mean(1)
+                pred = pred.view(b, k).mean(1)
+            else:
+                u, pred = model(x)
+            idx = batch["index"].numpy()
+            rows = frame.iloc[idx]
+            chunk = pd.DataFrame(
+                {
+                    col: (
+                        rows[col].astype(str).to_numpy()
+                        if col in ("patient_id", "visit")
+                        else rows[col].to_numpy()
+                    )
+                    for col in _META_COLUMNS
+                    if col in rows.columns
+                }
+            )
+            chunk["pred_score"] = model.to_raw_score(pred.float()).numpy().astype(np.float64)
+            chunk["embedding"] = list(u.float().numpy())
+            writer.write_batch(chunk)
+    return out
+
+
+def data_rank(data: PreparedData) -> int:
+    """Rank of one item's ``x`` without the batch axis."""
+    return {"video": 4, "slices": 4, "volume": 4, "tabular": 1}[data.input.kind]
+
+
+def embed_checkpoint(
+    checkpoint: Path,
+    manifest_path: Path,
+    out: Path,
+    *,
+    batch_size: int = 32,
+    clips_per_scan: int | None = None,
+) -> Path:
+    """`learner embed`: embed a manifest with a trained checkpoint.
+
+    Patients of the run's split keep their split; patients the run never saw are ``external``.
+    """
+    model, meta = load_checkpoint(checkpoint)
+    cfg: Config = model.cfg
+    if clips_per_scan is not None:
+        cfg.data.input.clips_per_scan = clips_per_scan
+    manifest = load_manifest(manifest_path, feature_columns=cfg.data.feature_columns)
+    frame = manifest.frame.copy()
+    assignment: dict[str, str] = meta.get("split", {})
+    frame["split"] = frame["patient_id"].map(assignment).fillna("external")
+    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
+    data = PreparedData(
+        manifest=manifest,
+        frame=frame,
+        assignment=assignment,
+        split_hash=str(meta.get("split_hash", "")),
+        score_range=model.score_range,
+        patient_codes=codes,
+        input=input_spec(cfg),
+        cache=resolve_cache(cfg, manifest.source),
+        feature_stats=(
+            (np.asarray(stats[0]), np.asarray(stats[1]))
+            if (stats := meta.get("feature_stats"))
+            else None
+        ),
+    )
+    metadata = {
+        "objective": cfg.objective.name,
+        "seed": meta.get("seed"),
+        "split_hash": meta.get("split_hash"),
+        "checkpoint": str(checkpoint),
+    }
+    return embed_frame(model, data, frame, out, metadata=metadata, batch_size=batch_size)

@@ -1,0 +1,184 @@
+"""Reports of a `learner run`: the comparison table, ``report.md`` and a self-contained
+``report.html`` (figures embedded as base64 PNG, no network needed to view it)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from learner.evaluate.ablation import HEAD_DELTA, REFERENCE, AblationResult
+from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.plots import (
+    plot_confusions,
+    plot_figure1,
+    plot_training_curves,
+    plot_trajectories,
+)
+from learner.io import atomic_write_text
+
+TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")
+HEADERS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "bal. acc.",
+    "macro_f1": "macro-F1",
+    "spearman_distance": "Fig.1 rho",
+    "score_mae": "score MAE",
+}
+
+
+def _fmt(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
+        return "-"
+    text = f"{entry['mean']:.{digits}f}"
+    lo, hi = entry.get("ci95", [None, None])
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per objective: metrics (mean [CI]) and the paired difference to mse."""
+    diffs = results.get("comparisons", {}).get("differences", {})
+    rows = []
+    for name, block in results["objectives"].items():
+        row = [name] + [_fmt(block.get(m)) for m in TABLE_METRICS]
+        d = diffs.get(name, {}).get("balanced_accuracy")
+        row.append("(reference)" if name == REFERENCE else _fmt(d) if d else "-")
+        rows.append(row)
+    return rows
+
+
+def comparison_table(results: dict[str, Any]) -> Table:
+    """The comparison as a rich table for the terminal."""
+    table = Table(title="Change classification on held-out patients (mean [95% CI])")
+    table.add_column("objective", style="bold")
+    for m in TABLE_METRICS:
+        table.add_column(HEADERS[m], justify="right")
+    table.add_column("bal. acc. - mse", justify="right")
+    for row in comparison_rows(results):
+        table.add_row(*row)
+    return table
+
+
+def make_figures(ablation: AblationResult, out: Path) -> dict[str, Path]:
+    """Figure 1, confusion matrices, training curves and trajectories for the first seed."""
+    fig_dir = out / "figures"
+    figures: dict[str, Path] = {}
+    first = {name: units[0][0] for name, units in ablation.cells.items()}
+    fig1 = {
+        name: (cell.figure1, cell.metrics.get("spearman_distance", math.nan))
+        for name, cell in first.items()
+        if not cell.figure1.empty
+    }
+    if fig1:
+        figures["figure1"] = plot_figure1(fig1, fig_dir / "figure1_distance_vs_change.png")
+    confusions = {
+        name: np.asarray(cell.summary["confusion"], dtype=np.int64) for name, cell in first.items()
+    }
+    if REFERENCE in first:
+        confusions[HEAD_DELTA] = np.asarray(
+            first[REFERENCE].summary["head_delta_confusion"], dtype=np.int64
+        )
+    figures["confusions"] = plot_confusions(confusions, fig_dir / "confusion_matrices.png")
+    curves = {
+        label: dirs[0] / "logs" / "csv" / "metrics.csv"
+        for label, dirs in ablation.run_dirs.items()
+        if (dirs[0] / "logs" / "csv" / "metrics.csv").exists()
+    }
+    if curves:
+        figures["training"] = plot_training_curves(curves, fig_dir / "training_curves.png")
+    traj_label = "weighted" if "weighted" in ablation.run_dirs else next(iter(ablation.run_dirs))
+    emb = ablation.run_dirs[traj_label][0].parent / "embeddings.parquet"
+    if emb.exists():
+        frame, _ = read_embeddings(emb)
+        figures["trajectories"] = plot_trajectories(
+            frame, fig_dir / f"trajectories_{traj_label}.png"
+        )
+    return figures
+
+
+CAPTIONS = {
+    "figure1": "Figure 1: cosine distance between the two visits' embeddings against |score "
+    "change|, held-out pairs, first seed (Spearman rho in each title).",
+    "confusions": "Confusion matrices on held-out pairs (rows: true; columns: predicted), "
+    "first seed.",
+    "training": "Training curves (validation patients), first seed.",
+    "trajectories": "Held-out patients across visits: predicted score and embedding distance "
+    "from the first visit.",
+}
+
+
+def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
+    ds = results["dataset"]
+    cfg = results["config"]
+    lines = [
+        "# learner run report",
+        "",
+        f"Manifest `{ds['manifest']}`: {ds['patients']} patients, {ds['visits']} visits, "
+        f"{ds['scans']} scans. Seeds: {cfg['run']['seeds']}. Stable band: {ds['stable_band']} "
+        f"(raw score units; `{cfg['eval']['delta']}`). Held-out pairs per seed: "
+        f"{ds['test_pairs_per_seed']} from {ds['test_patients_per_seed']} patients, classes "
+        f"{ds['class_counts_test']}.",
+        "",
+        "Values are means over seeds with a 95% patient-bootstrap interval on the held-out "
+        "patients. `head_delta` classifies the mse model's predicted score change (one feature); "
+        "`untrained` is a random-init encoder. The last column is the paired difference in "
+        "balanced accuracy to `mse` on the same pairs.",
+        "",
+        "| objective | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " | bal. acc. - mse |",
+        "|---" * (len(TABLE_METRICS) + 2) + "|",
+    ]
+    for row in comparison_rows(results):
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    for key, path in figures.items():
+        lines += [f"![{key}]({path.relative_to(out).as_posix()})", "", CAPTIONS[key], ""]
+    lines += [
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _html(results: dict[str, Any], figures: dict[str, Path], markdown_intro: str) -> str:
+    head = ["objective", *(HEADERS[m] for m in TABLE_METRICS), "bal. acc. - mse"]
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in comparison_rows(results)
+    )
+    imgs = "".join(
+        f"<figure><img alt='{key}' src='data:image/png;base64,"
+        f"{base64.b64encode(path.read_bytes()).decode('ascii')}'/>"
+        f"<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>"
+        for key, path in figures.items()
+    )
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}td:first-child{text-align:left;font-weight:bold}"
+        "img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#555}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>learner run report</title>"
+        f"<style>{style}</style></head><body><h1>learner run report</h1>"
+        f"<p>{html.escape(markdown_intro)}</p><table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + f"</tr>{rows}</table>{imgs}</body></html>"
+    )
+
+
+def write_reports(ablation: AblationResult, out: Path) -> tuple[Path, Path]:
+    """Write figures, ``report.md`` and a self-contained ``report.html``; return both paths."""
+    figures = make_figures(ablation, out)
+    md = _markdown(ablation.results, figures, out)
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, md)
+    intro = md.split("\n\n")[1] + " " + md.split("\n\n")[2]
+    atomic_write_text(html_path, _html(ablation.results, figures, intro))
+    return md_path, html_path

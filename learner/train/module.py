@@ -1,0 +1,209 @@
+"""The LightningModule: encoder -> embedding u -> (regression head, pair objective).
+
+Loss per batch (DESIGN section 1): ``MSE(head(u), y) + lam * L_pair(u, y, patient)``, scores
+normalised to [0, 1]. Validation logs the loss terms, the score MAE in raw units and the
+Figure-1 Spearman (cosine distance against |score difference| over inter-patient pairs).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import Tensor, nn
+
+from learner.config import Config
+from learner.losses import build_objective
+from learner.models import ProjectionHead, RegressionHead, build_encoder
+
+# Validation pairs for the online Spearman are subsampled to bound the O(n^2) cost.
+_MAX_VAL_SCANS_FOR_SPEARMAN = 1500
+
+
+def build_encoder_from_config(cfg: Config) -> nn.Module:
+    """The encoder named by ``model.encoder`` with the input geometry of ``data.input``."""
+    m, inp = cfg.model, cfg.data.input
+    if m.encoder in ("tsm_resnet18", "tsm_slices"):
+        return build_encoder(
+            m.encoder, in_channels=inp.channels, n_segment=inp.frames, width=m.width
+        )
+    if m.encoder == "resnet3d_18":
+        return build_encoder(m.encoder, in_channels=1, width=m.width)
+    n_features = len(cfg.data.feature_columns or [])
+    return build_encoder(
+        m.encoder, in_features=n_features, hidden=tuple(m.mlp_hidden), embed_dim=m.mlp_embed_dim
+    )
+
+
+def objective_from_config(cfg: Config) -> nn.Module:
+    """Build the named objective, passing only the hyperparameters it accepts."""
+    from learner.losses import OBJECTIVES
+
+    o = cfg.objective
+    accepted = inspect.signature(OBJECTIVES[o.name].__init__).parameters
+    candidates = o.model_dump(exclude={"name", "lam"})
+    params = {k: v for k, v in candidates.items() if k in accepted and v is not None}
+    return build_objective(o.name, **params)
+
+
+def cosine_distance_spearman(u: Tensor, y: Tensor, pid: Tensor) -> float:
+    """Spearman rho between 1 - cos(u_i, u_j) and |y_i - y_j| over inter-patient pairs."""
+    keep = ~torch.isnan(y)
+    u, y, pid = u[keep], y[keep], pid[keep]
+    if u.shape[0] > _MAX_VAL_SCANS_FOR_SPEARMAN:
+        idx = torch.randperm(u.shape[0], generator=torch.Generator().manual_seed(0))
+        idx = idx[:_MAX_VAL_SCANS_FOR_SPEARMAN]
+        u, y, pid = u[idx], y[idx], pid[idx]
+    if u.shape[0] < 3:
+        return math.nan
+    z = F.normalize(u.double(), dim=1)
+    dist = 1.0 - z @ z.T
+    gap = (y[:, None] - y[None, :]).abs().double()
+    iu = torch.triu_indices(u.shape[0], u.shape[0], offset=1)
+    inter = pid[iu[0]] != pid[iu[1]]
+    d = dist[iu[0], iu[1]][inter].numpy()
+    g = gap[iu[0], iu[1]][inter].numpy()
+    if d.size < 3 or np.ptp(g) == 0 or np.ptp(d) == 0:
+        return math.nan
+    return float(spearmanr(d, g).statistic)
+
+
+class LearnerModule(L.LightningModule):
+    """Encoder + regression head + pair objective.
+
+    Args:
+        config: the resolved config as a plain dict (``Config.to_plain()``), saved in checkpoints.
+        score_range: (low, high) used to normalise scores; predictions are mapped back with it.
+        run_info: JSON-safe facts recorded in every checkpoint (seed, split hash, split, versions).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        score_range: tuple[float, float],
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config, "score_range": list(score_range)})
+        self.cfg = Config.model_validate(config)
+        self.score_range = (float(score_range[0]), float(score_range[1]))
+        self.run_info = run_info or {}
+        self.encoder = build_encoder_from_config(self.cfg)
+        embed_dim = int(self.encoder.embed_dim)  # type: ignore[arg-type]
+        self.head = RegressionHead(embed_dim)
+        self.projection: nn.Module | None = (
+            ProjectionHead(embed_dim) if self.cfg.model.pair_on == "projection" else None
+        )
+        self.objective = objective_from_config(self.cfg)
+        self.lam = 0.0 if self.cfg.objective.name == "mse" else self.cfg.objective.lam
+        self._val_outputs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._no_pos_batches = 0
+        self._no_neg_batches = 0
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return (u (B, D), normalised score prediction (B,))."""
+        u = self.encoder(x)
+        return u, self.head(u)
+
+    def to_raw_score(self, pred: Tensor) -> Tensor:
+        lo, hi = self.score_range
+        return pred * (hi - lo) + lo
+
+    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x, y, pid = batch["x"], batch["y"].float(), batch["pid"].long()
+        u, pred = self(x)
+        labelled = ~torch.isnan(y)
+        if labelled.any():
+            mse = F.mse_loss(pred[labelled].float(), y[labelled])
+        else:
+            mse = pred.sum() * 0.0
+        out = {"mse": mse, "u": u, "pred": pred}
+        if self.lam > 0:
+            z = self.projection(u) if self.projection is not None else u
+            pair = self.objective(z.float(), y, pid)
+            out.update(pair=pair.loss, n_pos=pair.n_pos, n_neg=pair.n_neg)
+            out["loss"] = mse + self.lam * pair.loss
+        else:
+            out["loss"] = mse
+        return out
+
+    # -- training --------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._no_pos_batches = 0
+        self._no_neg_batches = 0
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self._losses(batch)
+        bs = int(batch["y"].shape[0])
+        self.log(
+            "train/loss", out["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=bs
+        )
+        self.log("train/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs)
+        if "pair" in out:
+            self.log("train/pair", out["pair"], on_step=False, on_epoch=True, batch_size=bs)
+            self._no_pos_batches += int(out["n_pos"].item() == 0)
+            self._no_neg_batches += int(out["n_neg"].item() == 0)
+        return out["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        if self.lam > 0:
+            self.log("train/batches_without_pos", float(self._no_pos_batches))
+            self.log("train/batches_without_neg", float(self._no_neg_batches))
+
+    # -- validation ------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        out = self._losses(batch)
+        bs = int(batch["y"].shape[0])
+        self.log(
+            "val/loss", out["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=bs
+        )
+        self.log("val/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs)
+        if "pair" in out:
+            self.log("val/pair", out["pair"], on_step=False, on_epoch=True, batch_size=bs)
+        self._val_outputs.append(
+            (
+                out["u"].detach().float().cpu(),
+                out["pred"].detach().float().cpu(),
+                batch["y"].detach().float().cpu(),
+                batch["pid"].detach().cpu(),
+            )
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        u = torch.cat([o[0] for o in self._val_outputs])
+        pred = torch.cat([o[1] for o in self._val_outputs])
+        y = torch.cat([o[2] for o in self._val_outputs])
+        pid = torch.cat([o[3] for o in self._val_outputs])
+        self._val_outputs.clear()
+        labelled = ~torch.isnan(y)
+        if labelled.any():
+            mae = (self.to_raw_score(pred[labelled]) - self.to_raw_score(y[labelled])).abs().mean()
+            self.log("val/score_mae", mae)
+        rho = cosine_distance_spearman(u, y, pid)
+        self.log("val/spearman", float(rho) if not math.isnan(rho) else 0.0)
+
+    # -- optimisation ----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        t = self.cfg.train
+        opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if t.scheduler == "none":
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.epochs))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- checkpoint metadata ---------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["learner"] = {
+            "config": self.hparams["config"],
+            "score_range": list(self.score_range),
+            **self.run_info,
+        }
