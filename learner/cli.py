@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from learner.errors import LearnerError, NotBuiltError
+from learner.errors import LearnerError
 
 app = typer.Typer(
     name="learner",
@@ -47,7 +47,7 @@ def handle_errors(func: F) -> F:
             if _STATE["debug"]:
                 traceback.print_exc()
             for line in exc.problems:
-                err_console.print(f"error: {line}", markup=False, highlight=False)
+                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
@@ -63,6 +63,7 @@ def handle_errors(func: F) -> F:
                     "(rerun with `learner --debug ...` for the traceback and report it)",
                     markup=False,
                     highlight=False,
+                    soft_wrap=True,
                 )
             raise typer.Exit(1) from None
 
@@ -102,7 +103,22 @@ def demo(
 
     Example: learner demo --out demo-output
     """
-    raise NotBuiltError("`learner demo` is not built yet (issue #5: evaluation and report)")
+    import time
+
+    from learner.config import load_config
+    from learner.data.synthetic import write_cohort
+
+    start = time.perf_counter()
+    cohort = out / "cohort"
+    manifest = cohort / "manifest.csv"
+    if manifest.exists():
+        console.print(f"cohort: reusing {manifest}")
+    else:
+        console.print("cohort: writing the synthetic LUS cohort (demo preset) ...")
+        write_cohort("lus", cohort, patients=None, seed=0, preset="demo", preview=True)
+    cfg = load_config(DEMO_CONFIG, [f"data.manifest={manifest}"])
+    _run_and_report(cfg, out / "run")
+    console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
 
 @app.command()
@@ -130,7 +146,31 @@ def synth(
 
     Example: learner synth lus --out cohort --patients 40 --seed 0 --preview
     """
-    raise NotBuiltError("`learner synth` is not built yet (issue #2)")
+    from learner.data.synthetic import write_cohort
+    from learner.errors import ConfigError
+
+    if patients is not None and patients < 2:
+        raise ConfigError(f"--patients {patients}: a cohort needs at least 2 patients")
+    files = write_cohort(
+        modality.value,
+        out,
+        patients=patients,
+        seed=seed,
+        preset=preset.value,
+        null=null,
+        preview=preview,
+    )
+    kind = "null-control " if null else ""
+    lines = [
+        f"wrote a {kind}{modality.value} cohort: {files.patients} patients, {files.scans} scans",
+        f"manifest: {files.manifest}",
+        f"truth:    {files.truth}",
+    ]
+    if files.preview is not None:
+        lines.append(f"preview:  {files.preview}")
+    for line in lines:
+        # soft_wrap: paths stay on one line whatever the terminal width (easy to copy).
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -144,13 +184,32 @@ def validate(
     lower_is_better: Annotated[
         bool, typer.Option("--lower-is-better", help="A higher score means worse health.")
     ] = False,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="Tabular data: comma-separated numeric feature columns used instead of path."
+        ),
+    ] = None,
 ) -> None:
     """Check a manifest and its files; print patients, visits, scans, score range and
     change pairs per class. Exit 3 with one line per problem.
 
     Example: learner validate cohort/manifest.csv --delta 2
     """
-    raise NotBuiltError("`learner validate` is not built yet (issue #2)")
+    from learner.data.manifest import load_manifest
+    from learner.data.summary import render_summary, summarize_manifest
+    from learner.errors import ConfigError
+
+    feature_columns = None
+    if features is not None:
+        feature_columns = [c.strip() for c in features.split(",") if c.strip()]
+        if not feature_columns:
+            raise ConfigError("--features is empty; name the columns, e.g. --features a,b,c")
+    loaded = load_manifest(manifest, feature_columns=feature_columns)
+    for line in loaded.warnings:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    summary = summarize_manifest(loaded, delta=delta, higher_is_better=not lower_is_better)
+    render_summary(summary, console)
 
 
 @app.command()
@@ -168,7 +227,13 @@ def pretrain(
 
     Example: learner pretrain --config configs/demo.yaml --set objective.name=weighted --out runs/w
     """
-    raise NotBuiltError("`learner pretrain` is not built yet (issue #4)")
+    from learner.config import load_config
+    from learner.train.pretrain import pretrain as run_pretrain
+
+    cfg = load_config(config, set_)
+    result = run_pretrain(cfg, out or cfg.train.out, resume=resume)
+    console.print(f"run folder: {result.run_dir}")
+    console.print(f"best checkpoint: {result.best}")
 
 
 @app.command()
@@ -177,12 +242,19 @@ def embed(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint from `learner pretrain`.")],
     manifest: Annotated[Path, typer.Option(help="Manifest of the scans to embed.")],
     out: Annotated[Path, typer.Option(help="Output Parquet file, one row per scan.")],
+    clips_per_scan: Annotated[
+        int | None,
+        typer.Option(min=1, help="Clip samplings averaged per scan (default: the config's)."),
+    ] = None,
 ) -> None:
     """Embed every scan of a manifest with a pretrained encoder.
 
     Example: learner embed --checkpoint runs/w/checkpoints/best.ckpt --manifest m.csv --out e.parquet
     """
-    raise NotBuiltError("`learner embed` is not built yet (issue #4)")
+    from learner.evaluate.embed import embed_checkpoint
+
+    path = embed_checkpoint(checkpoint, manifest, out, clips_per_scan=clips_per_scan)
+    console.print(f"embeddings: {path}")
 
 
 @app.command()
@@ -196,7 +268,38 @@ def evaluate(
 
     Example: learner evaluate --embeddings e.parquet --out eval
     """
-    raise NotBuiltError("`learner evaluate` is not built yet (issue #5)")
+    from learner.config import load_config
+    from learner.evaluate.change import evaluate_change
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.evaluate.plots import plot_confusions, plot_figure1, plot_trajectories
+    from learner.io import write_json
+
+    cfg = load_config(config, None)
+    frame, meta = read_embeddings(embeddings)
+    higher = bool(meta.get("higher_is_better", cfg.data.higher_is_better))
+    result = evaluate_change(
+        frame,
+        delta=cfg.eval.delta,
+        higher_is_better=higher,
+        feature=cfg.eval.feature,
+        classifier=cfg.eval.classifier,
+        n_boot=cfg.eval.n_boot,
+        seed=cfg.train.seed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result.to_json())
+    name = str(meta.get("objective", "embeddings"))
+    plot_figure1({name: result}, out / "figures" / "figure1_distance_vs_change.png")
+    plot_confusions({name: result.confusion}, out / "figures" / "confusion_matrix.png")
+    plot_trajectories(frame, out / "figures" / "trajectories.png")
+    for note in result.warnings:
+        err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae"):
+        lo, hi = result.ci95.get(key, (float("nan"), float("nan")))
+        console.print(f"{key:>18}: {result.metrics[key]:.3f}  [{lo:.3f}, {hi:.3f}]")
+    hd = result.head_delta.get("balanced_accuracy", float("nan"))
+    console.print(f"{'head_delta bal.acc':>18}: {hd:.3f}")
+    console.print(f"metrics: {out / 'metrics.json'}")
 
 
 @app.command()
@@ -213,7 +316,24 @@ def run(
 
     Example: learner run --config configs/demo.yaml --out runs/ablation
     """
-    raise NotBuiltError("`learner run` is not built yet (issue #5)")
+    from learner.config import load_config
+
+    _run_and_report(load_config(config, set_), out)
+
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def _run_and_report(cfg: Any, out: Path) -> None:
+    """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
+    from learner.evaluate.ablation import run_ablation
+    from learner.evaluate.report import comparison_table, write_reports
+
+    ablation = run_ablation(cfg, out, log=lambda line: console.print(line, highlight=False))
+    md, page = write_reports(ablation, out)
+    console.print(comparison_table(ablation.results))
+    console.print(f"results: {ablation.results_path}")
+    console.print(f"report: {page} (and {md.name})")
 
 
 def main() -> None:
