@@ -8,7 +8,7 @@ import functools
 import sys
 import traceback
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -79,12 +79,12 @@ def _main(
     _STATE["debug"] = debug
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     lus = "lus"
     mri = "mri"
 
 
-class Preset(str, Enum):
+class Preset(StrEnum):
     tiny = "tiny"
     demo = "demo"
     bench = "bench"
@@ -249,7 +249,7 @@ def embed(
 ) -> None:
     """Embed every scan of a manifest with a pretrained encoder.
 
-    Example: learner embed --checkpoint runs/w/checkpoints/best.ckpt --manifest m.csv --out e.parquet
+    Example: learner embed --checkpoint run/checkpoints/best.ckpt --manifest m.csv --out e.parquet
     """
     from learner.evaluate.embed import embed_checkpoint
 
