@@ -57,7 +57,7 @@ def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
 def comparison_table(results: dict[str, Any]) -> Table:
     """The comparison as a rich table for the terminal."""
     table = Table(title="Change classification on held-out patients (mean [95% CI])")
-    table.add_column("objective", style="bold")
+    table.add_column("objective", style="bold", no_wrap=True)
     for m in TABLE_METRICS:
         table.add_column(HEADERS[m], justify="right")
     table.add_column("bal. acc. - mse", justify="right")
