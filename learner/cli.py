@@ -5,7 +5,6 @@ library, and turns :class:`learner.errors.LearnerError` into one line and an exi
 from __future__ import annotations
 
 import functools
-import sys
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
@@ -190,14 +189,21 @@ def validate(
             help="Tabular data: comma-separated numeric feature columns used instead of path."
         ),
     ] = None,
+    decode: Annotated[
+        bool,
+        typer.Option(
+            "--decode/--no-decode",
+            help="Decode every scan file (slower; finds corrupt files before training does).",
+        ),
+    ] = True,
 ) -> None:
     """Check a manifest and its files; print patients, visits, scans, score range and
     change pairs per class. Exit 3 with one line per problem.
 
     Example: learner validate cohort/manifest.csv --delta 2
     """
-    from learner.data.manifest import load_manifest
-    from learner.data.summary import render_summary, summarize_manifest
+    from learner.data.manifest import check_scans, load_manifest
+    from learner.data.summary import render_summary, summarize_manifest, summary_warnings
     from learner.errors import ConfigError
 
     feature_columns = None
@@ -206,10 +212,13 @@ def validate(
         if not feature_columns:
             raise ConfigError("--features is empty; name the columns, e.g. --features a,b,c")
     loaded = load_manifest(manifest, feature_columns=feature_columns)
-    for line in loaded.warnings:
-        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    decoded = check_scans(loaded) if decode else None
     summary = summarize_manifest(loaded, delta=delta, higher_is_better=not lower_is_better)
+    for line in [*loaded.warnings, *summary_warnings(summary)]:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     render_summary(summary, console)
+    if decoded is not None and feature_columns is None:
+        console.print(f"scan files decoded: {decoded}, all readable")
 
 
 @app.command()
@@ -342,4 +351,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
