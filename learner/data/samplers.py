@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -72,16 +73,34 @@ class PatientBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
+        world, _ = _replicas()
+        if world > 1:
+            return len(self._rank_batches())
         n = self.scores.size
         if self.drop_last:
             return n // self.batch_size
         return -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        world, _ = _replicas()
+        if world > 1:
+            yield from self._rank_batches()
+            return
         batches = self.batches(self.epoch)
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches = batches[:-1]
         yield from batches
+
+    def _rank_batches(self) -> list[list[int]]:
+        """Under DDP: global batches of ``batch_size * world`` scans (one per patient where
+        possible), each rank taking every world-th scan, so the pair losses, which gather
+        across ranks, see exactly the global batch. Global batches too small to give every
+        rank a scan are dropped so that all ranks run the same number of steps."""
+        world, rank = _replicas()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        stream = self._stream(rng)
+        batches = _cut_batches(stream, self.patient_codes, self.batch_size * world)
+        return [b[rank::world] for b in batches if len(b) >= world]
 
     def batches(self, epoch: int) -> list[list[int]]:
         """Every batch of ``epoch`` (the last may be short; ``drop_last`` is not applied)."""
@@ -125,6 +144,13 @@ class PatientBatchSampler(Sampler[list[int]]):
             ranked = idx[np.lexsort((rng.random(n_lab), scores[idx]))]
             quantile[ranked] = (np.arange(n_lab) + 0.5) / n_lab
         return quantile
+
+
+def _replicas() -> tuple[int, int]:
+    """(world size, rank) of the running process group, (1, 0) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
 
 def _stratified_order(quantile: np.ndarray, n_strata: int, rng: np.random.Generator) -> np.ndarray:

@@ -146,3 +146,28 @@ def test_rejects_mismatched_inputs() -> None:
         PatientBatchSampler(np.arange(3), np.zeros(4), 2, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
         PatientBatchSampler(np.arange(3), np.zeros(3), 0, seed=0)
+
+
+def test_ddp_ranks_split_each_global_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DDP every rank takes a disjoint share of the same global batch, with the same
+    number of steps, and the global batch keeps at most one scan per patient."""
+    from learner.data import samplers
+
+    codes = np.repeat(np.arange(20), 3)
+    scores = np.random.default_rng(0).random(codes.size)
+    per_rank = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(samplers, "_replicas", lambda rank=rank: (2, rank))
+        sampler = PatientBatchSampler(codes, scores, 4, seed=3)
+        sampler.set_epoch(1)
+        per_rank[rank] = list(sampler)
+        assert len(sampler) == len(per_rank[rank])
+    assert len(per_rank[0]) == len(per_rank[1])
+    seen: list[int] = []
+    for b0, b1 in zip(per_rank[0], per_rank[1], strict=True):
+        assert b0 and b1 and not set(b0) & set(b1)
+        global_batch = b0 + b1
+        assert len(set(codes[global_batch])) == len(global_batch)
+        seen += global_batch
+    assert len(seen) == len(set(seen))
+    assert len(seen) >= codes.size - 1  # at most a too-small last global batch is dropped
