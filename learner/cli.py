@@ -241,8 +241,9 @@ def pretrain(
 
     cfg = load_config(config, set_)
     result = run_pretrain(cfg, out or cfg.train.out, resume=resume)
-    console.print(f"run folder: {result.run_dir}")
-    console.print(f"best checkpoint: {result.best}")
+    if _is_rank_zero():  # under DDP every rank runs this command
+        console.print(f"run folder: {result.run_dir}")
+        console.print(f"best checkpoint: {result.best}")
 
 
 @app.command()
@@ -328,6 +329,12 @@ def run(
     from learner.config import load_config
 
     _run_and_report(load_config(config, set_), out)
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"

@@ -143,30 +143,53 @@ class LearnerModule(L.LightningModule):
         out = self._losses(batch)
         bs = int(batch["y"].shape[0])
         self.log(
-            "train/loss", out["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=bs
+            "train/loss",
+            out["loss"],
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=bs,
+            sync_dist=True,
         )
-        self.log("train/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs)
+        self.log(
+            "train/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs, sync_dist=True
+        )
         if "pair" in out:
-            self.log("train/pair", out["pair"], on_step=False, on_epoch=True, batch_size=bs)
+            self.log(
+                "train/pair",
+                out["pair"],
+                on_step=False,
+                on_epoch=True,
+                batch_size=bs,
+                sync_dist=True,
+            )
             self._no_pos_batches += int(out["n_pos"].item() == 0)
             self._no_neg_batches += int(out["n_neg"].item() == 0)
         return out["loss"]
 
     def on_train_epoch_end(self) -> None:
         if self.lam > 0:
-            self.log("train/batches_without_pos", float(self._no_pos_batches))
-            self.log("train/batches_without_neg", float(self._no_neg_batches))
+            self.log("train/batches_without_pos", float(self._no_pos_batches), sync_dist=True)
+            self.log("train/batches_without_neg", float(self._no_neg_batches), sync_dist=True)
 
     # -- validation ------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._losses(batch)
         bs = int(batch["y"].shape[0])
         self.log(
-            "val/loss", out["loss"], prog_bar=True, on_step=False, on_epoch=True, batch_size=bs
+            "val/loss",
+            out["loss"],
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            batch_size=bs,
+            sync_dist=True,
         )
-        self.log("val/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs)
+        self.log("val/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         if "pair" in out:
-            self.log("val/pair", out["pair"], on_step=False, on_epoch=True, batch_size=bs)
+            self.log(
+                "val/pair", out["pair"], on_step=False, on_epoch=True, batch_size=bs, sync_dist=True
+            )
         self._val_outputs.append(
             (
                 out["u"].detach().float().cpu(),
@@ -187,9 +210,9 @@ class LearnerModule(L.LightningModule):
         labelled = ~torch.isnan(y)
         if labelled.any():
             mae = (self.to_raw_score(pred[labelled]) - self.to_raw_score(y[labelled])).abs().mean()
-            self.log("val/score_mae", mae)
+            self.log("val/score_mae", mae, sync_dist=True)
         rho = cosine_distance_spearman(u, y, pid)
-        self.log("val/spearman", float(rho) if not math.isnan(rho) else 0.0)
+        self.log("val/spearman", float(rho) if not math.isnan(rho) else 0.0, sync_dist=True)
 
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
