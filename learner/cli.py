@@ -5,10 +5,14 @@ library, and turns :class:`learner.errors.LearnerError` into one line and an exi
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import threading
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -352,8 +356,30 @@ def _run_and_report(cfg: Any, out: Path) -> None:
     console.print(f"report: {page} (and {md.name})")
 
 
+# Seconds a command may take to shut down after Ctrl-C before the process ends hard.
+INTERRUPT_GRACE_S = 20.0
+
+
+def _on_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: raise KeyboardInterrupt as Python does, and bound the shutdown that follows.
+
+    Lightning's graceful shutdown can block for minutes in a logger's writer thread; every
+    file the package writes is atomic (temp file + rename), so ending hard loses nothing.
+    """
+    watchdog = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
+    watchdog.daemon = True
+    watchdog.start()
+    raise KeyboardInterrupt
+
+
+def _exit_interrupted() -> None:
+    err_console.print("interrupted", markup=False)
+    os._exit(130)
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGINT, _on_interrupt)
     app(prog_name="learner")
 
 

@@ -13,9 +13,23 @@ class LearnerError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        message = _worker_message(message)
         super().__init__(message)
         # Several independent problems (e.g. manifest rows) are reported one per line.
         self.problems: list[str] = list(problems) if problems else [message]
+
+
+def _worker_message(message: str) -> str:
+    """The original one-line message of an error re-raised by a DataLoader worker.
+
+    torch re-raises a worker's exception as ``type(exc)(text)`` where ``text`` holds the
+    worker's whole traceback; the user must see only the line the library wrote.
+    """
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    last = message.rstrip().splitlines()[-1]
+    _, sep, original = last.partition("Error: ")
+    return original.strip() if sep and original.strip() else message
 
 
 class ConfigError(LearnerError):

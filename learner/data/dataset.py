@@ -141,6 +141,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
         rows = (
             frame["row"].tolist() if "row" in frame.columns else [i + 2 for i in range(len(frame))]
         )
+        self._rows: list[Any] = rows
         scores = pd.to_numeric(frame["score"], errors="coerce").to_numpy(np.float64)
         self._y = np.clip((scores - low) / (high - low), 0.0, 1.0).astype(np.float32)
         unknown = sorted(set(frame["patient_id"].astype(str)) - set(patient_codes))
@@ -201,20 +202,26 @@ class ScanDataset(Dataset[dict[str, Any]]):
 
         Raises:
             IndexError: ``index`` out of range.
-            DataError: the scan cannot be read or is of the wrong kind.
+            DataError: the scan cannot be read or is of the wrong kind (names the manifest row).
         """
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} scans")
         index = int(index) % len(self)
         kind = self.input.kind
-        if kind == "tabular":
-            x = torch.from_numpy(self._features[index].copy())
-        elif kind == "video":
-            x = self._video_item(index)
-        elif kind == "volume":
-            x = self._volume_item(index)
-        else:
-            x = self._slices_item(index)
+        try:
+            if kind == "tabular":
+                x = torch.from_numpy(self._features[index].copy())
+            elif kind == "video":
+                x = self._video_item(index)
+            elif kind == "volume":
+                x = self._volume_item(index)
+            else:
+                x = self._slices_item(index)
+        except DataError as exc:
+            # A scan that passed the manifest check but does not decode: name its row.
+            raise DataError(
+                f"manifest row {self._rows[index]}, column path: {exc.problems[0]}"
+            ) from None
         return {
             "x": x,
             "y": float(self._y[index]),

@@ -3,7 +3,7 @@
 The loader reads every cell as text, checks the whole file and reports every problem at once,
 one line each, naming the manifest, the spreadsheet row (header = row 1), the column and the fix.
 Scan files are checked for existence, readability and extension only; decoding them is the
-readers' job (:mod:`learner.data.readers`).
+readers' job (:mod:`learner.data.readers`), which :func:`check_scans` runs over every file.
 
 Example:
     >>> manifest = load_manifest("cohort/manifest.csv")  # doctest: +SKIP
@@ -210,6 +210,44 @@ def load_manifest(
     frame = frame[order].reset_index(drop=True)
     frame["visit_order"] = frame["visit_order"].astype(np.int64)
     return Manifest(frame=frame, source=source, warnings=warnings, feature_columns=features)
+
+
+def check_scans(manifest: Manifest) -> int:
+    """Decode every distinct scan file of a manifest once, as training would.
+
+    The loader checks that files exist; this finds those that do not decode (truncated or
+    corrupt clips, a DICOM without pixels, an array of the wrong shape, a header claiming a
+    huge size), so that ``learner validate`` reports them before a training run does.
+
+    Args:
+        manifest: from :func:`load_manifest`; tabular manifests have nothing to decode.
+
+    Returns:
+        The number of distinct scan files decoded.
+
+    Raises:
+        DataError: one line per manifest row whose scan cannot be read, naming the row, the
+            file and the fix.
+    """
+    from learner.data.readers import read_scan  # heavy (PyAV, pydicom): only when decoding
+
+    frame = manifest.frame
+    if "path" not in frame.columns:
+        return 0
+    problems = _Problems(manifest.source.name)
+    verdicts: dict[str, str | None] = {}
+    for row, path in zip(frame["row"], frame["path"], strict=True):
+        if path not in verdicts:
+            try:
+                read_scan(path)
+                verdicts[path] = None
+            except DataError as exc:
+                verdicts[path] = exc.problems[0]
+        if verdicts[path] is not None:
+            problems.cell(row, "path", str(verdicts[path]))
+    if problems.lines:
+        raise DataError(problems.lines[0], problems=problems.lines)
+    return len(verdicts)
 
 
 def _clean_feature_columns(feature_columns: Sequence[str] | None) -> list[str] | None:

@@ -128,6 +128,27 @@ def summarize_manifest(
     )
 
 
+def summary_warnings(summary: ManifestSummary) -> list[str]:
+    """Cohort-level problems that do not stop ``validate`` but stop or weaken training.
+
+    Returns:
+        One line each: a single patient (pretraining splits by patient and needs several),
+        or every labelled scan sharing one score (nothing for the objectives to learn).
+    """
+    lines: list[str] = []
+    if summary.patients == 1:
+        lines.append(
+            f"{summary.source}: only one patient; pretraining splits by patient and needs "
+            "several (at least one for training and one for validation): add patients"
+        )
+    if summary.labelled_scans and summary.score_min == summary.score_max:
+        lines.append(
+            f"{summary.source}: every labelled scan has score {_number(summary.score_min)}; "
+            "pretraining needs different scores across patients: check the score column"
+        )
+    return lines
+
+
 def _number(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "-"

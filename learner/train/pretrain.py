@@ -38,13 +38,27 @@ from learner.train.module import LearnerModule
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file and renamed, so a kill never leaves a
-    truncated ``last.ckpt``."""
+    truncated ``last.ckpt``; they are read back with ``weights_only=True`` (no pickle)."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
     ) -> None:
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # --resume never unpickles arbitrary objects from disk, whatever torch's default;
+        # without a map_location the parent's default (storages stay where saved) applies.
+        extra = {} if map_location is None else {"map_location": map_location}
+        try:
+            return super().load_checkpoint(path, weights_only=True, **extra)
+        except Exception as exc:  # torch raises many types for a foreign or damaged file
+            raise DataError(
+                f"{path}: not a loadable learner checkpoint ({type(exc).__name__}); delete it "
+                "and rerun without --resume, or choose a new --out"
+            ) from None
 
 
 class EpochSeeding(L.Callback):
@@ -234,6 +248,7 @@ def pretrain(
     resume: bool = False,
     data: PreparedData | None = None,
     progress: bool = True,
+    callbacks: list[L.Callback] | None = None,
 ) -> PretrainResult:
     """Train one model; returns the run folder and checkpoint paths."""
     _quiet_lightning()
@@ -259,6 +274,17 @@ def pretrain(
         raise DataError(
             f"{data.manifest.source}: the split left no training or no validation patients; "
             "add patients or change data.split.ratios"
+        )
+    train_scores = train_frame["score"].dropna()
+    if train_scores.nunique() < 2:
+        found = (
+            f"every labelled training scan has score {train_scores.iloc[0]:g}"
+            if len(train_scores)
+            else "no training scan has a score"
+        )
+        raise DataError(
+            f"{data.manifest.source}: {found}; the score MSE and the pair objectives need "
+            "different scores across patients: check the score column"
         )
     train_ds = make_dataset(data, train_frame, train=True, seed=seed)
     val_ds = make_dataset(data, val_frame, train=False, seed=seed)
@@ -310,7 +336,8 @@ def pretrain(
         gradient_clip_val=cfg.train.grad_clip,
         deterministic=cfg.train.deterministic,
         callbacks=[checkpoint_cb, EpochSeeding(seed, sampler, train_ds)]
-        + ([RichProgressBar()] if progress else []),
+        + ([RichProgressBar()] if progress else [])
+        + list(callbacks or []),
         logger=[
             TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
             CSVLogger(str(out / "logs"), name="csv", version=""),
@@ -322,6 +349,13 @@ def pretrain(
         use_distributed_sampler=False,
     )
     ckpt_path = str(last) if resume and last.exists() else None
-    trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the
+        # interrupt back so the CLI reports it (exit 130). last.ckpt is the last finished epoch.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     best = ckpt_dir / "best.ckpt"
     return PretrainResult(run_dir=out, best=best if best.exists() else last, last=last, data=data)
