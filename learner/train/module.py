@@ -139,30 +139,24 @@ class LearnerModule(L.LightningModule):
         self._no_pos_batches = 0
         self._no_neg_batches = 0
 
+    def _log_terms(self, stage: str, out: dict[str, Tensor], batch_size: int) -> None:
+        """Epoch means of the loss terms, averaged across ranks under DDP."""
+        for term in ("loss", "mse", "pair"):
+            if term in out:
+                self.log(
+                    f"{stage}/{term}",
+                    out[term],
+                    prog_bar=term == "loss",
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=batch_size,
+                    sync_dist=True,
+                )
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self._losses(batch)
-        bs = int(batch["y"].shape[0])
-        self.log(
-            "train/loss",
-            out["loss"],
-            prog_bar=True,
-            on_step=False,
-            on_epoch=True,
-            batch_size=bs,
-            sync_dist=True,
-        )
-        self.log(
-            "train/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs, sync_dist=True
-        )
+        self._log_terms("train", out, int(batch["y"].shape[0]))
         if "pair" in out:
-            self.log(
-                "train/pair",
-                out["pair"],
-                on_step=False,
-                on_epoch=True,
-                batch_size=bs,
-                sync_dist=True,
-            )
             self._no_pos_batches += int(out["n_pos"].item() == 0)
             self._no_neg_batches += int(out["n_neg"].item() == 0)
         return out["loss"]
@@ -175,21 +169,7 @@ class LearnerModule(L.LightningModule):
     # -- validation ------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self._losses(batch)
-        bs = int(batch["y"].shape[0])
-        self.log(
-            "val/loss",
-            out["loss"],
-            prog_bar=True,
-            on_step=False,
-            on_epoch=True,
-            batch_size=bs,
-            sync_dist=True,
-        )
-        self.log("val/mse", out["mse"], on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
-        if "pair" in out:
-            self.log(
-                "val/pair", out["pair"], on_step=False, on_epoch=True, batch_size=bs, sync_dist=True
-            )
+        self._log_terms("val", out, int(batch["y"].shape[0]))
         self._val_outputs.append(
             (
                 out["u"].detach().float().cpu(),
