@@ -24,5 +24,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check learner tests benchmarks
 	$(VENV)/bin/mypy learner
 
+# Quality benchmarks of BENCHMARKS.md (## Quality): the objective-defaults sweep, then one
+# run per data set; finished cells are cached, so an interrupted run continues.
+QUALITY_DATASETS ?= parkinsons synth-lus synth-lus-null covid-blues-severity covid-blues-sf
+bench-quality: $(STAMP)
+	$(PY) benchmarks/quality.py --sweep
+	for d in $(QUALITY_DATASETS); do $(PY) benchmarks/quality.py --dataset $$d || exit 1; done
+
+# Speed benchmarks of BENCHMARKS.md (## Speed): writes benchmarks/results/speed.json.
+bench-speed: $(STAMP)
+	$(PY) benchmarks/speed.py
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

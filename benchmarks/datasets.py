@@ -1,0 +1,228 @@
+"""Manifest builders for the quality benchmarks (issue #6): real and synthetic data sets.
+
+Every builder reads the public data under ``<repo>/../shared/data`` (or a folder given), writes
+a learner manifest into ``benchmarks/work/<name>/`` (git-ignored) and returns its path. The
+source data are never modified. The choices each builder makes, in one place:
+
+- ``parkinsons``: UCI Parkinson's Telemonitoring. One row per subject-week: recordings are
+  grouped by ``week = floor(max(test_time, 0) / 7)`` (the few recordings a day or four before
+  the baseline fall into week 0), and each row holds the weekly means of the 16 voice
+  features and of ``total_UPDRS``; ``visit`` is the week index. Column names are made
+  identifier-like (``Jitter(%)`` -> ``jitter_pct``) so that configs can list them plainly.
+- ``covid-blues-severity``: COVID-BLUES, one row per clip, ``score`` = the clip's severity
+  (0-3) from ``severity.csv``, ``zone`` = the BLUE point (L1..R3), one visit (0) per patient.
+- ``covid-blues-sf``: the same clips, ``score`` = the patient's S/F-like ratio, room-air
+  SpO2 / 0.21 (``oxygen_saturation_without_ox`` of ``clinical_variables.csv``); patients whose
+  value is -99 (missing) or empty are dropped.
+- ``pocus``: the POCUS clips as an external set, ``score`` = "Lung Severity Score" of
+  ``metadata.csv`` (empty = unlabelled). ``patient_id`` = ``<Source ID>-<Patient ID>`` (ids
+  of different sources could collide). Patient 35 of source 2 (``Cov-Atlas-Day+N``) is one
+  patient with four visits (visit = N); every other patient has one visit (0).
+- ``synth-lus`` / ``synth-lus-null`` / ``synth-mri``: :func:`learner.data.synthetic.write_cohort`.
+
+Example:
+    >>> from benchmarks.datasets import build  # doctest: +SKIP
+    >>> manifest = build("parkinsons")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from learner.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+WORK = REPO / "benchmarks" / "work"
+
+# SpO2 on room air is read against the FiO2 of room air, 0.21, giving an S/F-like ratio.
+ROOM_AIR_FIO2 = 0.21
+MISSING_CODE = -99.0
+POCUS_TRAJECTORY = "2-35"  # Source ID 2, patient 35: Cov-Atlas-Day+1..+4
+PARKINSONS_SCORE = "total_UPDRS"
+# Columns of the UCI file that are not voice features.
+_PARKINSONS_META = ("subject#", "age", "sex", "test_time", "motor_UPDRS", "total_UPDRS")
+
+
+def data_root(root: Path | None = None) -> Path:
+    """The shared data folder; raises ``DataError`` naming it when absent."""
+    folder = Path(root) if root is not None else SHARED_DATA
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: shared data folder not found; put the public data sets there "
+            "(see ../shared/data/README.md) or pass --data-root"
+        )
+    return folder.resolve()
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: not found; the shared data set is incomplete")
+    return path
+
+
+def feature_name(column: str) -> str:
+    """``Jitter(%)`` -> ``jitter_pct``, ``Shimmer:APQ3`` -> ``shimmer_apq3``."""
+    text = column.replace("%", "pct")
+    text = re.sub(r"[^0-9A-Za-z]+", "_", text).strip("_")
+    return text.lower()
+
+
+def parkinsons_features(root: Path | None = None) -> list[str]:
+    """The 16 voice feature names as they appear in the built manifest."""
+    raw = pd.read_csv(_require(data_root(root) / "parkinsons-telemonitoring/parkinsons_updrs.data"))
+    return [feature_name(c) for c in raw.columns if c not in _PARKINSONS_META]
+
+
+def build_parkinsons(out: Path, root: Path | None = None) -> Path:
+    """Weekly means per subject of the 16 voice features and total_UPDRS.
+
+    Returns:
+        ``out/manifest.csv``: columns patient_id (``S01``..), visit (week index), score
+        (mean total_UPDRS of the week), the 16 feature columns; one row per subject-week.
+    """
+    source = _require(data_root(root) / "parkinsons-telemonitoring/parkinsons_updrs.data")
+    raw = pd.read_csv(source)
+    features = [c for c in raw.columns if c not in _PARKINSONS_META]
+    frame = raw[["subject#", "test_time", PARKINSONS_SCORE, *features]].copy()
+    frame["week"] = np.floor(frame["test_time"].clip(lower=0.0) / 7.0).astype(int)
+    weekly = frame.groupby(["subject#", "week"], sort=True)[[PARKINSONS_SCORE, *features]].mean()
+    weekly = weekly.reset_index()
+    table = pd.DataFrame(
+        {
+            "patient_id": [f"S{int(s):02d}" for s in weekly["subject#"]],
+            "visit": weekly["week"].astype(int),
+            "score": weekly[PARKINSONS_SCORE].round(4),
+        }
+    )
+    for column in features:
+        table[feature_name(column)] = weekly[column]
+    return _write(table, out)
+
+
+def _covid_clips(root: Path) -> pd.DataFrame:
+    base = root / "covid-blues"
+    severity = pd.read_csv(_require(base / "severity.csv"))
+    videos = _require(base / "lus_videos")
+    rows = []
+    for name, score in zip(severity["video_file"], severity["Severity Score"], strict=True):
+        match = re.fullmatch(r"patient_(\d+)_([LR][1-3])(?:_\d+)?", str(name).strip())
+        if match is None:
+            raise DataError(
+                f"{base / 'severity.csv'}: video_file {name!r} is not patient_<id>_<zone>[_n]"
+            )
+        clip = videos / f"{name}.mp4"
+        if not clip.is_file():
+            continue  # a severity row without its clip cannot be trained on
+        rows.append(
+            {
+                "patient_id": f"B{int(match.group(1)):02d}",
+                "visit": 0,
+                "path": str(clip),
+                "score": float(score) if pd.notna(score) else math.nan,
+                "zone": match.group(2),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def build_covid_severity(out: Path, root: Path | None = None) -> Path:
+    """COVID-BLUES clips with their own severity (0-3) as the score."""
+    return _write(_covid_clips(data_root(root)), out)
+
+
+def covid_sf_scores(root: Path | None = None) -> dict[str, float]:
+    """Patient (``Bnn``) -> room-air SpO2 / 0.21 for patients with a recorded value."""
+    table = pd.read_csv(_require(data_root(root) / "covid-blues/clinical_variables.csv"))
+    spo2 = pd.to_numeric(table["oxygen_saturation_without_ox"], errors="coerce")
+    scores: dict[str, float] = {}
+    for pid, value in zip(table["patient_id"], spo2, strict=True):
+        if pd.isna(value) or value == MISSING_CODE or value <= 0:
+            continue
+        scores[f"B{int(pid):02d}"] = round(float(value) / ROOM_AIR_FIO2, 2)
+    return scores
+
+
+def build_covid_sf(out: Path, root: Path | None = None) -> Path:
+    """COVID-BLUES clips scored with the patient's S/F-like ratio (patients without one dropped)."""
+    folder = data_root(root)
+    clips = _covid_clips(folder)
+    scores = covid_sf_scores(folder)
+    clips = clips[clips["patient_id"].isin(list(scores))].copy()
+    clips["score"] = clips["patient_id"].map(scores)
+    return _write(clips, out)
+
+
+def build_pocus(out: Path, root: Path | None = None) -> Path:
+    """POCUS clips with their 0-3 severity; patient 35 (source 2) as four daily visits."""
+    base = data_root(root) / "pocus"
+    meta = pd.read_csv(_require(base / "metadata.csv"), dtype=str, keep_default_na=False)
+    videos = {p.stem: p for p in _require(base / "videos").iterdir() if p.is_file()}
+    rows = []
+    for _, item in meta.iterrows():
+        stem = item["Filename"].strip()
+        clip = videos.get(stem)
+        if clip is None:
+            raise DataError(f"{base / 'metadata.csv'}: Filename {stem!r} has no file in videos/")
+        pid = f"{item['Source ID'].strip()}-{item['Patient ID / Name'].strip()}"
+        day = re.fullmatch(r"Cov-Atlas-Day\+(\d)", stem)
+        visit = int(day.group(1)) if day and pid == POCUS_TRAJECTORY else 0
+        text = item["Lung Severity Score"].strip()
+        rows.append(
+            {
+                "patient_id": pid,
+                "visit": visit,
+                "path": str(clip.resolve()),
+                "score": float(text) if text else math.nan,
+            }
+        )
+    return _write(pd.DataFrame(rows), out)
+
+
+def build_synthetic(
+    out: Path, *, modality: str, preset: str, null: bool = False, seed: int = 0
+) -> Path:
+    """A synthetic cohort (written once: an existing manifest is reused)."""
+    manifest = out / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    from learner.data.synthetic import write_cohort
+
+    return write_cohort(modality, out, seed=seed, preset=preset, null=null).manifest
+
+
+def _write(table: pd.DataFrame, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "manifest.csv"
+    tmp = path.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+BUILDERS: dict[str, Callable[[Path], Path]] = {
+    "parkinsons": build_parkinsons,
+    "covid-blues-severity": build_covid_severity,
+    "covid-blues-sf": build_covid_sf,
+    "pocus": build_pocus,
+    "synth-lus": lambda out: build_synthetic(out, modality="lus", preset="demo"),
+    "synth-lus-null": lambda out: build_synthetic(out, modality="lus", preset="demo", null=True),
+    "synth-lus-bench": lambda out: build_synthetic(out, modality="lus", preset="bench"),
+    "synth-lus-bench-null": lambda out: build_synthetic(
+        out, modality="lus", preset="bench", null=True
+    ),
+    "synth-mri": lambda out: build_synthetic(out, modality="mri", preset="bench"),
+}
+
+
+def build(name: str, work: Path | None = None) -> Path:
+    """Build data set ``name`` into ``<work>/<name>/manifest.csv`` and return the path."""
+    if name not in BUILDERS:
+        raise DataError(f"data set {name!r} is unknown; use one of {', '.join(BUILDERS)}")
+    return BUILDERS[name]((work or WORK) / name)

@@ -1,0 +1,671 @@
+"""Quality benchmark of issue #6: every objective against mse, with paired differences.
+
+For a longitudinal data set (``parkinsons``, the synthetic cohorts) it builds the manifest
+(:mod:`benchmarks.datasets`), runs ``learner run``'s grid (objectives x seeds x features, plus
+the ``head_delta`` and ``untrained`` baselines) into ``benchmarks/work/runs/<name>``, copies
+``results.json`` to ``benchmarks/results/quality_<name>.json`` (with the wall time and the
+extra paired differences to ``contrastive``) and prints a markdown table and a plain verdict.
+For the one-visit COVID-BLUES sets (``covid-blues-severity``, ``covid-blues-sf``) there is no
+change task: it runs the inter-patient evaluation of
+:mod:`learner.evaluate.interpatient` instead (and, for the severity model, the external POCUS
+set and the trajectory of its four-day patient).
+
+Finished cells are cached, so an interrupted run continues where it stopped.
+
+Usage:
+    .venv/bin/python benchmarks/quality.py --dataset parkinsons
+    .venv/bin/python benchmarks/quality.py --dataset synth-lus-null --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/quality.py --dataset parkinsons --quick   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Heavy numerics share two cores with other jobs: one thread each, set before torch loads.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from benchmarks import datasets  # noqa: E402
+from learner.config import Config, load_config  # noqa: E402
+from learner.data.manifest import load_manifest  # noqa: E402
+from learner.errors import LearnerError  # noqa: E402
+from learner.evaluate.ablation import (  # noqa: E402
+    HEAD_DELTA,
+    REFERENCE,
+    AblationResult,
+    paired_difference,
+    run_ablation,
+)
+from learner.evaluate.change import CLASS_METRICS  # noqa: E402
+from learner.evaluate.report import write_reports  # noqa: E402
+from learner.io import write_json  # noqa: E402
+
+CONFIGS = REPO / "benchmarks" / "configs"
+RESULTS = REPO / "benchmarks" / "results"
+RUNS = datasets.WORK / "runs"
+
+# Data set -> config file (change task) for the longitudinal sets.
+CHANGE_CONFIGS = {
+    "parkinsons": "parkinsons.yaml",
+    "synth-lus": "synth_lus.yaml",
+    "synth-lus-null": "synth_lus.yaml",
+    "synth-lus-bench": "synth_lus_bench.yaml",
+    "synth-lus-bench-null": "synth_lus_bench.yaml",
+    "synth-mri": "synth_mri.yaml",
+    "synth-mri-slices": "synth_mri_slices.yaml",
+}
+# Data sets that reuse another's manifest (same cohort, another encoder).
+SOURCE = {"synth-mri-slices": "synth-mri"}
+INTERPATIENT_CONFIGS = {
+    "covid-blues-severity": "covid_blues_severity.yaml",
+    "covid-blues-sf": "covid_blues_sf.yaml",
+}
+# The comparisons the verdict is about: LEARNER's weighted objectives against mse and the
+# plain contrastive loss.
+CONTENDERS = ("weighted", "weighted_soft")
+SECOND_REFERENCE = "contrastive"
+QUICK = [
+    "run.objectives=[mse, contrastive, weighted]",
+    "run.seeds=[0]",
+    "eval.n_boot=200",
+]
+
+
+def config_for(name: str, overrides: list[str], *, quick: bool) -> Config:
+    """The data set's benchmark config with ``--set`` overrides (and the quick ones)."""
+    table = {**CHANGE_CONFIGS, **INTERPATIENT_CONFIGS}
+    if name not in table:
+        raise SystemExit(f"--dataset {name!r} is unknown; use one of {', '.join(table)}")
+    extra = list(QUICK) if quick else []
+    cfg = load_config(CONFIGS / table[name], extra + overrides)
+    if quick:
+        cfg.train.epochs = max(2, cfg.train.epochs // 5)
+    return cfg
+
+
+def fmt(entry: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
+    """``mean [lo, hi]`` of a results.json metric entry, ``-`` when undefined."""
+    if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
+        return "-"
+    spec = f"+.{digits}f" if signed else f".{digits}f"
+    text = format(entry["mean"], spec)
+    lo, hi = (entry.get("ci95") or [None, None])[:2]
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{format(lo, spec)}, {format(hi, spec)}]"
+    return text
+
+
+def extra_differences(ablation: AblationResult, cfg: Config) -> dict[str, Any]:
+    """Paired differences of the weighted variants within each feature.
+
+    ``results.json`` compares every row to ``mse`` with the first feature (``diff``); here
+    each weighted variant is also compared to ``contrastive`` of the same feature and, for
+    the other features (``concat``), to ``mse`` of the same feature: same seeds, same pairs.
+    """
+    features = list(dict.fromkeys(cfg.run.features))
+    out: dict[str, Any] = {}
+    for feature in features:
+        suffix = "" if feature == features[0] else f"+{feature}"
+        refs = [SECOND_REFERENCE] if not suffix else [REFERENCE, SECOND_REFERENCE]
+        for ref_name in refs:
+            ref = ablation.cells.get(ref_name + suffix)
+            if ref is None:
+                continue
+            for name in CONTENDERS:
+                units = ablation.cells.get(name + suffix)
+                if units is None:
+                    continue
+                out[f"{name}{suffix} - {ref_name}{suffix}"] = {
+                    m: paired_difference(
+                        units, ref, m, n_boot=cfg.eval.n_boot, seed=cfg.run.seeds[0]
+                    )
+                    for m in CLASS_METRICS
+                }
+    return out
+
+
+def _verdict_word(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("mean") is None:
+        return "not run"
+    lo, hi = entry["ci95"]
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "no CI"
+    if lo > 0:
+        return "better (CI above 0)"
+    if hi < 0:
+        return "worse (CI below 0)"
+    return "no detectable difference (CI crosses 0)"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Objectives (rows) x metrics, with the paired balanced-accuracy difference to mse."""
+    diffs = results["comparisons"]["differences"]
+    lines = [
+        "| objective | bal. acc. | macro-F1 | accuracy | Fig. 1 rho | bal. acc. - mse (diff) "
+        "| macro-F1 - mse (diff) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, block in results["objectives"].items():
+        if name == HEAD_DELTA:
+            d = diffs.get(HEAD_DELTA, {})
+        else:
+            d = diffs.get(name, {})
+        ref = name == REFERENCE
+        lines.append(
+            f"| {name} | {fmt(block.get('balanced_accuracy'))} | {fmt(block.get('macro_f1'))} "
+            f"| {fmt(block.get('accuracy'))} | {fmt(block.get('spearman_distance'))} "
+            f"| {'(reference)' if ref else fmt(d.get('balanced_accuracy'), signed=True)} "
+            f"| {'(reference)' if ref else fmt(d.get('macro_f1'), signed=True)} |"
+        )
+    extra = results.get("extra_differences", {})
+    if extra:
+        lines += ["", "| paired difference | bal. acc. | macro-F1 |", "|---|---|---|"]
+        for key, block in extra.items():
+            lines.append(
+                f"| {key} | {fmt(block.get('balanced_accuracy'), signed=True)} "
+                f"| {fmt(block.get('macro_f1'), signed=True)} |"
+            )
+    return "\n".join(lines)
+
+
+def verdict(results: dict[str, Any]) -> list[str]:
+    """Plain lines: does each weighted variant beat mse and contrastive (balanced accuracy),
+    each compared within its own pair feature?"""
+    diffs = results["comparisons"]["differences"]
+    extra = results.get("extra_differences", {})
+    lines = []
+    for name in results["objectives"]:
+        base, _, feature = name.partition("+")
+        if base not in CONTENDERS:
+            continue
+        suffix = f"+{feature}" if feature else ""
+        if suffix:
+            vs_mse = extra.get(f"{name} - {REFERENCE}{suffix}", {}).get("balanced_accuracy")
+        else:
+            vs_mse = diffs.get(name, {}).get("balanced_accuracy")
+        line = f"{name} vs {REFERENCE}{suffix}: {fmt(vs_mse, signed=True)} -> "
+        line += _verdict_word(vs_mse)
+        key = f"{name} - {SECOND_REFERENCE}{suffix}"
+        if key in extra:
+            e2 = extra[key].get("balanced_accuracy")
+            line += f"; vs {SECOND_REFERENCE}{suffix}: {fmt(e2, signed=True)} -> "
+            line += _verdict_word(e2)
+        lines.append(line)
+    return lines
+
+
+def run_change(name: str, cfg: Config, out: Path) -> dict[str, Any]:
+    """Build, run the ablation grid, write reports and the results copy; return results."""
+    manifest_path = datasets.build(SOURCE.get(name, name))
+    cfg.data.manifest = manifest_path
+    manifest = load_manifest(manifest_path, feature_columns=cfg.data.feature_columns)
+    start = time.perf_counter()
+    ablation = run_ablation(cfg, out, progress=False, manifest=manifest)
+    wall = time.perf_counter() - start
+    write_reports(ablation, out)
+    results = dict(ablation.results)
+    results["extra_differences"] = extra_differences(ablation, cfg)
+    results["benchmark"] = {
+        "dataset": name,
+        "wall_s_this_invocation": round(wall, 1),
+        "note": "wall time of this invocation; cached cells from earlier runs take ~0 s",
+        "torch_threads": torch.get_num_threads(),
+    }
+    return results
+
+
+# --------------------------------------------------------------------------- inter-patient
+
+# Unit of the inter-patient pairs: a clip for per-clip severity, a patient for a per-patient
+# score (the S/F-like ratio is one number per patient).
+INTERPATIENT_UNIT = {"covid-blues-severity": "scan", "covid-blues-sf": "patient"}
+# The COVID-BLUES severity model is also applied, frozen, to the POCUS clips.
+EXTERNAL = {"covid-blues-severity": "pocus"}
+
+
+def _embed_cells(
+    cfg: Config, manifest: Any, out: Path, seed: int, log: Any
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Pretrain + embed every objective (and the untrained baseline) of one seed.
+
+    Returns:
+        ``(frames, checkpoints)``: name -> embeddings frame, name -> best checkpoint.
+    """
+    import lightning as L
+
+    from learner.evaluate.ablation import UNTRAINED, cell_config, objective_variants
+    from learner.evaluate.embed import embed_frame, load_checkpoint
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.train.module import LearnerModule
+    from learner.train.pretrain import prepare_data, pretrain
+
+    base = cell_config(cfg, {"name": REFERENCE}, seed)
+    data = prepare_data(base, manifest)
+    frames: dict[str, Any] = {}
+    checkpoints: dict[str, Path] = {}
+    for label, overrides in objective_variants(cfg):
+        cell = out / "cells" / label / f"seed{seed}"
+        emb = cell / "embeddings.parquet"
+        best = cell / "run" / "checkpoints" / "best.ckpt"
+        if not emb.exists():
+            log(f"[seed{seed}] {label}: running")
+            ccfg = cell_config(cfg, overrides, seed)
+            last = cell / "run" / "checkpoints" / "last.ckpt"
+            result = pretrain(ccfg, cell / "run", resume=last.exists(), data=data, progress=False)
+            best = result.best
+            model, _ = load_checkpoint(best)
+            meta = {"objective": label, "seed": seed, "checkpoint": "best"}
+            embed_frame(model, data, data.frame, emb, metadata=meta, batch_size=32)
+        else:
+            log(f"[seed{seed}] {label}: cached")
+            if not best.exists():
+                best = cell / "run" / "checkpoints" / "last.ckpt"
+        frames[label], _ = read_embeddings(emb)
+        checkpoints[label] = best
+    if cfg.run.baselines:
+        emb = out / "cells" / UNTRAINED / f"seed{seed}" / "embeddings.parquet"
+        if not emb.exists():
+            L.seed_everything(seed, verbose=False)
+            model = LearnerModule(base.to_plain(), data.score_range, {"seed": seed})
+            meta = {"objective": UNTRAINED, "seed": seed}
+            embed_frame(model, data, data.frame, emb, metadata=meta, batch_size=32)
+        frames[UNTRAINED], _ = read_embeddings(emb)
+    return frames, checkpoints
+
+
+def _pool_interpatient(per_seed: list[Any]) -> dict[str, Any]:
+    """Average the seeds' InterpatientResults: mean, std, per_seed, and a ci95 from the
+    seed-averaged bootstrap resamples (as learner run pools seeds)."""
+    import numpy as np
+
+    from learner.evaluate.bootstrap import percentile_interval
+    from learner.evaluate.interpatient import INTERPATIENT_METRICS
+
+    names = list(per_seed[0].metrics)
+    reference = per_seed[0].reference
+    objectives: dict[str, Any] = {}
+    differences: dict[str, Any] = {}
+    for name in names:
+        objectives[name] = {}
+        for j, m in enumerate(INTERPATIENT_METRICS):
+            vals = np.array([r.metrics[name][m] for r in per_seed], dtype=float)
+            pooled = np.nanmean(np.stack([r.bootstrap[name][:, j] for r in per_seed]), axis=0)
+            lo, hi = percentile_interval(pooled)
+            objectives[name][m] = {
+                "mean": float(np.nanmean(vals)),
+                "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                "per_seed": vals.tolist(),
+                "ci95": [float(lo), float(hi)],
+            }
+        if reference is None or name == reference:
+            continue
+        differences[name] = {}
+        for j, m in enumerate(INTERPATIENT_METRICS):
+            vals = np.array(
+                [r.metrics[name][m] - r.metrics[reference][m] for r in per_seed], dtype=float
+            )
+            pooled = np.nanmean(
+                np.stack(
+                    [r.bootstrap[name][:, j] - r.bootstrap[reference][:, j] for r in per_seed]
+                ),
+                axis=0,
+            )
+            lo, hi = percentile_interval(pooled)
+            differences[name][m] = {
+                "mean": float(np.nanmean(vals)),
+                "per_seed": vals.tolist(),
+                "ci95": [float(lo), float(hi)],
+            }
+    first = per_seed[0]
+    return {
+        "objectives": objectives,
+        "comparisons": {"reference": reference, "differences": differences},
+        "unit": first.unit,
+        "held_out_units_per_seed": [r.n_units for r in per_seed],
+        "held_out_patients_per_seed": [r.n_patients for r in per_seed],
+        "inter_patient_pairs_per_seed": [r.n_pairs for r in per_seed],
+    }
+
+
+def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
+    """One-visit data: pretrain every objective per seed, evaluate on held-out patients
+    (and, for the severity model, on the external POCUS set and its four-day patient)."""
+    from learner.evaluate.embed import embed_checkpoint
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.evaluate.interpatient import cosine_trajectory, evaluate_interpatient
+
+    manifest_path = datasets.build(name)
+    cfg.data.manifest = manifest_path
+    manifest = load_manifest(manifest_path)
+    unit = INTERPATIENT_UNIT[name]
+    external = EXTERNAL.get(name)
+    external_manifest = datasets.build(external) if external else None
+    start = time.perf_counter()
+    held_out, outside = [], []
+    trajectories: dict[str, Any] = {}
+    for seed in cfg.run.seeds:
+        frames, checkpoints = _embed_cells(cfg, manifest, out, seed, print)
+        held_out.append(
+            evaluate_interpatient(
+                frames, reference=REFERENCE, unit=unit, n_boot=cfg.eval.n_boot, seed=seed
+            )
+        )
+        if external_manifest is None:
+            continue
+        ext_frames = {}
+        for label, ckpt in checkpoints.items():
+            path = out / "cells" / label / f"seed{seed}" / f"external-{external}.parquet"
+            if not path.exists():
+                embed_checkpoint(ckpt, external_manifest, path)
+            ext_frames[label], _ = read_embeddings(path)
+        outside.append(
+            evaluate_interpatient(
+                ext_frames,
+                reference=REFERENCE,
+                test_split="external",
+                unit="scan",
+                n_boot=cfg.eval.n_boot,
+                seed=seed,
+            )
+        )
+        if seed == cfg.run.seeds[0]:
+            for label, frame in ext_frames.items():
+                table = cosine_trajectory(frame, datasets.POCUS_TRAJECTORY)
+                trajectories[label] = table.to_dict(orient="list")
+    results: dict[str, Any] = {
+        "task": "inter-patient (one visit per patient)",
+        "held_out": _pool_interpatient(held_out),
+        "dataset": {
+            "manifest": str(manifest_path),
+            "patients": int(manifest.frame["patient_id"].nunique()),
+            "scans": len(manifest.frame),
+        },
+        "config": cfg.to_plain(),
+        "benchmark": {"dataset": name, "wall_s_this_invocation": 0.0},
+    }
+    if outside:
+        results["external"] = {
+            "dataset": external,
+            "manifest": str(external_manifest),
+            **_pool_interpatient(outside),
+        }
+        results["trajectory"] = {
+            "patient": datasets.POCUS_TRAJECTORY,
+            "seed": cfg.run.seeds[0],
+            "per_objective": trajectories,
+        }
+    results["benchmark"]["wall_s_this_invocation"] = round(time.perf_counter() - start, 1)
+    return results
+
+
+def interpatient_table(block: dict[str, Any], title: str) -> str:
+    diffs = block["comparisons"]["differences"]
+    lines = [
+        f"{title} (unit: {block['unit']}; held-out patients per seed "
+        f"{block['held_out_patients_per_seed']}, inter-patient pairs per seed "
+        f"{block['inter_patient_pairs_per_seed']})",
+        "",
+        "| objective | rho(cos. distance, abs. score gap) | score MAE | rho(pred, score) "
+        "| rho - mse | MAE - mse |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in block["objectives"].items():
+        d = diffs.get(name, {})
+        ref = name == REFERENCE
+        lines.append(
+            f"| {name} | {fmt(m['spearman_distance'])} | {fmt(m['score_mae'])} "
+            f"| {fmt(m['score_spearman'])} "
+            f"| {'(reference)' if ref else fmt(d.get('spearman_distance'), signed=True)} "
+            f"| {'(reference)' if ref else fmt(d.get('score_mae'), signed=True)} |"
+        )
+    return "\n".join(lines)
+
+
+def interpatient_markdown(results: dict[str, Any]) -> str:
+    parts = [interpatient_table(results["held_out"], "Held-out patients")]
+    if "external" in results:
+        parts.append(interpatient_table(results["external"], "External set"))
+        traj = results["trajectory"]
+        lines = [
+            f"Trajectory of patient {traj['patient']} (seed {traj['seed']}): cosine distance "
+            "of each visit's embedding to visit 1, and the head's predicted score",
+            "",
+            "| objective | "
+            + " | ".join(
+                f"day {v} (sev. {s:g})"
+                for v, s in zip(
+                    next(iter(traj["per_objective"].values()))["visit"],
+                    next(iter(traj["per_objective"].values()))["score"],
+                    strict=True,
+                )
+            )
+            + " |",
+            "|---" * (1 + len(next(iter(traj["per_objective"].values()))["visit"])) + "|",
+        ]
+        for label, t in traj["per_objective"].items():
+            cells = [
+                f"{d:.3f} / {p:.2f}"
+                for d, p in zip(t["distance_to_first"], t["pred_score"], strict=True)
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def interpatient_verdict(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for key in ("held_out", "external"):
+        if key not in results:
+            continue
+        diffs = results[key]["comparisons"]["differences"]
+        for name in (*CONTENDERS, SECOND_REFERENCE):
+            if name not in diffs:
+                continue  # not among this run's objectives
+            entry = diffs[name].get("spearman_distance")
+            lines.append(
+                f"{key}: {name} - mse, rho(distance, score gap): {fmt(entry, signed=True)} "
+                f"-> {_verdict_word(entry)}"
+            )
+    return lines
+
+
+# Objective-defaults sweep (issue #6): chosen on the synthetic LUS cohort's *validation*
+# patients only (classifier trained on training patients' pairs, tested on validation
+# patients' pairs); test patients never enter it.
+SWEEP_DATASET = "synth-lus"
+SWEEP_GRID: list[tuple[str, dict[str, Any]]] = [
+    ("mse", {"name": "mse"}),
+    *[
+        (
+            f"weighted_tau{tau}_m{m}",
+            {"name": "weighted", "partition": "threshold", "tau": tau, "margin": m},
+        )
+        for tau in (0.05, 0.1, 0.2)
+        for m in (0.25, 0.5)
+    ],
+    *[
+        (f"weighted_soft_m{m}", {"name": "weighted", "partition": "soft", "margin": m})
+        for m in (0.25, 0.5)
+    ],
+]
+
+
+def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dict[str, Any]:
+    """Pretrain every sweep variant and score change classification on validation patients.
+
+    Returns:
+        ``{"variants": {label: {"overrides", "per_seed", "mean", "wall_s"}}, "chosen": label,
+        ...}``; the metric is balanced accuracy on validation-patient pairs.
+    """
+    from learner.evaluate.ablation import cell_config
+    from learner.evaluate.change import evaluate_change
+    from learner.evaluate.embed import embed_frame, load_checkpoint
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.train.pretrain import prepare_data, pretrain
+
+    manifest_path = datasets.build(SWEEP_DATASET)
+    cfg.data.manifest = manifest_path
+    manifest = load_manifest(manifest_path)
+    variants: dict[str, Any] = {}
+    for label, overrides in SWEEP_GRID:
+        per_seed: list[float] = []
+        f1: list[float] = []
+        start = time.perf_counter()
+        for seed in seeds:
+            ccfg = cell_config(cfg, overrides, seed)
+            cell = out / label / f"seed{seed}"
+            emb = cell / "embeddings.parquet"
+            if not emb.exists():
+                log(f"[sweep seed{seed}] {label}: running")
+                data = prepare_data(ccfg, manifest)
+                result = pretrain(
+                    ccfg,
+                    cell / "run",
+                    resume=(cell / "run" / "checkpoints" / "last.ckpt").exists(),
+                    data=data,
+                    progress=False,
+                )
+                model, _ = load_checkpoint(result.best)
+                embed_frame(
+                    model,
+                    data,
+                    data.frame,
+                    emb,
+                    metadata={"objective": label, "seed": seed},
+                    batch_size=ccfg.train.batch_size,
+                )
+            frame, _ = read_embeddings(emb)
+            res = evaluate_change(
+                frame,
+                delta=ccfg.eval.delta,
+                higher_is_better=ccfg.data.higher_is_better,
+                feature="diff",
+                classifier=ccfg.eval.classifier,
+                train_splits=("train",),
+                test_split="val",
+                n_boot=0,
+                seed=seed,
+            )
+            per_seed.append(res.metrics["balanced_accuracy"])
+            f1.append(res.metrics["macro_f1"])
+        variants[label] = {
+            "overrides": overrides,
+            "val_balanced_accuracy_per_seed": per_seed,
+            "val_balanced_accuracy_mean": float(sum(per_seed) / len(per_seed)),
+            "val_macro_f1_mean": float(sum(f1) / len(f1)),
+            "wall_s_this_invocation": round(time.perf_counter() - start, 1),
+        }
+    weighted = {k: v for k, v in variants.items() if k != "mse"}
+    chosen = max(weighted, key=lambda k: weighted[k]["val_balanced_accuracy_mean"])
+    return {
+        "dataset": SWEEP_DATASET,
+        "metric": "balanced accuracy of change classification on validation patients "
+        "(classifier fit on training patients' pairs); test patients unused",
+        "seeds": seeds,
+        "epochs": cfg.train.epochs,
+        "variants": variants,
+        "chosen": chosen,
+        "chosen_overrides": variants[chosen]["overrides"],
+    }
+
+
+def sweep_table(sweep: dict[str, Any]) -> str:
+    lines = [
+        "| variant | val bal. acc. per seed | mean | val macro-F1 mean | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for label, v in sweep["variants"].items():
+        seeds = ", ".join(f"{x:.3f}" for x in v["val_balanced_accuracy_per_seed"])
+        lines.append(
+            f"| {label} | {seeds} | {v['val_balanced_accuracy_mean']:.3f} "
+            f"| {v['val_macro_f1_mean']:.3f} | {v['wall_s_this_invocation']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", help="data set name (see the module docstring)")
+    parser.add_argument(
+        "--sweep", action="store_true", help="objective-defaults sweep on synth-lus val patients"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 seed, 3 objectives, few epochs")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override run.seeds")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
+    parser.add_argument("--out", type=Path, help="run folder (default benchmarks/work/runs/NAME)")
+    parser.add_argument(
+        "--render", action="store_true", help="only re-print the tables of a saved results file"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.sweep:
+        return main_sweep(args)
+    if not args.dataset:
+        parser.error("--dataset NAME or --sweep is required")
+    name = args.dataset
+    overrides = list(args.overrides)
+    if args.seeds:
+        overrides.append("run.seeds=[" + ",".join(str(s) for s in args.seeds) + "]")
+    try:
+        cfg = config_for(name, overrides, quick=args.quick)
+        out = args.out or RUNS / (name + ("-quick" if args.quick else ""))
+        saved = RESULTS / f"quality_{name}{'-quick' if args.quick else ''}.json"
+        if args.render:
+            results = json.loads(saved.read_text(encoding="utf-8"))
+        elif name in INTERPATIENT_CONFIGS:
+            results = run_interpatient(name, cfg, out)
+        else:
+            results = run_change(name, cfg, out)
+        if name in INTERPATIENT_CONFIGS:
+            table, lines = interpatient_markdown(results), interpatient_verdict(results)
+        else:
+            table, lines = markdown_table(results), verdict(results)
+    except LearnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = name + ("-quick" if args.quick else "")
+    write_json(RESULTS / f"quality_{tag}.json", results)
+    text = table + "\n\nVerdict:\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+    (RESULTS / f"quality_{tag}.md").write_text(text, encoding="utf-8")
+    print(text)
+    print(json.dumps(results.get("benchmark", {})))
+    return 0
+
+
+def main_sweep(args: argparse.Namespace) -> int:
+    """``--sweep``: run the grid, write benchmarks/results/sweep_defaults.{json,md}."""
+    overrides = list(args.overrides)
+    cfg = load_config(CONFIGS / CHANGE_CONFIGS[SWEEP_DATASET], overrides)
+    seeds = list(args.seeds or [0])
+    if args.quick:
+        cfg.train.epochs = 2
+    out = args.out or RUNS / ("sweep-defaults" + ("-quick" if args.quick else ""))
+    start = time.perf_counter()
+    sweep = run_sweep(cfg, out, seeds)
+    sweep["wall_s_this_invocation"] = round(time.perf_counter() - start, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = "sweep_defaults" + ("-quick" if args.quick else "")
+    write_json(RESULTS / f"{tag}.json", sweep)
+    text = sweep_table(sweep) + f"\n\nChosen: {sweep['chosen']} {sweep['chosen_overrides']}\n"
+    (RESULTS / f"{tag}.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
