@@ -186,11 +186,9 @@ def _resample(batch: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     Points that map outside the source take the batch minimum (the dark background).
     """
     fill = batch.min()
-    grid = F.affine_grid(
-        theta.unsqueeze(0).expand(batch.shape[0], *theta.shape),
-        list(batch.shape),
-        align_corners=False,
-    )
+    # One sampling grid serves every item: build it once, then broadcast it over the batch.
+    grid = F.affine_grid(theta.unsqueeze(0), [1, *batch.shape[1:]], align_corners=False)
+    grid = grid.expand(batch.shape[0], *grid.shape[1:])
     # zeros padding of (x - fill) is padding with fill.
     sampled = F.grid_sample(
         batch - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False

@@ -100,6 +100,19 @@ def _resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def grey_frames(video: np.ndarray) -> np.ndarray:
+    """uint8 ``(T, H, W, 3)`` -> uint8 ``(T, H, W)`` BT.601 luma; a grey clip is returned as is.
+
+    Example:
+        >>> grey_frames(np.full((2, 4, 4, 3), 200, np.uint8))[0, 0, 0]
+        200
+    """
+    if video.ndim != 4:
+        return video
+    luma = video.astype(np.float32) @ _LUMA
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+
+
 def resize_frames(video: np.ndarray, size: int) -> np.ndarray:
     """Resize every frame to ``size x size`` (aspect ratio not kept), staying uint8.
 

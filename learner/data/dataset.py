@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from learner.data.augment import augment_clip, augment_volume
 from learner.data.cache import DecodeCache
 from learner.data.clips import (
+    grey_frames,
     normalize_intensity,
     prepare_clip,
     resample_volume,
@@ -266,7 +267,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
         return self.cache.get(path, params, lambda: self._decode_video(path))
 
     def _decode_video(self, path: Path) -> np.ndarray:
-        video = _grey_if(self._read(path, "video").array, self.input.channels == 1)
+        video = self._read(path, "video").array
+        if self.input.channels == 1:
+            video = grey_frames(video)
         return resize_frames(video, self.input.size)
 
     def _clip(self, frames: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -278,7 +281,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
         spec = self.input
         # Grey conversion is per pixel: converting the picked frames equals picking from the
         # converted cache, and skips converting frames no clip uses.
-        picked = _grey_if(np.asarray(frames[indices]), spec.channels == 1)
+        picked = np.asarray(frames[indices])
+        if spec.channels == 1:
+            picked = grey_frames(picked)
         # The picked frames are already the clip: prepare_clip must keep them all, in order.
         return prepare_clip(
             picked, frames=len(picked), size=spec.size, channels=spec.channels, train=False
@@ -325,14 +330,6 @@ class ScanDataset(Dataset[dict[str, Any]]):
                 "input.kind to match the data or fix the manifest row"
             )
         return scan
-
-
-def _grey_if(video: np.ndarray, grey: bool) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> (T, H, W) luma (ITU-R BT.601) when ``grey``; else unchanged."""
-    if not grey or video.ndim != 4:
-        return video
-    luma = video.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
 
 
 def _eval_frame_indices(n_frames: int, n_segments: int, n_clips: int) -> list[np.ndarray]:

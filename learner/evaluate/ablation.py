@@ -22,7 +22,6 @@ import pandas as pd
 
 from learner.config import Config, RunVariant
 from learner.data.manifest import Manifest, load_manifest
-from learner.data.pairs import LABELS
 from learner.data.splits import kfold_patients
 from learner.errors import ConfigError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
@@ -34,6 +33,7 @@ from learner.evaluate.change import (
     class_metrics,
     confusion_counts,
     evaluate_change,
+    label_codes,
 )
 from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
@@ -213,14 +213,9 @@ def _pooled(cells: Sequence[CellResult]) -> pd.DataFrame:
     return pd.concat([c.test_pairs for c in cells], ignore_index=True)
 
 
-def _label_codes(labels: pd.Series) -> np.ndarray:
-    """worsen / stable / improve -> 0 / 1 / 2 (the order of LABELS)."""
-    return np.asarray(pd.Categorical(labels, categories=list(LABELS)).codes, dtype=np.int64)
-
-
 def _class_stat(table: pd.DataFrame, column: str, metric: str) -> Callable[[np.ndarray], float]:
-    true = _label_codes(table["label"])
-    pred = _label_codes(table[column])
+    true = label_codes(table["label"])
+    pred = label_codes(table[column])
     k = CLASS_METRICS.index(metric)
 
     def stat(idx: np.ndarray) -> float:

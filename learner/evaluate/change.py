@@ -94,7 +94,7 @@ class ChangeResult:
         train_patients, test_patients: sorted patient ids whose pairs trained / tested.
         model: the fitted classifier pipeline (scaler + classifier) on the embedding feature.
         bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
-            seeds in :func:`summarize_seeds`.
+            seeds (see :func:`learner.evaluate.ablation.metric_block`).
     """
 
     metrics: dict[str, float]
@@ -275,7 +275,7 @@ def _fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[s
 # --------------------------------------------------------------------------- metrics
 
 
-def _codes(labels: npt.ArrayLike) -> np.ndarray:
+def label_codes(labels: npt.ArrayLike) -> np.ndarray:
     """Label strings -> 0 worsen, 1 stable, 2 improve."""
     lookup = {label: i for i, label in enumerate(LABELS)}
     return np.array([lookup[str(v)] for v in np.asarray(labels).ravel()], dtype=np.int64)
@@ -483,14 +483,14 @@ def evaluate_change(
     y_train = label_changes(train["change"].to_numpy(), band, higher_is_better=higher_is_better)
     y_test = label_changes(test["change"].to_numpy(), band, higher_is_better=higher_is_better)
     _training_classes_check(y_train, band, notes)
-    true_codes = _codes(y_test)
+    true_codes = label_codes(y_test)
 
     # Embedding probe: trained on training-patient pairs only, predicted on test pairs.
     x_train = change_features(matrix, train, feature)
     x_test = change_features(matrix, test, feature)
     model = _fit_classifier(build_classifier(classifier, seed), x_train, y_train, notes)
     predicted = np.asarray(model.predict(x_test)).astype(str)
-    pred_codes = _codes(predicted)
+    pred_codes = label_codes(predicted)
 
     # head_delta: one feature, the regression head's predicted change.
     head_codes: np.ndarray | None = None
@@ -499,7 +499,7 @@ def evaluate_change(
     head_test = (pred_visit[test["index_to"]] - pred_visit[test["index_from"]])[:, None]
     if np.isfinite(head_train).all() and np.isfinite(head_test).all():
         head_model = _fit_classifier(build_classifier(classifier, seed), head_train, y_train, [])
-        head_codes = _codes(np.asarray(head_model.predict(head_test)).astype(str))
+        head_codes = label_codes(np.asarray(head_model.predict(head_test)).astype(str))
     else:
         notes.append("pred_score is missing for some visits: head_delta not computed")
 
@@ -637,50 +637,3 @@ def evaluate_change(
 
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int(np.sum(labels == label)) for label in LABELS}
-
-
-# --------------------------------------------------------------------------- seeds
-
-
-def summarize_seeds(results: Sequence[ChangeResult], level: float = 0.95) -> dict[str, Any]:
-    """One objective's block of results.json: ``{METRIC: {mean, std, per_seed, ci95}}``.
-
-    ``ci95`` is the percentile interval of the seed-averaged patient bootstrap: resample b of
-    every seed is averaged across seeds, so with one seed it is that seed's interval and
-    with several it reflects test-patient sampling of the mean. ``std`` (ddof=1; 0 for one
-    seed) shows seed-to-seed spread beside it. Keys: :data:`METRICS` and ``head_delta_*``.
-
-    Args:
-        results: one :class:`ChangeResult` per seed of the same objective.
-        level: interval coverage.
-
-    Returns:
-        JSON-ready dict (NaN -> None).
-    """
-    if not results:
-        raise ValueError("summarize_seeds needs at least one result")
-    keys = [*METRICS, *(HEAD_DELTA_PREFIX + m for m in CLASS_METRICS)]
-    out: dict[str, Any] = {}
-    for key in keys:
-        per_seed = np.array([_metric_value(r, key) for r in results], dtype=np.float64)
-        finite = per_seed[np.isfinite(per_seed)]
-        mean = float(finite.mean()) if finite.size else math.nan
-        std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
-        boots = [r.bootstrap[key] for r in results if key in r.bootstrap]
-        interval: list[float] = [math.nan, math.nan]
-        if len(boots) == len(results):
-            n = min(b.shape[0] for b in boots)
-            with warnings.catch_warnings():
-                # A resample where every seed is NaN stays NaN; percentile_interval skips it.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                pooled = np.nanmean(np.stack([b[:n] for b in boots]), axis=0)
-            lo, hi = percentile_interval(pooled, level)
-            interval = [float(lo), float(hi)]
-        out[key] = {"mean": mean, "std": std, "per_seed": per_seed.tolist(), "ci95": interval}
-    return _plain(out)
-
-
-def _metric_value(result: ChangeResult, key: str) -> float:
-    if key.startswith(HEAD_DELTA_PREFIX):
-        return result.head_delta[key.removeprefix(HEAD_DELTA_PREFIX)]
-    return result.metrics[key]

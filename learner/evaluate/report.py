@@ -114,23 +114,28 @@ CAPTIONS = {
 }
 
 
-def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
+def _intro(results: dict[str, Any]) -> list[str]:
+    """The report's opening paragraphs (data set, then how to read the table)."""
     ds = results["dataset"]
     cfg = results["config"]
-    lines = [
-        "# learner run report",
-        "",
+    return [
         f"Manifest `{ds['manifest']}`: {ds['patients']} patients, {ds['visits']} visits, "
         f"{ds['scans']} scans. Seeds: {cfg['run']['seeds']}. Stable band: {ds['stable_band']} "
         f"(raw score units; `{cfg['eval']['delta']}`). Held-out pairs per seed: "
         f"{ds['test_pairs_per_seed']} from {ds['test_patients_per_seed']} patients, classes "
         f"{ds['class_counts_test']}.",
-        "",
         "Values are means over seeds with a 95% patient-bootstrap interval on the held-out "
         "patients. `head_delta` classifies the mse model's predicted score change (one feature); "
         "`untrained` is a random-init encoder. The last column is the paired difference in "
         "balanced accuracy to `mse` on the same pairs.",
-        "",
+    ]
+
+
+def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
+    lines = ["# learner run report", ""]
+    for paragraph in _intro(results):
+        lines += [paragraph, ""]
+    lines += [
         "| objective | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " | bal. acc. - mse |",
         "|---" * (len(TABLE_METRICS) + 2) + "|",
     ]
@@ -146,7 +151,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> s
     return "\n".join(lines)
 
 
-def _html(results: dict[str, Any], figures: dict[str, Path], markdown_intro: str) -> str:
+def _html(results: dict[str, Any], figures: dict[str, Path]) -> str:
     head = ["objective", *(HEADERS[m] for m in TABLE_METRICS), "bal. acc. - mse"]
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
@@ -167,7 +172,8 @@ def _html(results: dict[str, Any], figures: dict[str, Path], markdown_intro: str
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>learner run report</title>"
         f"<style>{style}</style></head><body><h1>learner run report</h1>"
-        f"<p>{html.escape(markdown_intro)}</p><table><tr>"
+        + "".join(f"<p>{html.escape(p)}</p>" for p in _intro(results))
+        + "<table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in head)
         + f"</tr>{rows}</table>{imgs}</body></html>"
     )
@@ -179,6 +185,5 @@ def write_reports(ablation: AblationResult, out: Path) -> tuple[Path, Path]:
     md = _markdown(ablation.results, figures, out)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)
-    intro = md.split("\n\n")[1] + " " + md.split("\n\n")[2]
-    atomic_write_text(html_path, _html(ablation.results, figures, intro))
+    atomic_write_text(html_path, _html(ablation.results, figures))
     return md_path, html_path

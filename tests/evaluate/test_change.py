@@ -26,7 +26,6 @@ from learner.evaluate.change import (
     class_metrics,
     confusion_counts,
     evaluate_change,
-    summarize_seeds,
     visit_embeddings,
 )
 from learner.evaluate.embeddings_io import (
@@ -295,25 +294,6 @@ def test_user_mistakes_raise_clear_errors() -> None:
     broken.at[3, "embedding"] = np.full(8, np.nan, dtype=np.float32)
     with pytest.raises(DataError, match="not finite"):
         evaluate_change(broken)
-
-
-def test_summarize_seeds_follows_results_json_contract() -> None:
-    results = [
-        evaluate_change(make_cohort(30, seed=s, kind="random"), delta=1.0, n_boot=50, seed=s)
-        for s in (0, 1)
-    ]
-    summary = summarize_seeds(results)
-    json.dumps(summary, allow_nan=False)
-    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae"):
-        block = summary[metric]
-        assert set(block) == {"mean", "std", "per_seed", "ci95"}
-        assert block["per_seed"] == [r.metrics[metric] for r in results]
-        assert block["mean"] == pytest.approx(np.mean(block["per_seed"]))
-        assert block["ci95"][0] <= block["ci95"][1]
-    assert summary["head_delta_accuracy"]["per_seed"] == [r.head_delta["accuracy"] for r in results]
-    single = summarize_seeds(results[:1])
-    assert single["accuracy"]["std"] == 0.0
-    assert single["accuracy"]["ci95"] == pytest.approx(list(results[0].ci95["accuracy"]))
 
 
 # ----------------------------------------------------------------- visits and features
