@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 # Quality benchmarks of BENCHMARKS.md (## Quality): the objective-defaults sweep, then one
 # run per data set; finished cells are cached, so an interrupted run continues.
-QUALITY_DATASETS ?= parkinsons synth-lus synth-lus-null covid-blues-severity covid-blues-sf
+QUALITY_DATASETS ?= parkinsons synth-lus synth-lus-null synth-mri synth-mri-slices covid-blues-severity covid-blues-sf
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality.py --sweep
 	for d in $(QUALITY_DATASETS); do $(PY) benchmarks/quality.py --dataset $$d || exit 1; done

@@ -67,9 +67,15 @@ CHANGE_CONFIGS = {
     "synth-lus-bench-null": "synth_lus_bench.yaml",
     "synth-mri": "synth_mri.yaml",
     "synth-mri-slices": "synth_mri_slices.yaml",
+    "synth-mri-bench": "synth_mri_bench.yaml",
+    "synth-mri-bench-slices": "synth_mri_bench_slices.yaml",
 }
 # Data sets that reuse another's manifest (same cohort, another encoder).
-SOURCE = {"synth-mri-slices": "synth-mri"}
+SOURCE = {
+    "synth-mri-slices": "synth-mri",
+    "synth-mri-bench": "synth-mri",
+    "synth-mri-bench-slices": "synth-mri",
+}
 INTERPATIENT_CONFIGS = {
     "covid-blues-severity": "covid_blues_severity.yaml",
     "covid-blues-sf": "covid_blues_sf.yaml",
@@ -500,6 +506,14 @@ SWEEP_GRID: list[tuple[str, dict[str, Any]]] = [
     *[
         (f"weighted_soft_m{m}", {"name": "weighted", "partition": "soft", "margin": m})
         for m in (0.25, 0.5)
+    ],
+    # lambda (weight of the pair term against the score MSE) at the threshold default.
+    *[
+        (
+            f"weighted_tau0.1_m0.5_lam{lam}",
+            {"name": "weighted", "partition": "threshold", "tau": 0.1, "margin": 0.5, "lam": lam},
+        )
+        for lam in (0.5, 2.0)
     ],
 ]
 

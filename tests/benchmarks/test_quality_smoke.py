@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -17,16 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / ".." / "shared" / "data"
 
 
-def _datasets() -> ModuleType:
-    # benchmarks/ is not an installed package: load the module from its file.
-    spec = importlib.util.spec_from_file_location(
-        "quality_datasets", REPO / "benchmarks/datasets.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def ds(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("datasets.py")
 
 
 def _need(folder: str) -> None:
@@ -34,9 +26,8 @@ def _need(folder: str) -> None:
         pytest.skip(f"{DATA / folder} is absent: the real-data builders need ../shared/data")
 
 
-def test_parkinsons_manifest_is_weekly_means(tmp_path: Path) -> None:
+def test_parkinsons_manifest_is_weekly_means(tmp_path: Path, ds: ModuleType) -> None:
     _need("parkinsons-telemonitoring")
-    ds = _datasets()
     path = ds.build_parkinsons(tmp_path / "pk", root=DATA)
     features = ds.parkinsons_features(DATA)
     assert len(features) == 16 and "jitter_pct" in features and "ppe" in features
@@ -54,9 +45,8 @@ def test_parkinsons_manifest_is_weekly_means(tmp_path: Path) -> None:
     assert row["jitter_pct"] == pytest.approx(first["Jitter(%)"].mean())
 
 
-def test_pocus_manifest_has_the_four_day_patient(tmp_path: Path) -> None:
+def test_pocus_manifest_has_the_four_day_patient(tmp_path: Path, ds: ModuleType) -> None:
     _need("pocus")
-    ds = _datasets()
     manifest = load_manifest(ds.build_pocus(tmp_path / "pocus", root=DATA))
     frame = manifest.frame
     assert len(frame) == 69
@@ -69,9 +59,8 @@ def test_pocus_manifest_has_the_four_day_patient(tmp_path: Path) -> None:
     assert frame["score"].isna().sum() == 3
 
 
-def test_covid_blues_manifests(tmp_path: Path) -> None:
+def test_covid_blues_manifests(tmp_path: Path, ds: ModuleType) -> None:
     _need("covid-blues")
-    ds = _datasets()
     severity = load_manifest(ds.build_covid_severity(tmp_path / "sev", root=DATA)).frame
     assert len(severity) == 362 and severity["patient_id"].nunique() == 63
     assert set(severity["score"].unique()) <= {0.0, 1.0, 2.0, 3.0}
@@ -81,3 +70,23 @@ def test_covid_blues_manifests(tmp_path: Path) -> None:
     assert sf["patient_id"].nunique() == len(scores) == 56  # -99 (missing) patients dropped
     assert np.allclose(sf["score"], sf["patient_id"].map(scores))
     assert sf["score"].between(300, 500).all()  # SpO2 / 0.21 for SpO2 in [63, 105]
+
+
+def test_every_benchmark_data_set_has_a_valid_config_and_a_builder(
+    load_benchmark: Callable[[str], ModuleType],
+) -> None:
+    quality = load_benchmark("quality.py")
+    names = {**quality.CHANGE_CONFIGS, **quality.INTERPATIENT_CONFIGS}
+    assert {"synth-mri", "synth-mri-slices", "synth-mri-bench", "synth-mri-bench-slices"} <= set(
+        names
+    )
+    for name in names:
+        cfg = quality.config_for(name, [], quick=False)  # validates the YAML
+        assert quality.SOURCE.get(name, name) in quality.datasets.BUILDERS, name
+        assert len(cfg.run.seeds) >= 5, f"{name}: the issue asks for at least 5 seeds"
+    # The MRI pair shares one cohort and differs only in how a volume enters the encoder.
+    mri = quality.config_for("synth-mri", [], quick=False)
+    slices = quality.config_for("synth-mri-slices", [], quick=False)
+    assert (mri.data.input.kind, mri.model.encoder) == ("volume", "resnet3d_18")
+    assert (slices.data.input.kind, slices.model.encoder) == ("slices", "tsm_slices")
+    assert mri.train.epochs == slices.train.epochs and mri.model.width == slices.model.width

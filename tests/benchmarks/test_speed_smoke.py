@@ -3,10 +3,9 @@ so that the benchmark code cannot rot between full runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,14 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def speed() -> ModuleType:
-    # benchmarks/ is not an installed package: load the script from its file.
-    spec = importlib.util.spec_from_file_location("speed_bench", REPO / "benchmarks/speed.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def speed(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("speed.py")
 
 
 @pytest.fixture(scope="module")
