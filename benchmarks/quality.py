@@ -353,6 +353,7 @@ def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
     from learner.evaluate.embed import embed_checkpoint
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.evaluate.interpatient import cosine_trajectory, evaluate_interpatient
+    from learner.train.pretrain import package_versions
 
     manifest_path = datasets.build(name)
     cfg.data.manifest = manifest_path
@@ -401,7 +402,12 @@ def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
             "scans": len(manifest.frame),
         },
         "config": cfg.to_plain(),
+        "versions": package_versions(),
         "benchmark": {"dataset": name, "wall_s_this_invocation": 0.0},
+        # Not a `learner run` results.json: one visit per patient leaves no change task, so
+        # there is no accuracy / balanced accuracy / macro-F1 to report (and none is invented).
+        "contract_note": "inter-patient evaluation; the change-classification metrics of the "
+        "results.json contract do not exist for one-visit data",
     }
     if outside:
         results["external"] = {
