@@ -44,7 +44,6 @@ from learner.config import Config, load_config  # noqa: E402
 from learner.data.manifest import load_manifest  # noqa: E402
 from learner.errors import LearnerError  # noqa: E402
 from learner.evaluate.ablation import (  # noqa: E402
-    HEAD_DELTA,
     REFERENCE,
     AblationResult,
     paired_difference,
@@ -166,10 +165,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, block in results["objectives"].items():
-        if name == HEAD_DELTA:
-            d = diffs.get(HEAD_DELTA, {})
-        else:
-            d = diffs.get(name, {})
+        d = diffs.get(name, {})
         ref = name == REFERENCE
         lines.append(
             f"| {name} | {fmt(block.get('balanced_accuracy'))} | {fmt(block.get('macro_f1'))} "
@@ -531,11 +527,10 @@ def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dic
         ``{"variants": {label: {"overrides", "per_seed", "mean", "wall_s"}}, "chosen": label,
         ...}``; the metric is balanced accuracy on validation-patient pairs.
     """
-    from learner.evaluate.ablation import cell_config
+    from learner.evaluate.ablation import cell_config, pretrain_and_embed
     from learner.evaluate.change import evaluate_change
-    from learner.evaluate.embed import embed_frame, load_checkpoint
     from learner.evaluate.embeddings_io import read_embeddings
-    from learner.train.pretrain import prepare_data, pretrain
+    from learner.train.pretrain import prepare_data
 
     manifest_path = datasets.build(SWEEP_DATASET)
     cfg.data.manifest = manifest_path
@@ -551,22 +546,11 @@ def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dic
             emb = cell / "embeddings.parquet"
             if not emb.exists():
                 log(f"[sweep seed{seed}] {label}: running")
-                data = prepare_data(ccfg, manifest)
-                result = pretrain(
+                pretrain_and_embed(
                     ccfg,
-                    cell / "run",
-                    resume=(cell / "run" / "checkpoints" / "last.ckpt").exists(),
-                    data=data,
-                    progress=False,
-                )
-                model, _ = load_checkpoint(result.best)
-                embed_frame(
-                    model,
-                    data,
-                    data.frame,
-                    emb,
+                    prepare_data(ccfg, manifest),
+                    cell,
                     metadata={"objective": label, "seed": seed},
-                    batch_size=ccfg.train.batch_size,
                 )
             frame, _ = read_embeddings(emb)
             res = evaluate_change(

@@ -171,20 +171,44 @@ def run_cell(
     """Pretrain (or resume), embed and evaluate one objective x seed (x fold)."""
     emb = cell_dir / "embeddings.parquet"
     if not _cell_done(cell_dir, features):
-        if not emb.exists():
-            run_dir = cell_dir / "run"
-            resume = (run_dir / "checkpoints" / "last.ckpt").exists()
-            result = pretrain(cfg, run_dir, resume=resume, data=data, progress=progress)
-            model, _ = load_checkpoint(result.best)
-            embed_frame(
-                model,
-                data,
-                data.frame,
-                emb,
-                metadata={"objective": cfg.objective.name, "seed": seed, "checkpoint": "best"},
-                batch_size=cfg.train.batch_size,
-            )
+        pretrain_and_embed(
+            cfg,
+            data,
+            cell_dir,
+            metadata={"objective": cfg.objective.name, "seed": seed},
+            progress=progress,
+        )
     return _evaluate_cell(emb, cell_dir, cfg, features, seed)
+
+
+def pretrain_and_embed(
+    cfg: Config,
+    data: PreparedData,
+    cell_dir: Path,
+    *,
+    metadata: dict[str, Any],
+    progress: bool = False,
+) -> Path:
+    """``cell_dir/embeddings.parquet`` from the best checkpoint of ``cell_dir/run``.
+
+    Pretrains (resuming from ``last.ckpt`` when one exists) only when the embeddings are
+    missing; returns their path.
+    """
+    emb = cell_dir / "embeddings.parquet"
+    if not emb.exists():
+        run_dir = cell_dir / "run"
+        resume = (run_dir / "checkpoints" / "last.ckpt").exists()
+        result = pretrain(cfg, run_dir, resume=resume, data=data, progress=progress)
+        model, _ = load_checkpoint(result.best)
+        embed_frame(
+            model,
+            data,
+            data.frame,
+            emb,
+            metadata={**metadata, "checkpoint": "best"},
+            batch_size=cfg.train.batch_size,
+        )
+    return emb
 
 
 def run_untrained(
