@@ -325,14 +325,26 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a key: --set run.seeds=[0,1,2]."),
     ] = None,
+    replace_changed: Annotated[
+        bool,
+        typer.Option(
+            "--replace-changed",
+            help="Retrain cached cells whose inputs changed (config, manifest, split, version) "
+            "instead of stopping; their old checkpoints are deleted.",
+        ),
+    ] = False,
 ) -> None:
     """Pretrain + embed + evaluate every objective and seed; write results.json and reports.
+
+    Finished cells in OUT are reused only when their key (the settings, manifest content,
+    split and version that made them) still holds: a changed evaluation setting re-evaluates
+    the cached embeddings; a changed pretraining input stops the run and names the key.
 
     Example: learner run --config configs/demo.yaml --out runs/ablation
     """
     from learner.config import load_config
 
-    _run_and_report(load_config(config, set_), out)
+    _run_and_report(load_config(config, set_), out, replace_changed=replace_changed)
 
 
 def _is_rank_zero() -> bool:
@@ -344,12 +356,17 @@ def _is_rank_zero() -> bool:
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
-def _run_and_report(cfg: Any, out: Path) -> None:
+def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
     from learner.evaluate.ablation import run_ablation
     from learner.evaluate.report import comparison_table, write_reports
 
-    ablation = run_ablation(cfg, out, log=lambda line: console.print(line, highlight=False))
+    ablation = run_ablation(
+        cfg,
+        out,
+        log=lambda line: console.print(line, highlight=False, markup=False),
+        replace_changed=replace_changed,
+    )
     md, page = write_reports(ablation, out)
     console.print(comparison_table(ablation.results))
     console.print(f"results: {ablation.results_path}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,15 @@ from learner.evaluate.change import (
 from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.io import atomic_path, write_json
+from learner.provenance import (
+    changed_keys,
+    digest,
+    evaluation_key,
+    manifest_fingerprint,
+    pretrain_key,
+    read_key,
+    write_key,
+)
 from learner.train.module import LearnerModule
 from learner.train.pretrain import PreparedData, package_versions, prepare_data, pretrain
 
@@ -45,6 +55,8 @@ Log = Callable[[str], None]
 HEAD_DELTA = "head_delta"
 UNTRAINED = "untrained"
 REFERENCE = "mse"
+# The key of what a cell folder (or an evaluation folder) holds: learner.provenance.
+KEY_FILE = "key.json"
 
 
 @dataclass
@@ -130,55 +142,131 @@ def result_name(label: str, feature: str, features: Sequence[str]) -> str:
     return label if feature == features[0] else f"{label}+{feature}"
 
 
-def _evaluate_cell(
-    emb_path: Path, cell_dir: Path, cfg: Config, features: Sequence[str], seed: int
-) -> dict[str, CellResult]:
-    frame, _ = read_embeddings(emb_path)
+def _normalised(parts: dict[str, Any]) -> dict[str, Any]:
+    """``parts`` as they read back from JSON, so that stored and fresh keys compare equal."""
+    return dict(json.loads(json.dumps(parts, default=str)))
+
+
+@dataclass
+class Cell:
+    """One cell of the grid: an objective (or the untrained baseline) x seed (x fold)."""
+
+    label: str
+    tag: str
+    cfg: Config
+    data: PreparedData
+    folder: Path
+    key: dict[str, Any]
+    untrained: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}/{self.tag}"
+
+    @property
+    def digest(self) -> str:
+        return digest(self.key)
+
+
+def _has_artefacts(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def stale_cells(cells: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
+    """Cells whose folder holds artefacts made from other inputs, with the keys that differ.
+
+    A folder with artefacts but no key file (written by a learner without cache keys, or
+    by hand) is stale too: nothing says how it was made.
+    """
+    stale = []
+    for cell in cells:
+        if not _has_artefacts(cell.folder):
+            continue
+        stored = read_key(cell.folder / KEY_FILE)
+        if stored is None:
+            stale.append((cell, ["(no key: made by an older learner or by hand)"]))
+        elif stored != cell.key:
+            stale.append((cell, changed_keys(stored, cell.key)))
+    return stale
+
+
+def check_cache(cells: Sequence[Cell], out: Path, *, replace: bool, log: Log) -> None:
+    """Refuse (or, with ``replace``, delete) cached cells whose pretraining key changed.
+
+    Raises:
+        ConfigError: naming the first stale cell, the keys that changed and how to proceed.
+    """
+    stale = stale_cells(cells)
+    if not stale:
+        return
+    if not replace:
+        cell, changes = stale[0]
+        more = f" (and {len(stale) - 1} more cells)" if len(stale) > 1 else ""
+        raise ConfigError(
+            f"{out}: cell {cell.name}{more} was made with other settings ({'; '.join(changes)}); "
+            "write to a new --out, or pass --replace-changed to retrain the changed cells"
+        )
+    for cell, changes in stale:
+        log(f"[{cell.tag}] {cell.label}: replacing ({'; '.join(changes)})")
+        shutil.rmtree(cell.folder)
+
+
+def _evaluate_cell(cell: Cell, features: Sequence[str], log: Log) -> dict[str, CellResult]:
+    """Evaluate each feature, reusing a cached evaluation only when its key still holds."""
+    emb_path = cell.folder / "embeddings.parquet"
+    frame: pd.DataFrame | None = None
     out: dict[str, CellResult] = {}
     for feature in features:
-        folder = cell_dir / f"eval-{feature}"
+        folder = cell.folder / f"eval-{feature}"
+        key = _normalised(evaluation_key(cell.cfg, cell.digest, feature))
+        stored = read_key(folder / KEY_FILE)
         if (folder / "metrics.json").exists():
-            out[feature] = CellResult.load(folder)
-            continue
+            if stored == key:
+                out[feature] = CellResult.load(folder)
+                continue
+            changes = changed_keys(stored, key) if stored is not None else ["(no key)"]
+            log(f"[{cell.tag}] {cell.label}: re-evaluating {feature} ({'; '.join(changes)})")
+        if frame is None:
+            frame, _ = read_embeddings(emb_path)
         result = evaluate_change(
             frame,
-            delta=cfg.eval.delta,
-            higher_is_better=cfg.data.higher_is_better,
+            delta=cell.cfg.eval.delta,
+            higher_is_better=cell.cfg.data.higher_is_better,
             feature=feature,
-            classifier=cfg.eval.classifier,
-            n_boot=cfg.eval.n_boot,
-            seed=seed,
+            classifier=cell.cfg.eval.classifier,
+            n_boot=cell.cfg.eval.n_boot,
+            seed=cell.cfg.train.seed,
         )
-        cell = CellResult.from_change(result)
-        cell.save(folder)
-        out[feature] = cell
+        result_cell = CellResult.from_change(result)
+        result_cell.summary["key"] = {"digest": digest(key), "pretrain_digest": cell.digest}
+        write_key(folder / KEY_FILE, key)
+        result_cell.save(folder)
+        out[feature] = result_cell
     return out
 
 
-def _cell_done(cell_dir: Path, features: Sequence[str]) -> bool:
-    return all((cell_dir / f"eval-{f}" / "metrics.json").exists() for f in features)
+def _cell_done(cell: Cell, features: Sequence[str]) -> bool:
+    return (cell.folder / "embeddings.parquet").exists() and all(
+        (cell.folder / f"eval-{f}" / "metrics.json").exists() for f in features
+    )
 
 
 def run_cell(
-    cfg: Config,
-    data: PreparedData,
-    cell_dir: Path,
-    *,
-    features: Sequence[str],
-    seed: int,
-    progress: bool,
+    cell: Cell, *, features: Sequence[str], progress: bool, log: Log = print
 ) -> dict[str, CellResult]:
     """Pretrain (or resume), embed and evaluate one objective x seed (x fold)."""
-    emb = cell_dir / "embeddings.parquet"
-    if not _cell_done(cell_dir, features):
+    write_key(cell.folder / KEY_FILE, cell.key)
+    if cell.untrained:
+        embed_untrained(cell)
+    else:
         pretrain_and_embed(
-            cfg,
-            data,
-            cell_dir,
-            metadata={"objective": cfg.objective.name, "seed": seed},
+            cell.cfg,
+            cell.data,
+            cell.folder,
+            metadata={"objective": cell.cfg.objective.name, "seed": cell.cfg.train.seed},
             progress=progress,
         )
-    return _evaluate_cell(emb, cell_dir, cfg, features, seed)
+    return _evaluate_cell(cell, features, log)
 
 
 def pretrain_and_embed(
@@ -205,29 +293,28 @@ def pretrain_and_embed(
             data,
             data.frame,
             emb,
-            metadata={**metadata, "checkpoint": "best"},
+            metadata={**metadata, "checkpoint": "best", "delta": cfg.eval.delta},
             batch_size=cfg.train.batch_size,
         )
     return emb
 
 
-def run_untrained(
-    cfg: Config, data: PreparedData, cell_dir: Path, *, features: Sequence[str], seed: int
-) -> dict[str, CellResult]:
-    """The ``untrained`` baseline: a random-init encoder (seeded), same classifier."""
-    emb = cell_dir / "embeddings.parquet"
-    if not _cell_done(cell_dir, features) and not emb.exists():
+def embed_untrained(cell: Cell) -> Path:
+    """The ``untrained`` baseline's embeddings: a random-init encoder (seeded)."""
+    emb = cell.folder / "embeddings.parquet"
+    if not emb.exists():
+        seed = cell.cfg.train.seed
         L.seed_everything(seed, verbose=False)
-        model = LearnerModule(cfg.to_plain(), data.score_range, {"seed": seed})
+        model = LearnerModule(cell.cfg.to_plain(), cell.data.score_range, {"seed": seed})
         embed_frame(
             model,
-            data,
-            data.frame,
+            cell.data,
+            cell.data.frame,
             emb,
-            metadata={"objective": UNTRAINED, "seed": seed},
-            batch_size=cfg.train.batch_size,
+            metadata={"objective": UNTRAINED, "seed": seed, "delta": cell.cfg.eval.delta},
+            batch_size=cell.cfg.train.batch_size,
         )
-    return _evaluate_cell(emb, cell_dir, cfg, features, seed)
+    return emb
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -352,6 +439,44 @@ class AblationResult:
     run_dirs: dict[str, list[Path]]
 
 
+def plan_cells(
+    cfg: Config, manifest: Manifest, variants: Sequence[tuple[str, dict[str, Any]]], out: Path
+) -> tuple[list[list[list[Cell]]], list[dict[str, Any]]]:
+    """Every cell of the grid with its key and its folder ``out/cells/<label>/<tag>``:
+    seeds -> folds -> cells, and the splits used."""
+    manifest_digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
+    patients = sorted(manifest.frame["patient_id"].unique())
+    grid: list[list[list[Cell]]] = []
+    splits: list[dict[str, Any]] = []
+    for seed in cfg.run.seeds:
+        split_seed = cfg.data.split.seed if cfg.data.split.seed is not None else seed
+        folds: list[dict[str, str] | None]
+        folds = (
+            list(kfold_patients(patients, k=cfg.data.split.folds, seed=split_seed))
+            if cfg.data.split.folds
+            else [None]
+        )
+        seed_cells: list[list[Cell]] = []
+        for k, assignment in enumerate(folds):
+            tag = f"seed{seed}" + (f"-fold{k}" if assignment is not None else "")
+            base = cell_config(cfg, {"name": REFERENCE}, seed)
+            data = prepare_data(base, manifest, assignment)
+            splits.append({"cell": tag, "split_hash": data.split_hash})
+            cells = []
+            for label, overrides in variants:
+                ccfg = cell_config(cfg, overrides, seed)
+                key = pretrain_key(ccfg, manifest_digest, data.split_hash)
+                folder = out / "cells" / label / tag
+                cells.append(Cell(label, tag, ccfg, data, folder, _normalised(key)))
+            if cfg.run.baselines:
+                key = pretrain_key(base, manifest_digest, data.split_hash, untrained=True)
+                folder = out / "cells" / UNTRAINED / tag
+                cells.append(Cell(UNTRAINED, tag, base, data, folder, _normalised(key), True))
+            seed_cells.append(cells)
+        grid.append(seed_cells)
+    return grid, splits
+
+
 def run_ablation(
     cfg: Config,
     out: Path,
@@ -359,8 +484,18 @@ def run_ablation(
     progress: bool = True,
     log: Log = print,
     manifest: Manifest | None = None,
+    replace_changed: bool = False,
 ) -> AblationResult:
-    """Run the whole grid and write ``results.json``; returns it with the per-cell results."""
+    """Run the whole grid and write ``results.json``; returns it with the per-cell results.
+
+    Every cell's cached artefacts carry a key (:mod:`learner.provenance`). A cell whose
+    evaluation settings changed is re-evaluated from its cached embeddings; one whose
+    pretraining inputs changed stops the run with the changed keys (``replace_changed``
+    retrains it instead), so results.json never describes numbers other inputs produced.
+
+    Raises:
+        ConfigError: a bad grid, or cached cells made with other inputs.
+    """
     out = Path(out)
     variants = objective_variants(cfg)
     features = list(dict.fromkeys(cfg.run.features))
@@ -370,49 +505,37 @@ def run_ablation(
                 "data.manifest is not set; pass --set data.manifest=PATH/manifest.csv"
             )
         manifest = load_manifest(cfg.data.manifest, feature_columns=cfg.data.feature_columns)
-    patients = sorted(manifest.frame["patient_id"].unique())
+
+    grid, splits = plan_cells(cfg, manifest, variants, out)
+    every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]
+    check_cache(every, out, replace=replace_changed, log=log)
 
     units: dict[str, list[list[CellResult]]] = {}
     run_dirs: dict[str, list[Path]] = {}
-    datasets: list[dict[str, Any]] = []
-    for seed in cfg.run.seeds:
-        split_seed = cfg.data.split.seed if cfg.data.split.seed is not None else seed
-        folds: list[dict[str, str] | None]
-        folds = (
-            list(kfold_patients(patients, k=cfg.data.split.folds, seed=split_seed))
-            if cfg.data.split.folds
-            else [None]
-        )
-        seed_cells: dict[str, list[CellResult]] = {}
-        for k, assignment in enumerate(folds):
-            tag = f"seed{seed}" + (f"-fold{k}" if assignment is not None else "")
-            base = cell_config(cfg, {"name": REFERENCE}, seed)
-            data = prepare_data(base, manifest, assignment)
-            datasets.append({"cell": tag, "split_hash": data.split_hash})
-            for label, overrides in variants:
-                cell_dir = out / "cells" / label / tag
-                state = "cached" if _cell_done(cell_dir, features) else "running"
-                log(f"[{tag}] {label}: {state}")
-                ccfg = cell_config(cfg, overrides, seed)
-                res = run_cell(
-                    ccfg, data, cell_dir, features=features, seed=seed, progress=progress
-                )
-                run_dirs.setdefault(label, []).append(cell_dir / "run")
-                for feature, cell in res.items():
-                    seed_cells.setdefault(result_name(label, feature, features), []).append(cell)
-            if cfg.run.baselines:
-                cell_dir = out / "cells" / UNTRAINED / tag
-                state = "cached" if _cell_done(cell_dir, features) else "running"
-                log(f"[{tag}] {UNTRAINED}: {state}")
-                res = run_untrained(base, data, cell_dir, features=features, seed=seed)
-                for feature, cell in res.items():
-                    seed_cells.setdefault(result_name(UNTRAINED, feature, features), []).append(
-                        cell
-                    )
-        for name, cells in seed_cells.items():
+    keys: dict[str, Any] = {}
+    for seed_cells in grid:
+        by_name: dict[str, list[CellResult]] = {}
+        for fold in seed_cells:
+            for cell in fold:
+                state = "cached" if _cell_done(cell, features) else "running"
+                log(f"[{cell.tag}] {cell.label}: {state}")
+                res = run_cell(cell, features=features, progress=progress, log=log)
+                if not cell.untrained:
+                    run_dirs.setdefault(cell.label, []).append(cell.folder / "run")
+                keys[cell.name] = {
+                    "pretrain": cell.digest,
+                    "evaluation": {
+                        f: r.summary.get("key", {}).get("digest") for f, r in res.items()
+                    },
+                }
+                for feature, result in res.items():
+                    name = result_name(cell.label, feature, features)
+                    by_name.setdefault(name, []).append(result)
+        for name, cells in by_name.items():
             units.setdefault(name, []).append(cells)
 
-    results = build_results(cfg, manifest, units, datasets)
+    results = build_results(cfg, manifest, units, splits)
+    results["cells"] = keys
     path = out / "results.json"
     write_json(path, results)
     return AblationResult(path, results, units, run_dirs)

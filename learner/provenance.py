@@ -1,0 +1,169 @@
+"""What produced an artefact: the keys that tie every cached result of `learner run` to its inputs.
+
+A cell of `learner run` caches a checkpoint, embeddings and evaluation metrics. Each is valid
+only for the inputs that produced it, so each carries a *key*: a flat mapping of dotted names
+to values (the resolved config keys that affect it, a fingerprint of the manifest's content,
+the split's hash, the package version) and its SHA-256 digest. Reading a cache compares keys;
+:func:`changed_keys` names what differs so that a refusal can say exactly what changed.
+
+Two stages have keys: pretraining (checkpoint and embeddings) and evaluation (metrics). The
+evaluation key includes the pretraining digest, so an evaluation-only change (``eval.delta``)
+re-evaluates cached embeddings while a pretraining change invalidates both.
+
+Example:
+    >>> key = pretrain_key(cfg, manifest_fingerprint(manifest), split_hash="ab12...")
+    >>> changed_keys(old_key, key)
+    ['train.epochs: 12 -> 20']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+import learner
+from learner.config import Config
+
+# Config keys that never change what a cell computes: where files are read from or written
+# to, and how many loader processes read them. Every other key is part of the key.
+_NEUTRAL = ("data.manifest", "data.cache_dir", "data.num_workers", "train.out")
+# Sections that belong to other stages: `run` is the grid itself, `eval` the evaluation key.
+_PRETRAIN_SECTIONS = ("data", "model", "objective", "train")
+# An untrained encoder depends on its architecture, the data and the seed, not on training.
+_UNTRAINED_SECTIONS = ("data", "model")
+
+# Manifest columns whose values shape training and evaluation (``row`` is only the position).
+_MANIFEST_COLUMNS = ("patient_id", "visit", "visit_order", "path", "score", "zone", "split")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def digest(parts: Mapping[str, Any]) -> str:
+    """SHA-256 hex digest of ``parts`` as canonical JSON (sorted keys)."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def manifest_fingerprint(frame: pd.DataFrame, feature_columns: list[str] | None = None) -> str:
+    """A digest of a manifest's content: its rows and the identity of every scan file.
+
+    The rows are the contract columns present (and tabular feature columns), in order. A
+    scan file's identity is its path, size and modification time: rewriting a scan (a new
+    synthetic cohort in the same folder, a re-exported clip) changes the fingerprint without
+    reading the file's bytes, which would cost minutes on a large video cohort.
+
+    Args:
+        frame: a manifest frame (:class:`learner.data.manifest.Manifest` ``.frame``).
+        feature_columns: tabular feature columns, included in the rows.
+
+    Returns:
+        SHA-256 hex digest.
+    """
+    columns = [c for c in _MANIFEST_COLUMNS if c in frame.columns]
+    columns += [c for c in feature_columns or [] if c in frame.columns and c not in columns]
+    hasher = hashlib.sha256()
+    hasher.update(frame[columns].to_csv(index=False, na_rep="").encode("utf-8"))
+    if "path" in frame.columns:
+        for path in frame["path"].astype(str):
+            hasher.update(_file_identity(path).encode("utf-8"))
+    return hasher.hexdigest()
+
+
+def _file_identity(path: str) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return f"{path}|missing"
+    if os.path.isdir(path):  # a DICOM series folder: its files make the scan
+        entries = sorted(Path(path).iterdir())
+        return f"{path}|dir|" + "|".join(_file_identity(str(e)) for e in entries)
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _config_parts(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
+    plain = cfg.to_plain()
+    flat = flatten({name: plain[name] for name in sections})
+    return {k: v for k, v in flat.items() if k not in _NEUTRAL}
+
+
+def pretrain_key(
+    cfg: Config, manifest_digest: str, split_hash: str, *, untrained: bool = False
+) -> dict[str, Any]:
+    """The key of a cell's pretraining (checkpoint and embeddings).
+
+    Args:
+        cfg: the cell's resolved config (objective and seed set).
+        manifest_digest: :func:`manifest_fingerprint` of the manifest.
+        split_hash: the patient split's hash.
+        untrained: the ``untrained`` baseline, which depends on data, model and seed only.
+
+    Returns:
+        Flat mapping of dotted names to values.
+    """
+    sections = _UNTRAINED_SECTIONS if untrained else _PRETRAIN_SECTIONS
+    parts = _config_parts(cfg, sections)
+    if untrained:
+        parts["train.seed"] = cfg.train.seed
+    parts["manifest.content"] = manifest_digest
+    parts["split.hash"] = split_hash
+    parts["learner.version"] = learner.__version__
+    return parts
+
+
+def evaluation_key(cfg: Config, pretrain_digest: str, feature: str) -> dict[str, Any]:
+    """The key of one evaluation: the ``eval`` section, the feature and the pretraining digest."""
+    parts = _config_parts(cfg, ("eval",))
+    parts.pop("eval.feature", None)  # `run.features` decides, one evaluation per feature
+    parts["feature"] = feature
+    parts["pretrain.digest"] = pretrain_digest
+    parts["train.seed"] = cfg.train.seed  # seeds the bootstrap and the MLP probe
+    parts["learner.version"] = learner.__version__
+    return parts
+
+
+def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """One ``name: old -> new`` line per key that differs (added or removed keys included)."""
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name, "(absent)"), new.get(name, "(absent)")
+        if before != after:
+            lines.append(f"{name}: {_short(before)} -> {_short(after)}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 20 else text[:12] + "..."
+
+
+def write_key(path: Path, parts: Mapping[str, Any]) -> None:
+    """Write ``{"digest": ..., "parts": ...}`` atomically."""
+    from learner.io import write_json
+
+    write_json(path, {"digest": digest(parts), "parts": dict(parts)})
+
+
+def read_key(path: Path) -> dict[str, Any] | None:
+    """The ``parts`` of a key file, or None when there is none (or it is unreadable)."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    parts = loaded.get("parts") if isinstance(loaded, dict) else None
+    return parts if isinstance(parts, dict) else None
