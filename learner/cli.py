@@ -359,7 +359,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
     from learner.evaluate.ablation import run_ablation
-    from learner.evaluate.report import comparison_table, write_reports
+    from learner.evaluate.report import comparison_table, verdict_text, write_reports
 
     ablation = run_ablation(
         cfg,
@@ -369,6 +369,8 @@ def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> No
     )
     md, page = write_reports(ablation, out)
     console.print(comparison_table(ablation.results))
+    for line in verdict_text(ablation.results):
+        console.print(line, markup=False, highlight=False)
     console.print(f"results: {ablation.results_path}")
     console.print(f"report: {page} (and {md.name})")
 

@@ -26,6 +26,14 @@ from learner.data.manifest import Manifest, load_manifest
 from learner.data.splits import kfold_patients
 from learner.errors import ConfigError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
+from learner.evaluate.ceilings import (
+    CHANCE_BALANCED,
+    ORACLES,
+    evaluate_oracle,
+    fraction_of_achievable,
+    load_truth,
+    regressor_against_mean,
+)
 from learner.evaluate.change import (
     CLASS_METRICS,
     HEAD_DELTA_PREFIX,
@@ -38,6 +46,15 @@ from learner.evaluate.change import (
 )
 from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.verdict import (
+    class_table_warnings,
+    degenerate_classes,
+    pair_batch_counts,
+    pair_term_warning,
+    regressor_warning,
+    score_range_warnings,
+    verdict,
+)
 from learner.io import atomic_path, write_json
 from learner.provenance import (
     changed_keys,
@@ -135,6 +152,12 @@ def cell_config(cfg: Config, overrides: dict[str, Any], seed: int) -> Config:
         return Config.model_validate(tree)
     except Exception as exc:
         raise ConfigError(f"run.objectives entry {overrides}: {exc}".splitlines()[0]) from None
+
+
+def _untrained_name(name: str) -> str:
+    """``weighted+concat`` -> ``untrained+concat``: the baseline with the same feature."""
+    _, plus, feature = name.partition("+")
+    return UNTRAINED + plus + feature
 
 
 def result_name(label: str, feature: str, features: Sequence[str]) -> str:
@@ -239,6 +262,8 @@ def _evaluate_cell(cell: Cell, features: Sequence[str], log: Log) -> dict[str, C
         )
         result_cell = CellResult.from_change(result)
         result_cell.summary["key"] = {"digest": digest(key), "pretrain_digest": cell.digest}
+        val_mae, mean_mae = regressor_against_mean(frame)
+        result_cell.summary["regressor"] = {"val_mae": val_mae, "val_mae_of_train_mean": mean_mae}
         write_key(folder / KEY_FILE, key)
         result_cell.save(folder)
         out[feature] = result_cell
@@ -405,7 +430,40 @@ def paired_difference(
     seed: int,
 ) -> dict[str, Any]:
     """Metric(a) - metric(b) on the same test pairs (same seeds and splits), with a patient
-    bootstrap of the difference (resample b averaged over seeds)."""
+    bootstrap of the difference (resample b averaged over seeds) and the
+    ``min_detectable_difference``: the half-width of that interval, the size of an effect
+    the comparison could have missed."""
+    entry = paired_statistic(
+        units_a,
+        units_b,
+        metric,
+        lambda a, b: a - b,
+        column_a=column_a,
+        column_b=column_b,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    lo, hi = entry["ci95"]
+    entry["min_detectable_difference"] = (
+        (hi - lo) / 2.0 if math.isfinite(lo) and math.isfinite(hi) else math.nan
+    )
+    return entry
+
+
+def paired_statistic(
+    units_a: Sequence[Sequence[CellResult]],
+    units_b: Sequence[Sequence[CellResult]],
+    metric: str,
+    combine: Callable[[float, float], float],
+    *,
+    column_a: str = "predicted",
+    column_b: str = "predicted",
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``combine(metric(a), metric(b))`` on the test pairs both evaluated (same seeds and
+    splits), with a patient bootstrap that resamples both together (resample b averaged over
+    seeds)."""
     per_seed: list[float] = []
     boots: list[np.ndarray] = []
     keys = ["patient_id", "visit_from", "visit_to"]
@@ -420,15 +478,18 @@ def paired_difference(
         sa = _class_stat(merged, col_a, metric)
         sb = _class_stat(merged, col_b, metric)
 
-        def diff(idx: np.ndarray, sa: Any = sa, sb: Any = sb) -> float:
-            return float(sa(idx) - sb(idx))
+        def stat(idx: np.ndarray, sa: Any = sa, sb: Any = sb) -> float:
+            return float(combine(sa(idx), sb(idx)))
 
-        per_seed.append(diff(np.arange(len(merged))))
+        per_seed.append(stat(np.arange(len(merged))))
         if n_boot > 0:
             boots.append(
-                bootstrap_distribution(merged["patient_id"].to_numpy(), diff, n_boot, seed)
+                bootstrap_distribution(merged["patient_id"].to_numpy(), stat, n_boot, seed)
             )
-    return _stat_entry(per_seed, boots)
+    entry = _stat_entry(per_seed, boots)
+    if not math.isfinite(entry["mean"]):  # undefined (e.g. an oracle at chance): no interval
+        entry["ci95"] = [math.nan, math.nan]
+    return entry
 
 
 @dataclass
@@ -510,18 +571,28 @@ def run_ablation(
     every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]
     check_cache(every, out, replace=replace_changed, log=log)
 
+    truth = load_truth(manifest.source)
     units: dict[str, list[list[CellResult]]] = {}
+    oracles: dict[str, list[list[CellResult]]] = {}
+    pair_counts: dict[str, list[tuple[float, float, float]]] = {}
     run_dirs: dict[str, list[Path]] = {}
     keys: dict[str, Any] = {}
     for seed_cells in grid:
         by_name: dict[str, list[CellResult]] = {}
+        oracle_folds: dict[str, list[CellResult]] = {}
         for fold in seed_cells:
+            if truth is not None:
+                for name, result in _oracle_cells(cfg, fold[0], truth).items():
+                    oracle_folds.setdefault(name, []).append(result)
             for cell in fold:
                 state = "cached" if _cell_done(cell, features) else "running"
                 log(f"[{cell.tag}] {cell.label}: {state}")
                 res = run_cell(cell, features=features, progress=progress, log=log)
                 if not cell.untrained:
                     run_dirs.setdefault(cell.label, []).append(cell.folder / "run")
+                    counts = pair_batch_counts(cell.folder / "run")
+                    if counts is not None:
+                        pair_counts.setdefault(cell.label, []).append(counts)
                 keys[cell.name] = {
                     "pretrain": cell.digest,
                     "evaluation": {
@@ -533,12 +604,88 @@ def run_ablation(
                     by_name.setdefault(name, []).append(result)
         for name, cells in by_name.items():
             units.setdefault(name, []).append(cells)
+        for name, cells in oracle_folds.items():
+            oracles.setdefault(name, []).append(cells)
+    if any(len(u) != len(grid) for u in oracles.values()):
+        oracles = {}  # a fold whose truth was incomplete: no ceiling rather than a partial one
 
-    results = build_results(cfg, manifest, units, splits)
+    results = build_results(cfg, manifest, units, splits, oracles=oracles)
+    results["warnings"] = run_warnings(cfg, manifest, units, pair_counts)
+    results["degenerate"] = _degenerate(units)
+    results["verdict"] = verdict(results)
     results["cells"] = keys
     path = out / "results.json"
     write_json(path, results)
     return AblationResult(path, results, units, run_dirs)
+
+
+def _oracle_cells(cfg: Config, cell: Cell, truth: pd.DataFrame) -> dict[str, CellResult]:
+    """The ceilings of one seed (fold): the oracles on the cell's split and pairs."""
+    out: dict[str, CellResult] = {}
+    for name, column in ORACLES.items():
+        result = evaluate_oracle(
+            cell.data.frame,
+            truth,
+            column,
+            delta=cfg.eval.delta,
+            higher_is_better=cfg.data.higher_is_better,
+            classifier=cfg.eval.classifier,
+            seed=cell.cfg.train.seed,
+        )
+        if result is not None:
+            out[name] = CellResult.from_change(result)
+    return out
+
+
+def _first_feature_summaries(units: dict[str, list[list[CellResult]]]) -> list[dict[str, Any]]:
+    """Every seed's (fold's) evaluation summary of the reference objective."""
+    name = REFERENCE if REFERENCE in units else next(iter(units), None)
+    if name is None:
+        return []
+    return [c.summary for cells in units[name] for c in cells]
+
+
+def _degenerate(units: dict[str, list[list[CellResult]]]) -> str | None:
+    summaries = _first_feature_summaries(units)
+    return degenerate_classes(summaries) if summaries else None
+
+
+def run_warnings(
+    cfg: Config,
+    manifest: Manifest,
+    units: dict[str, list[list[CellResult]]],
+    pair_counts: dict[str, list[tuple[float, float, float]]],
+) -> list[str]:
+    """Every warning that qualifies the run's numbers, one line each, naming the fix."""
+    scores = manifest.frame["score"].to_numpy(dtype=np.float64)
+    out = list(manifest.warnings)
+    out += score_range_warnings(scores, cfg.data.score_range)
+    out += class_table_warnings(_first_feature_summaries(units), cfg.eval.delta)
+    for label, counts in pair_counts.items():
+        line = pair_term_warning(label, tuple(np.sum(counts, axis=0)), cfg.objective.tau)
+        if line is not None:
+            out.append(line)
+    floors = [c.summary.get("regressor", {}) for cells in units.get(REFERENCE, []) for c in cells]
+    val = [f.get("val_mae") for f in floors if f.get("val_mae") is not None]
+    mean = [f.get("val_mae_of_train_mean") for f in floors if f.get("val_mae") is not None]
+    if val and all(m is not None for m in mean):
+        line = regressor_warning(float(np.mean(val)), float(np.mean(mean)))
+        if line is not None:
+            out.append(line)
+    for cells in units.values():
+        for note in (n for seed_cells in cells for c in seed_cells for n in c.summary["warnings"]):
+            if note not in out:
+                out.append(note)
+    return out
+
+
+def _majority_rate(units: list[list[CellResult]]) -> float:
+    """Accuracy of always predicting the majority class of the test pairs, mean over seeds."""
+    rates = []
+    for cells in units:
+        labels = _pooled(cells)["label"].astype(str)
+        rates.append(float(labels.value_counts(normalize=True).max()) if len(labels) else math.nan)
+    return float(np.nanmean(rates)) if rates else math.nan
 
 
 def build_results(
@@ -546,7 +693,12 @@ def build_results(
     manifest: Manifest,
     units: dict[str, list[list[CellResult]]],
     datasets: list[dict[str, Any]],
+    *,
+    oracles: dict[str, list[list[CellResult]]] | None = None,
 ) -> dict[str, Any]:
+    """results.json (DESIGN section 2) from the per-cell results and, where the cohort's
+    truth is known, the oracles' (the ``ceilings`` block and ``fraction_of_achievable``)."""
+    oracles = oracles or {}
     n_boot, seed0 = cfg.eval.n_boot, cfg.run.seeds[0]
     objectives: dict[str, Any] = {}
     for name, u in units.items():
@@ -576,11 +728,71 @@ def build_results(
             )
             for m in CLASS_METRICS
         }
+    to_untrained: dict[str, Any] = {}
+    for name, u in units.items():
+        base = _untrained_name(name)
+        if name != base and base in units:
+            to_untrained[name] = {
+                "balanced_accuracy": paired_difference(
+                    u, units[base], "balanced_accuracy", n_boot=n_boot, seed=seed0
+                )
+            }
+    if ref is not None and UNTRAINED in units:
+        to_untrained[HEAD_DELTA] = {
+            "balanced_accuracy": paired_difference(
+                ref,
+                units[UNTRAINED],
+                "balanced_accuracy",
+                column_a="head_predicted",
+                n_boot=n_boot,
+                seed=seed0,
+            )
+        }
+    for name in objectives:
+        if name.split("+")[0] == UNTRAINED:
+            # A random head's score error says nothing; the table shows a dash.
+            objectives[name]["score_mae"] = _stat_entry([math.nan] * len(units[name]), [])
+
+    first_units = next(iter(units.values()), [])
+    ceilings: dict[str, Any] = {
+        "chance": {"balanced_accuracy": CHANCE_BALANCED, "accuracy": _majority_rate(first_units)}
+    }
+    for name, ou in oracles.items():
+        block = metric_block(ou, head=False, n_boot=n_boot, seed=seed0)
+        ceilings[name] = {m: block[m] for m in CLASS_METRICS}
+    ceiling = next((k for k in ORACLES if k in oracles), None)
+    if ceiling is not None:
+        for name, u in units.items():
+            objectives[name]["fraction_of_achievable"] = paired_statistic(
+                u,
+                oracles[ceiling],
+                "balanced_accuracy",
+                fraction_of_achievable,
+                n_boot=n_boot,
+                seed=seed0,
+            )
+        if HEAD_DELTA in objectives and ref is not None:
+            objectives[HEAD_DELTA]["fraction_of_achievable"] = paired_statistic(
+                ref,
+                oracles[ceiling],
+                "balanced_accuracy",
+                fraction_of_achievable,
+                column_a="head_predicted",
+                n_boot=n_boot,
+                seed=seed0,
+            )
+        ceilings["fraction_reference"] = ceiling
+
     frame = manifest.frame
     first = next(iter(units.values()))[0][0].summary if units else {}
     return {
         "objectives": objectives,
-        "comparisons": {"reference": REFERENCE, "differences": comparisons},
+        "ceilings": ceilings,
+        "comparisons": {
+            "reference": REFERENCE,
+            "differences": comparisons,
+            "differences_to_untrained": to_untrained,
+        },
         "dataset": {
             "manifest": str(manifest.source),
             "patients": int(frame["patient_id"].nunique()),
@@ -599,7 +811,14 @@ def build_results(
             "over seeds); std is the seed-to-seed spread",
             HEAD_DELTA: "the mse model's regression head: predicted score change as the only "
             "feature of the same classifier",
-            UNTRAINED: "random-init encoder, same classifier",
+            UNTRAINED: "random-init encoder, same classifier; no score_mae (its head is random)",
+            "ceilings": "chance: 1/3 balanced accuracy, majority-class rate for accuracy; "
+            "oracle_truth / oracle_clean_score: the same probe, pairs and band on the true "
+            "change of truth.csv's severity / score_clean",
+            "fraction_of_achievable": "(balanced accuracy - 1/3) / (oracle - 1/3), paired "
+            "patient bootstrap on the same test pairs",
+            "min_detectable_difference": "half-width of the paired 95% CI: an effect of that "
+            "size could be missed",
             "prefix " + HEAD_DELTA_PREFIX: "in per-cell metrics.json only",
         },
     }

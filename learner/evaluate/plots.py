@@ -227,7 +227,9 @@ def plot_trajectories(
         ax.set_title(f"patient {patient}")
         right = ax.twinx()
         right.plot(order, per_visit["distance"], "--", color="tab:red", label="cosine distance")
-        right.set_ylabel("cosine distance from first visit", color="tab:red")
+        if ax is axes[-1]:  # one right-hand label: between panels it would overlap the next
+            right.set_ylabel("cosine distance from first visit", color="tab:red")
+        right.tick_params(axis="y", labelcolor="tab:red", labelsize="small")
         ax.set_xticks(order)
         if not handles:
             handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]

@@ -32,38 +32,86 @@ HEADERS = {
 }
 
 
-def _fmt(entry: dict[str, Any] | None, digits: int = 3) -> str:
+def _fmt(entry: dict[str, Any] | None, digits: int = 3, ci: bool = True) -> str:
     if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
         return "-"
     text = f"{entry['mean']:.{digits}f}"
     lo, hi = entry.get("ci95", [None, None])
-    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+    if ci and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
     return text
 
 
-def comparison_rows(results: dict[str, Any]) -> list[list[str]]:
-    """One row per objective: metrics (mean [CI]) and the paired difference to mse."""
+LAST_COLUMNS = ("of achievable", "bal. acc. - mse")
+
+
+def _percent(entry: dict[str, Any] | None, ci: bool = True) -> str:
+    if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
+        return "-"
+    text = f"{entry['mean']:.0%}"
+    lo, hi = entry.get("ci95", [None, None])
+    if ci and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{lo:.0%}, {hi:.0%}]"
+    return text
+
+
+def comparison_rows(results: dict[str, Any], compact: bool = False) -> list[list[str]]:
+    """One row per objective: metrics (mean [CI]), the fraction of the achievable and the
+    paired difference to mse; then the ceilings (chance, oracles) as yardsticks.
+
+    ``compact`` (the terminal) keeps intervals only for balanced accuracy and the difference.
+    """
     diffs = results.get("comparisons", {}).get("differences", {})
     rows = []
+
+    def cell(block: dict[str, Any], metric: str) -> str:
+        if compact and metric == "score_mae":  # raw score units: 3 decimals are noise
+            return _fmt(block.get(metric), digits=1, ci=False)
+        return _fmt(block.get(metric), ci=not compact or metric == "balanced_accuracy")
+
     for name, block in results["objectives"].items():
-        row = [name] + [_fmt(block.get(m)) for m in TABLE_METRICS]
+        row = [name] + [cell(block, m) for m in TABLE_METRICS]
+        row.append(_percent(block.get("fraction_of_achievable"), ci=not compact))
         d = diffs.get(name, {}).get("balanced_accuracy")
         row.append("(reference)" if name == REFERENCE else _fmt(d) if d else "-")
         rows.append(row)
+    ceilings = results.get("ceilings", {})
+    chance = ceilings.get("chance")
+    if chance:
+        values = {"accuracy": chance["accuracy"], "balanced_accuracy": chance["balanced_accuracy"]}
+        rows.append(
+            ["chance"]
+            + [f"{values[m]:.3f}" if m in values else "-" for m in TABLE_METRICS]
+            + ["0%", "-"]
+        )
+    for name in ("oracle_truth", "oracle_clean_score"):
+        if name in ceilings:
+            block = ceilings[name]
+            top = "100%" if ceilings.get("fraction_reference") == name else "-"
+            rows.append([name] + [cell(block, m) for m in TABLE_METRICS] + [top, "-"])
     return rows
 
 
 def comparison_table(results: dict[str, Any]) -> Table:
-    """The comparison as a rich table for the terminal."""
+    """The comparison as a rich table for the terminal (ceilings below a line)."""
     table = Table(title="Change classification on held-out patients (mean [95% CI])")
     table.add_column("objective", style="bold", no_wrap=True)
+    short = {"accuracy": "acc.", "macro_f1": "F1", "spearman_distance": "rho", "score_mae": "MAE"}
     for m in TABLE_METRICS:
-        table.add_column(HEADERS[m], justify="right")
-    table.add_column("bal. acc. - mse", justify="right")
-    for row in comparison_rows(results):
-        table.add_row(*row)
+        table.add_column(short.get(m, HEADERS[m]), justify="right")
+    for column in ("achiev.", "bal. acc. - mse"):
+        table.add_column(column, justify="right")
+    n_objectives = len(results["objectives"])
+    for i, row in enumerate(comparison_rows(results, compact=True)):
+        table.add_row(*row, end_section=i == n_objectives - 1)
     return table
+
+
+def verdict_text(results: dict[str, Any]) -> list[str]:
+    """The verdict paragraph and the warnings, as lines for the terminal (no markdown)."""
+    lines = ["Verdict: " + " ".join(results.get("verdict", [])).replace("`", "")]
+    lines += [f"warning: {w}" for w in results.get("warnings", [])]
+    return lines
 
 
 def make_figures(ablation: AblationResult, out: Path) -> dict[str, Path]:
@@ -126,18 +174,24 @@ def _intro(results: dict[str, Any]) -> list[str]:
         f"{ds['class_counts_test']}.",
         "Values are means over seeds with a 95% patient-bootstrap interval on the held-out "
         "patients. `head_delta` classifies the mse model's predicted score change (one feature); "
-        "`untrained` is a random-init encoder. The last column is the paired difference in "
-        "balanced accuracy to `mse` on the same pairs.",
+        "`untrained` is a random-init encoder (its random head has no score MAE). "
+        "`of achievable` is (balanced accuracy - 1/3) / (oracle - 1/3), where an oracle "
+        "(the same probe on the true change, from truth.csv) exists. The last column is the "
+        "paired difference in balanced accuracy to `mse` on the same pairs.",
     ]
 
 
 def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> str:
-    lines = ["# learner run report", ""]
+    lines = ["# learner run report", "", "**Verdict.** " + " ".join(results.get("verdict", [])), ""]
+    warnings = results.get("warnings", [])
+    if warnings:
+        lines += ["**Warnings.**", "", *(f"- {w}" for w in warnings), ""]
     for paragraph in _intro(results):
         lines += [paragraph, ""]
+    header = [*(HEADERS[m] for m in TABLE_METRICS), *LAST_COLUMNS]
     lines += [
-        "| objective | " + " | ".join(HEADERS[m] for m in TABLE_METRICS) + " | bal. acc. - mse |",
-        "|---" * (len(TABLE_METRICS) + 2) + "|",
+        "| objective | " + " | ".join(header) + " |",
+        "|---" * (len(header) + 1) + "|",
     ]
     for row in comparison_rows(results):
         lines.append("| " + " | ".join(row) + " |")
@@ -151,8 +205,22 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> s
     return "\n".join(lines)
 
 
+def _inline_html(text: str) -> str:
+    """Escape a markdown sentence and render its `code` spans as <code> (no literal backticks)."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
 def _html(results: dict[str, Any], figures: dict[str, Path]) -> str:
-    head = ["objective", *(HEADERS[m] for m in TABLE_METRICS), "bal. acc. - mse"]
+    head = ["objective", *(HEADERS[m] for m in TABLE_METRICS), *LAST_COLUMNS]
+    verdict = "<p><b>Verdict.</b> " + _inline_html(" ".join(results.get("verdict", []))) + "</p>"
+    warnings = results.get("warnings", [])
+    if warnings:
+        verdict += (
+            "<p><b>Warnings.</b></p><ul>"
+            + "".join(f"<li>{_inline_html(w)}</li>" for w in warnings)
+            + "</ul>"
+        )
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
         for row in comparison_rows(results)
@@ -172,7 +240,8 @@ def _html(results: dict[str, Any], figures: dict[str, Path]) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>learner run report</title>"
         f"<style>{style}</style></head><body><h1>learner run report</h1>"
-        + "".join(f"<p>{html.escape(p)}</p>" for p in _intro(results))
+        + verdict
+        + "".join(f"<p>{_inline_html(p)}</p>" for p in _intro(results))
         + "<table><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in head)
         + f"</tr>{rows}</table>{imgs}</body></html>"

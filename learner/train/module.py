@@ -103,6 +103,7 @@ class LearnerModule(L.LightningModule):
         self.objective = objective_from_config(self.cfg)
         self.lam = 0.0 if self.cfg.objective.name == "mse" else self.cfg.objective.lam
         self._val_outputs: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self._pair_batches = 0
         self._no_pos_batches = 0
         self._no_neg_batches = 0
 
@@ -136,6 +137,7 @@ class LearnerModule(L.LightningModule):
 
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
+        self._pair_batches = 0
         self._no_pos_batches = 0
         self._no_neg_batches = 0
 
@@ -157,12 +159,15 @@ class LearnerModule(L.LightningModule):
         out = self._losses(batch)
         self._log_terms("train", out, int(batch["y"].shape[0]))
         if "pair" in out:
+            self._pair_batches += 1
             self._no_pos_batches += int(out["n_pos"].item() == 0)
             self._no_neg_batches += int(out["n_neg"].item() == 0)
         return out["loss"]
 
     def on_train_epoch_end(self) -> None:
         if self.lam > 0:
+            # The counts' denominator, so a report can say "no negative pair in 9 of 10 batches".
+            self.log("train/pair_batches", float(self._pair_batches), sync_dist=True)
             self.log("train/batches_without_pos", float(self._no_pos_batches), sync_dist=True)
             self.log("train/batches_without_neg", float(self._no_neg_batches), sync_dist=True)
 

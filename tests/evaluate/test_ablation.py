@@ -27,6 +27,10 @@ def _check_contract(results: dict) -> None:
             if name == "head_delta" and metric == "spearman_distance":
                 continue
             entry = block[metric]
+            if name == "untrained" and metric == "score_mae":
+                # A random head's score error is meaningless: reported as null, shown as "-".
+                assert entry["mean"] is None
+                continue
             assert set(entry) >= {"mean", "std", "per_seed", "ci95"}, (name, metric)
             assert isinstance(entry["mean"], float) and math.isfinite(entry["mean"]), (name, metric)
             assert isinstance(entry["per_seed"], list) and entry["per_seed"]
@@ -48,6 +52,28 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
     _check_contract(results)
     diffs = results["comparisons"]["differences"]
     assert set(diffs) >= {"contrastive", "weighted", "untrained", "head_delta"}
+    for block in diffs.values():
+        entry = block["balanced_accuracy"]
+        lo, hi = entry["ci95"]
+        assert entry["min_detectable_difference"] == pytest.approx((hi - lo) / 2)
+    assert set(results["comparisons"]["differences_to_untrained"]) >= {"mse", "head_delta"}
+
+    # The tiny cohort has a truth.csv: chance and both oracles, and every row's fraction.
+    ceilings = results["ceilings"]
+    assert ceilings["chance"]["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert 1 / 3 <= ceilings["chance"]["accuracy"] <= 1
+    for oracle in ("oracle_truth", "oracle_clean_score"):
+        assert 0 <= ceilings[oracle]["balanced_accuracy"]["mean"] <= 1
+    oracle = ceilings["oracle_truth"]["balanced_accuracy"]["mean"]
+    for name, block in results["objectives"].items():
+        fraction = block["fraction_of_achievable"]["mean"]
+        if oracle <= 1 / 3:  # 5 test patients: the oracle itself can land at chance
+            assert fraction is None, name
+            continue
+        expected = (block["balanced_accuracy"]["mean"] - 1 / 3) / (oracle - 1 / 3)
+        assert fraction == pytest.approx(expected, abs=1e-9), name
+    assert isinstance(results["warnings"], list) and results["verdict"]
+    assert results["cells"]["weighted/seed0"]["pretrain"]
 
     md, page = write_reports(ablation, out)
     text = md.read_text()
@@ -56,6 +82,8 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
         assert (out / "figures" / png).stat().st_size > 2000
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 3 and "http" not in html.split("<body>")[1]
+    assert "`" not in html and "<code>mse</code>" in html
+    assert "Verdict." in text and "oracle_truth" in text
 
     # A rerun reuses every finished cell and gives the same results.
     first = (out / "results.json").read_text()

@@ -1,0 +1,137 @@
+"""Yardsticks for change classification: chance below, oracles above.
+
+A balanced accuracy means little alone: 0.45 is good where the data allow 0.50 and poor
+where they allow 0.90. Where the cohort's ground truth is known (``truth.csv`` beside the
+manifest, as ``learner synth`` writes it), the *oracle* runs the same protocol (same pairs,
+same patient split, same stable band on the observed scores, same probe) on a feature that no
+encoder can beat: the true change.
+
+- ``oracle_truth``: the change of the latent severity (truth column ``severity``);
+- ``oracle_clean_score``: the change of the noise-free score (truth column ``score_clean``).
+
+``chance`` is 1/3 for balanced accuracy (three classes) and the majority-class rate for
+accuracy. An objective's ``fraction_of_achievable`` is ``(bal_acc - 1/3) / (oracle - 1/3)``.
+
+Example:
+    >>> truth = load_truth(manifest.source)  # None without truth.csv
+    >>> result = evaluate_oracle(data.frame, truth, "severity", delta=2.0)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from learner.errors import DataError
+from learner.evaluate.change import ChangeResult, evaluate_change
+
+TRUTH_FILE = "truth.csv"
+# Ceiling name -> truth.csv column holding the per-scan quantity whose change it classifies.
+ORACLES = {"oracle_truth": "severity", "oracle_clean_score": "score_clean"}
+CHANCE_BALANCED = 1.0 / 3.0
+
+
+def load_truth(manifest_source: Path) -> pd.DataFrame | None:
+    """``truth.csv`` beside the manifest, with ``path`` resolved like the manifest's; or None.
+
+    Raises:
+        DataError: the file exists but cannot be read or lacks patient_id / visit.
+    """
+    path = Path(manifest_source).resolve().parent / TRUTH_FILE
+    if not path.is_file():
+        return None
+    try:
+        truth = pd.read_csv(path, dtype={"patient_id": str, "visit": str, "zone": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read as CSV ({exc}); fix or remove it") from None
+    missing = [c for c in ("patient_id", "visit") if c not in truth.columns]
+    if missing:
+        raise DataError(f"{path}: lacks column {missing[0]!r}; it must list patient_id and visit")
+    if "path" in truth.columns:
+        base = path.parent
+        truth["path"] = [os.path.abspath(base / str(p)) for p in truth["path"]]
+    return truth
+
+
+def _truth_values(frame: pd.DataFrame, truth: pd.DataFrame, column: str) -> np.ndarray | None:
+    """Per row of ``frame``, the truth ``column`` value; None when a scan has none."""
+    if column not in truth.columns:
+        return None
+    keys = ["path"] if "path" in frame.columns and "path" in truth.columns else ["patient_id"]
+    if keys == ["patient_id"]:
+        keys += ["visit"] + (["zone"] if "zone" in frame.columns and "zone" in truth else [])
+    left = frame[keys].astype(str).reset_index(drop=True)
+    right = truth[[*keys, column]].astype({k: str for k in keys}).drop_duplicates(subset=keys)
+    merged = left.merge(right, on=keys, how="left")
+    values = pd.to_numeric(merged[column], errors="coerce").to_numpy(dtype=np.float64)
+    return values if np.isfinite(values).all() else None
+
+
+def evaluate_oracle(
+    frame: pd.DataFrame,
+    truth: pd.DataFrame,
+    column: str,
+    *,
+    delta: float | str,
+    higher_is_better: bool = True,
+    classifier: str = "logreg",
+    seed: int = 0,
+) -> ChangeResult | None:
+    """The change protocol of :func:`evaluate_change` on the true change of ``column``.
+
+    Args:
+        frame: the manifest frame of a run cell (one row per scan, with ``split``).
+        truth: from :func:`load_truth`.
+        column: truth column (``severity`` or ``score_clean``).
+        delta, higher_is_better, classifier, seed: as the objectives' evaluation.
+
+    Returns:
+        The oracle's result (pairs and labels identical to the objectives'), or None when
+        some scan has no finite truth value.
+    """
+    values = _truth_values(frame, truth, column)
+    if values is None:
+        return None
+    oracle = frame.reset_index(drop=True).assign(
+        embedding=list(values[:, None].astype(np.float32)),
+        # The oracle has no regression head; its head_delta is not computed.
+        pred_score=np.nan,
+    )
+    return evaluate_change(
+        oracle,
+        delta=delta,
+        higher_is_better=higher_is_better,
+        feature="diff",
+        classifier=classifier,
+        n_boot=0,
+        seed=seed,
+    )
+
+
+def fraction_of_achievable(balanced_accuracy: float, oracle: float) -> float:
+    """``(bal_acc - 1/3) / (oracle - 1/3)``; NaN when the oracle is not above chance."""
+    headroom = oracle - CHANCE_BALANCED
+    if not np.isfinite(headroom) or headroom <= 0:
+        return float("nan")
+    return float((balanced_accuracy - CHANCE_BALANCED) / headroom)
+
+
+def regressor_against_mean(frame: pd.DataFrame) -> tuple[float, float]:
+    """The floor of the score regressor: its MAE on labelled validation scans, and the MAE
+    there of predicting the training scans' mean score (NaN when either split is empty).
+
+    Args:
+        frame: an embeddings frame (``split``, ``score``, ``pred_score``).
+    """
+    score = frame["score"].to_numpy(dtype=np.float64)
+    pred = frame["pred_score"].to_numpy(dtype=np.float64)
+    split = frame["split"].astype(str).to_numpy()
+    train = (split == "train") & np.isfinite(score)
+    val = (split == "val") & np.isfinite(score) & np.isfinite(pred)
+    if not train.any() or not val.any():
+        return float("nan"), float("nan")
+    mean = float(score[train].mean())
+    return float(np.abs(pred[val] - score[val]).mean()), float(np.abs(mean - score[val]).mean())

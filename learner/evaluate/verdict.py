@@ -1,0 +1,258 @@
+"""What a reader should take from a run: warnings that travel with the result, and a verdict
+in plain words generated from the numbers (never written by hand).
+
+Warnings are one line each and name the fix. A *degenerate* class table (a class missing from
+the test or training pairs, or fewer than :data:`MIN_CLASS_PAIRS` test pairs of a class over
+all seeds) yields no verdict: only the warning, since any metric would rest on a handful of
+pairs.
+
+Example:
+    >>> lines = verdict(results)  # results.json as a dict
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from learner.data.pairs import LABELS
+
+MIN_CLASS_PAIRS = 10
+MAX_CLASS_SHARE = 0.8
+MIN_TEST_PATIENTS = 5
+# A score range this much wider than the scores makes every normalised gap tiny.
+MIN_RANGE_USE = 0.1
+
+
+def class_table_warnings(summaries: Sequence[Mapping[str, Any]], delta: Any) -> list[str]:
+    """Warnings about the change classes of one evaluated feature, over its seeds/folds.
+
+    Args:
+        summaries: per cell, the evaluation summary (``class_counts_train``,
+            ``class_counts_test``, ``n_test_patients``, ``seed``).
+        delta: the configured stable band (for the fix text).
+    """
+    out: list[str] = []
+    test_total = {label: 0 for label in LABELS}
+    for s in summaries:
+        for label in LABELS:
+            test_total[label] += int(s["class_counts_test"].get(label, 0))
+    for label in LABELS:
+        if any(int(s["class_counts_train"].get(label, 0)) == 0 for s in summaries):
+            out.append(
+                f"no '{label}' pairs among training patients in some seed: the probe never "
+                f"predicts it; change eval.delta (now {delta}) or add patients"
+            )
+    fewest = min(
+        (
+            (int(s["class_counts_test"].get(label, 0)), label, s.get("seed"))
+            for s in summaries
+            for label in LABELS
+        ),
+        default=None,
+    )
+    if fewest is not None and fewest[0] < MIN_CLASS_PAIRS:
+        count, label, seed = fewest
+        out.append(
+            f"class '{label}' has {count} test pairs (seed {seed}; {test_total[label]} over all "
+            f"seeds): its recall is noise; add test patients, use --set data.split.folds=5, or "
+            f"change eval.delta (now {delta})"
+        )
+    total = sum(test_total.values())
+    if total:
+        label = max(test_total, key=lambda k: test_total[k])
+        share = test_total[label] / total
+        if share > MAX_CLASS_SHARE:
+            out.append(
+                f"'{label}' is {share:.0%} of test pairs: accuracy mostly counts the majority "
+                f"class; read balanced accuracy and macro-F1, or change eval.delta (now {delta})"
+            )
+    fewest_patients = min((int(s.get("n_test_patients", 0)) for s in summaries), default=0)
+    if summaries and fewest_patients < MIN_TEST_PATIENTS:
+        out.append(
+            f"only {fewest_patients} test patients with change pairs in some seed: intervals "
+            "are unreliable; add patients or use --set data.split.folds=5"
+        )
+    return out
+
+
+def degenerate_classes(summaries: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the class table is degenerate (a class absent from training or test pairs, or
+    under MIN_CLASS_PAIRS test pairs over all seeds), or None when it is not."""
+    for label in LABELS:
+        if any(int(s["class_counts_train"].get(label, 0)) == 0 for s in summaries):
+            return f"no '{label}' pairs among training patients in some seed"
+        total = sum(int(s["class_counts_test"].get(label, 0)) for s in summaries)
+        if total < MIN_CLASS_PAIRS:
+            return f"'{label}' has {total} test pairs over all seeds"
+    return None
+
+
+def score_range_warnings(scores: np.ndarray, score_range: Sequence[float] | None) -> list[str]:
+    """Scores outside ``data.score_range``, or a range far wider than the scores use."""
+    finite = scores[np.isfinite(scores)]
+    if score_range is None or finite.size == 0:
+        return []
+    lo, hi = float(score_range[0]), float(score_range[1])
+    smin, smax = float(finite.min()), float(finite.max())
+    fix = f"--set data.score_range=[{smin:g},{smax:g}] (or the score's clinical range)"
+    if smin < lo or smax > hi:
+        return [
+            f"scores span [{smin:g}, {smax:g}], outside data.score_range [{lo:g}, {hi:g}]: the "
+            f"normalised scores leave [0, 1]; set {fix}"
+        ]
+    if (smax - smin) < MIN_RANGE_USE * (hi - lo):
+        return [
+            f"scores span [{smin:g}, {smax:g}], under {MIN_RANGE_USE:.0%} of data.score_range "
+            f"[{lo:g}, {hi:g}]: every normalised score gap is tiny, so the pair objectives see "
+            f"almost no negative pairs; set {fix}"
+        ]
+    return []
+
+
+def pair_batch_counts(run_dir: Path) -> tuple[float, float, float] | None:
+    """(batches with a pair term, without a positive, without a negative) over all epochs of
+    a pretraining run, from its CSV log; None when the log lacks them."""
+    log = run_dir / "logs" / "csv" / "metrics.csv"
+    if not log.is_file():
+        return None
+    table = pd.read_csv(log)
+    needed = ("train/pair_batches", "train/batches_without_pos", "train/batches_without_neg")
+    if any(c not in table.columns for c in needed):
+        return None
+    sums = [float(np.nansum(table[c].to_numpy(dtype=np.float64))) for c in needed]
+    return sums[0], sums[1], sums[2]
+
+
+def pair_term_warning(label: str, counts: tuple[float, float, float], tau: float) -> str | None:
+    """A pair objective with no positive or no negative pair in more than half its batches."""
+    batches, no_pos, no_neg = counts
+    if batches <= 0:
+        return None
+    if no_neg / batches > 0.5:
+        return (
+            f"{label}: no negative pair in {no_neg:.0f} of {batches:.0f} batches, so its pair "
+            f"term barely acts; lower objective.tau (now {tau}) or narrow data.score_range to "
+            "the scores' range"
+        )
+    if no_pos / batches > 0.5:
+        return (
+            f"{label}: no positive pair in {no_pos:.0f} of {batches:.0f} batches; raise "
+            f"objective.tau (now {tau}) or widen data.score_range"
+        )
+    return None
+
+
+def regressor_warning(val_mae: float, mean_mae: float) -> str | None:
+    """The score regressor no better on validation patients than the training mean."""
+    if not (math.isfinite(val_mae) and math.isfinite(mean_mae)) or val_mae < mean_mae:
+        return None
+    return (
+        f"the mse model's score regressor is no better on validation patients than predicting "
+        f"the training mean (MAE {val_mae:.3g} vs {mean_mae:.3g}): the encoder has not learned "
+        "the score; train longer, add patients, or check data.score_range and the inputs"
+    )
+
+
+def _ci_text(entry: Mapping[str, Any]) -> str:
+    lo, hi = entry.get("ci95", [math.nan, math.nan])
+    lo = math.nan if lo is None else lo
+    hi = math.nan if hi is None else hi
+    return f"{entry['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _sign(entry: Mapping[str, Any] | None) -> int:
+    """+1 (CI above zero), -1 (below), 0 (spans zero or undefined)."""
+    if not entry:
+        return 0
+    lo, hi = entry.get("ci95", [None, None])
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def verdict(results: Mapping[str, Any]) -> list[str]:
+    """The plain-words verdict: one sentence per finding, from results.json's numbers."""
+    warnings = list(results.get("warnings", []))
+    reason = results.get("degenerate")
+    if reason:
+        return [
+            f"No verdict: the class table is degenerate ({reason}; at least {MIN_CLASS_PAIRS} "
+            "per class are needed), so every metric rests on a handful of pairs. See the "
+            "warnings for the fix."
+        ]
+    comps = results.get("comparisons", {})
+    to_mse = comps.get("differences", {})
+    to_untrained = comps.get("differences_to_untrained", {})
+    lines: list[str] = []
+    better: list[str] = []
+    worse: list[str] = []
+    level: list[str] = []
+    for name, block in to_mse.items():
+        entry = block.get("balanced_accuracy")
+        if not entry or entry.get("mean") is None:
+            continue
+        text = f"`{name}` {_ci_text(entry)}"
+        {1: better, -1: worse}.get(_sign(entry), level).append(text)
+    ref = comps.get("reference", "mse")
+    if better:
+        lines.append(
+            f"Beat `{ref}` (balanced accuracy, paired 95% CI above zero): "
+            + "; ".join(better)
+            + "."
+        )
+    if worse:
+        lines.append(f"Worse than `{ref}` (CI below zero): " + "; ".join(worse) + ".")
+    if level:
+        mdd = [
+            block["balanced_accuracy"].get("min_detectable_difference")
+            for block in to_mse.values()
+            if block.get("balanced_accuracy")
+        ]
+        finite = [m for m in mdd if m is not None and math.isfinite(m)]
+        missed = f" (effects under about {max(finite):.3f} could be missed)" if finite else ""
+        lines.append(f"No detectable difference to `{ref}`{missed}: " + "; ".join(level) + ".")
+    above_untrained = [n for n, b in to_untrained.items() if _sign(b.get("balanced_accuracy")) > 0]
+    if to_untrained:
+        lines.append(
+            "Above the untrained encoder with a CI above zero: "
+            + (", ".join(f"`{n}`" for n in above_untrained) if above_untrained else "none")
+            + "."
+        )
+    ceilings = results.get("ceilings", {})
+    oracle_name = next((k for k in ("oracle_truth", "oracle_clean_score") if k in ceilings), None)
+    if oracle_name:
+        oracle = ceilings[oracle_name]["balanced_accuracy"]["mean"]
+        fractions = {
+            name: block["fraction_of_achievable"]
+            for name, block in results.get("objectives", {}).items()
+            if "fraction_of_achievable" in block
+            and block["fraction_of_achievable"].get("mean") is not None
+            and math.isfinite(block["fraction_of_achievable"]["mean"])
+        }
+        if fractions:
+            best = max(fractions, key=lambda k: fractions[k]["mean"])
+            f = fractions[best]
+            lo, hi = f.get("ci95", [math.nan, math.nan])
+            lines.append(
+                f"The true change ({oracle_name}) reaches balanced accuracy {oracle:.3f}; the "
+                f"best row, `{best}`, captures {f['mean']:.0%} of what is achievable above "
+                f"chance [{_pct(lo)}, {_pct(hi)}]."
+            )
+    else:
+        lines.append(
+            "No ground truth beside the manifest (truth.csv): what is achievable is unknown; "
+            "chance is 1/3 balanced accuracy."
+        )
+    if warnings:
+        lines.append(f"{len(warnings)} warning(s) below qualify these numbers.")
+    return lines
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.0%}"
