@@ -289,66 +289,16 @@ def _embed_cells(
     return frames, checkpoints
 
 
-def _pool_interpatient(per_seed: list[Any]) -> dict[str, Any]:
-    """Average the seeds' InterpatientResults: mean, std, per_seed, and a ci95 from the
-    seed-averaged bootstrap resamples (as learner run pools seeds)."""
-    import numpy as np
-
-    from learner.evaluate.bootstrap import percentile_interval
-    from learner.evaluate.interpatient import INTERPATIENT_METRICS
-
-    names = list(per_seed[0].metrics)
-    reference = per_seed[0].reference
-    objectives: dict[str, Any] = {}
-    differences: dict[str, Any] = {}
-    for name in names:
-        objectives[name] = {}
-        for j, m in enumerate(INTERPATIENT_METRICS):
-            vals = np.array([r.metrics[name][m] for r in per_seed], dtype=float)
-            pooled = np.nanmean(np.stack([r.bootstrap[name][:, j] for r in per_seed]), axis=0)
-            lo, hi = percentile_interval(pooled)
-            objectives[name][m] = {
-                "mean": float(np.nanmean(vals)),
-                "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                "per_seed": vals.tolist(),
-                "ci95": [float(lo), float(hi)],
-            }
-        if reference is None or name == reference:
-            continue
-        differences[name] = {}
-        for j, m in enumerate(INTERPATIENT_METRICS):
-            vals = np.array(
-                [r.metrics[name][m] - r.metrics[reference][m] for r in per_seed], dtype=float
-            )
-            pooled = np.nanmean(
-                np.stack(
-                    [r.bootstrap[name][:, j] - r.bootstrap[reference][:, j] for r in per_seed]
-                ),
-                axis=0,
-            )
-            lo, hi = percentile_interval(pooled)
-            differences[name][m] = {
-                "mean": float(np.nanmean(vals)),
-                "per_seed": vals.tolist(),
-                "ci95": [float(lo), float(hi)],
-            }
-    first = per_seed[0]
-    return {
-        "objectives": objectives,
-        "comparisons": {"reference": reference, "differences": differences},
-        "unit": first.unit,
-        "held_out_units_per_seed": [r.n_units for r in per_seed],
-        "held_out_patients_per_seed": [r.n_patients for r in per_seed],
-        "inter_patient_pairs_per_seed": [r.n_pairs for r in per_seed],
-    }
-
-
 def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
     """One-visit data: pretrain every objective per seed, evaluate on held-out patients
     (and, for the severity model, on the external POCUS set and its four-day patient)."""
     from learner.evaluate.embed import embed_checkpoint
     from learner.evaluate.embeddings_io import read_embeddings
-    from learner.evaluate.interpatient import cosine_trajectory, evaluate_interpatient
+    from learner.evaluate.interpatient import (
+        cosine_trajectory,
+        evaluate_interpatient,
+        pool_interpatient,
+    )
     from learner.train.pretrain import package_versions
 
     manifest_path = datasets.build(name)
@@ -391,7 +341,7 @@ def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
                 trajectories[label] = table.to_dict(orient="list")
     results: dict[str, Any] = {
         "task": "inter-patient (one visit per patient)",
-        "held_out": _pool_interpatient(held_out),
+        "held_out": pool_interpatient(held_out),
         "dataset": {
             "manifest": str(manifest_path),
             "patients": int(manifest.frame["patient_id"].nunique()),
@@ -409,7 +359,7 @@ def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
         results["external"] = {
             "dataset": external,
             "manifest": str(external_manifest),
-            **_pool_interpatient(outside),
+            **pool_interpatient(outside),
         }
         results["trajectory"] = {
             "patient": datasets.POCUS_TRAJECTORY,

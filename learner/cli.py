@@ -181,12 +181,19 @@ def synth(
 def validate(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV or Parquet.")],
     delta: Annotated[
-        str,
-        typer.Option(help="Stable band for change labels: a raw score value or 'tertiles'."),
-    ] = "tertiles",
+        str | None,
+        typer.Option(
+            help="Stable band for change labels: a raw score value or 'tertiles' (default: "
+            "the config's eval.delta, else tertiles, as `evaluate` and `run` use).",
+        ),
+    ] = None,
     lower_is_better: Annotated[
         bool, typer.Option("--lower-is-better", help="A higher score means worse health.")
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML config: its eval.delta and data.higher_is_better are used."),
+    ] = None,
     features: Annotated[
         str | None,
         typer.Option(
@@ -206,9 +213,17 @@ def validate(
 
     Example: learner validate cohort/manifest.csv --delta 2
     """
+    from learner.config import load_config
     from learner.data.manifest import check_scans, load_manifest
+    from learner.data.pairs import DEFAULT_DELTA
     from learner.data.summary import render_summary, summarize_manifest, summary_warnings
     from learner.errors import ConfigError
+
+    cfg = load_config(config, None) if config is not None else None
+    band: float | str = (
+        delta if delta is not None else (cfg.eval.delta if cfg is not None else DEFAULT_DELTA)
+    )
+    higher = not lower_is_better and (cfg is None or cfg.data.higher_is_better)
 
     feature_columns = None
     if features is not None:
@@ -217,7 +232,7 @@ def validate(
             raise ConfigError("--features is empty; name the columns, e.g. --features a,b,c")
     loaded = load_manifest(manifest, feature_columns=feature_columns)
     decoded = check_scans(loaded) if decode else None
-    summary = summarize_manifest(loaded, delta=delta, higher_is_better=not lower_is_better)
+    summary = summarize_manifest(loaded, delta=band, higher_is_better=higher)
     for line in [*loaded.warnings, *summary_warnings(summary)]:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     render_summary(summary, console)
@@ -277,13 +292,24 @@ def evaluate(
     embeddings: Annotated[Path, typer.Option(help="Parquet from `learner embed`.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and figures.")],
     config: Annotated[Path | None, typer.Option(help="YAML config (evaluation section).")] = None,
+    delta: Annotated[
+        str | None,
+        typer.Option(
+            help="Stable band: a raw score value or 'tertiles' (default: --config's eval.delta, "
+            "else the band the embeddings' run used, else tertiles)."
+        ),
+    ] = None,
 ) -> None:
     """Classify worsen / stable / improve between consecutive visits from embeddings.
 
-    Example: learner evaluate --embeddings e.parquet --out eval
+    Embeddings without change pairs (one visit per patient) get the inter-patient evaluation
+    instead: score MAE and Figure 1's rho across held-out patients.
+
+    Example: learner evaluate --embeddings e.parquet --out eval --delta 2
     """
     from learner.config import load_config
-    from learner.evaluate.change import evaluate_change
+    from learner.data.pairs import DEFAULT_DELTA
+    from learner.evaluate.change import evaluate_change, has_change_pairs
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.evaluate.plots import plot_confusions, plot_figure1, plot_trajectories
     from learner.io import write_json
@@ -291,9 +317,21 @@ def evaluate(
     cfg = load_config(config, None)
     frame, meta = read_embeddings(embeddings)
     higher = bool(meta.get("higher_is_better", cfg.data.higher_is_better))
+    band: float | str
+    if delta is not None:
+        band, source = delta, "--delta"
+    elif config is not None:
+        band, source = cfg.eval.delta, f"{config} eval.delta"
+    elif meta.get("delta") is not None:
+        band, source = meta["delta"], "the run that wrote the embeddings"
+    else:
+        band, source = DEFAULT_DELTA, "the default"
+    if not has_change_pairs(frame):
+        _evaluate_interpatient(frame, meta, out, n_boot=cfg.eval.n_boot, seed=cfg.train.seed)
+        return
     result = evaluate_change(
         frame,
-        delta=cfg.eval.delta,
+        delta=band,
         higher_is_better=higher,
         feature=cfg.eval.feature,
         classifier=cfg.eval.classifier,
@@ -313,6 +351,46 @@ def evaluate(
         console.print(f"{key:>18}: {result.metrics[key]:.3f}  [{lo:.3f}, {hi:.3f}]")
     hd = result.head_delta.get("balanced_accuracy", float("nan"))
     console.print(f"{'head_delta bal.acc':>18}: {hd:.3f}")
+    counts = ", ".join(f"{k} {v}" for k, v in result.class_counts_test.items())
+    console.print(
+        f"stable band: |change| <= {result.band:.4g} score units ({band}, from {source}); "
+        f"test pairs: {counts}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"metrics: {out / 'metrics.json'}")
+
+
+def _evaluate_interpatient(
+    frame: Any, meta: dict[str, Any], out: Path, *, n_boot: int, seed: int
+) -> None:
+    """`evaluate` on one-visit data: held-out inter-patient rho and score MAE with CIs."""
+    from learner.evaluate.interpatient import INTERPATIENT_METRICS, evaluate_interpatient
+    from learner.io import write_json
+
+    name = str(meta.get("objective", "embeddings"))
+    result = evaluate_interpatient({name: frame}, unit="scan", n_boot=n_boot, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        out / "metrics.json",
+        {
+            "task": "inter-patient (no patient has two labelled visits: no change pairs)",
+            "metrics": result.metrics[name],
+            "ci95": {k: list(v) for k, v in result.ci95[name].items()},
+            "held_out_patients": result.n_patients,
+            "held_out_scans": result.n_units,
+            "inter_patient_pairs": result.n_pairs,
+        },
+    )
+    console.print(
+        f"no change pairs (one labelled visit per patient): inter-patient evaluation on "
+        f"{result.n_patients} held-out patients",
+        markup=False,
+    )
+    for key in INTERPATIENT_METRICS:
+        lo, hi = result.ci95[name][key]
+        console.print(f"{key:>18}: {result.metrics[name][key]:.3f}  [{lo:.3f}, {hi:.3f}]")
     console.print(f"metrics: {out / 'metrics.json'}")
 
 

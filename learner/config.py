@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from learner.data.pairs import DEFAULT_DELTA
 from learner.errors import ConfigError
 
 
@@ -99,7 +100,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    delta: float | Literal["tertiles"] = "tertiles"
+    delta: float | Literal["tertiles"] = DEFAULT_DELTA
     feature: Literal["diff", "concat"] = "diff"
     classifier: Literal["logreg", "mlp"] = "logreg"
     n_boot: int = Field(1000, ge=0)

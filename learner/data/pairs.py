@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,10 @@ import pandas as pd
 from learner.errors import ConfigError, DataError
 
 LABELS = ("worsen", "stable", "improve")
-TERTILES = "tertiles"
+TERTILES: Final = "tertiles"
+# The one default stable band of `validate`, `evaluate` and `run` (eval.delta): a third of the
+# training pairs' |change|, so the three classes are about equally frequent.
+DEFAULT_DELTA: Literal["tertiles"] = "tertiles"
 
 
 def _has_zone(frame: pd.DataFrame) -> bool:

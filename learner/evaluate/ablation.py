@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -42,10 +42,12 @@ from learner.evaluate.change import (
     class_metrics,
     confusion_counts,
     evaluate_change,
+    has_change_pairs,
     label_codes,
 )
 from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.interpatient import evaluate_interpatient, pool_interpatient
 from learner.evaluate.verdict import (
     class_table_warnings,
     degenerate_classes,
@@ -570,6 +572,8 @@ def run_ablation(
     grid, splits = plan_cells(cfg, manifest, variants, out)
     every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]
     check_cache(every, out, replace=replace_changed, log=log)
+    if not has_change_pairs(manifest.frame):
+        return run_interpatient(cfg, manifest, out, every, splits, progress=progress, log=log)
 
     truth = load_truth(manifest.source)
     units: dict[str, list[list[CellResult]]] = {}
@@ -617,6 +621,90 @@ def run_ablation(
     path = out / "results.json"
     write_json(path, results)
     return AblationResult(path, results, units, run_dirs)
+
+
+def run_interpatient(
+    cfg: Config,
+    manifest: Manifest,
+    out: Path,
+    cells: Sequence[Cell],
+    splits: list[dict[str, Any]],
+    *,
+    progress: bool,
+    log: Log,
+) -> AblationResult:
+    """One visit per patient, so no change pairs: pretrain and embed every cell, then measure
+    on held-out patients whether the embedding orders *patients* by score (Figure 1 across
+    patients) and the head's score MAE, with patient-bootstrap CIs and paired differences to
+    mse. The unit is the scan where scores differ within a patient, else the patient."""
+    by_tag: dict[str, dict[str, pd.DataFrame]] = {}
+    keys: dict[str, Any] = {}
+    for cell in cells:
+        state = "cached" if (cell.folder / "embeddings.parquet").exists() else "running"
+        log(f"[{cell.tag}] {cell.label}: {state}")
+        write_key(cell.folder / KEY_FILE, cell.key)
+        if cell.untrained:
+            emb = embed_untrained(cell)
+        else:
+            emb = pretrain_and_embed(
+                cell.cfg,
+                cell.data,
+                cell.folder,
+                metadata={"objective": cell.label, "seed": cell.cfg.train.seed},
+                progress=progress,
+            )
+        by_tag.setdefault(cell.tag, {})[cell.label], _ = read_embeddings(emb)
+        keys[cell.name] = {"pretrain": cell.digest}
+    frame = manifest.frame
+    spread = frame.groupby(["patient_id", "visit_order"])["score"].nunique(dropna=True)
+    unit: Literal["scan", "patient"] = "scan" if bool((spread > 1).any()) else "patient"
+    per_tag = [
+        evaluate_interpatient(
+            frames, reference=REFERENCE, unit=unit, n_boot=cfg.eval.n_boot, seed=seed
+        )
+        for seed, frames in zip(
+            [c.cfg.train.seed for c in cells if c.label == REFERENCE], by_tag.values(), strict=True
+        )
+    ]
+    pooled = pool_interpatient(per_tag)
+    for name in pooled["objectives"]:
+        if name == UNTRAINED:
+            pooled["objectives"][name]["score_mae"] = _stat_entry([math.nan] * len(per_tag), [])
+    results: dict[str, Any] = {
+        "task": "interpatient",
+        "objectives": pooled["objectives"],
+        "ceilings": {},
+        "comparisons": pooled["comparisons"],
+        "dataset": {
+            "manifest": str(manifest.source),
+            "patients": int(frame["patient_id"].nunique()),
+            "scans": len(frame),
+            "visits": int(frame.groupby("patient_id")["visit_order"].nunique().sum()),
+            "unit": unit,
+            "held_out_patients_per_seed": pooled["held_out_patients_per_seed"],
+            "inter_patient_pairs_per_seed": pooled["inter_patient_pairs_per_seed"],
+            "splits": splits,
+        },
+        "config": cfg.to_plain(),
+        "versions": package_versions(),
+        "cells": keys,
+        "metric_notes": {
+            "task": "no patient has two labelled visits, so there is no change to classify: "
+            "accuracy, balanced accuracy and macro-F1 do not exist for this data",
+            "spearman_distance": "rho(cosine distance, |score gap|) over pairs of held-out "
+            f"{unit}s of different patients",
+            "score_mae": "the regression head on held-out scans (raw score units)",
+            "score_spearman": "rho(predicted score, score) on held-out units",
+        },
+    }
+    results["warnings"] = list(manifest.warnings) + score_range_warnings(
+        frame["score"].to_numpy(dtype=np.float64), cfg.data.score_range
+    )
+    results["degenerate"] = None
+    results["verdict"] = verdict(results)
+    path = out / "results.json"
+    write_json(path, results)
+    return AblationResult(path, results, {}, {})
 
 
 def _oracle_cells(cfg: Config, cell: Cell, truth: pd.DataFrame) -> dict[str, CellResult]:

@@ -635,5 +635,13 @@ def evaluate_change(
     )
 
 
+def has_change_pairs(frame: pd.DataFrame) -> bool:
+    """Whether any patient has two consecutive labelled visits (a change pair)."""
+    values = [c for c in ("score",) if c in frame.columns]
+    if not values or "visit_order" not in frame.columns:
+        return False
+    return len(consecutive_pairs(visit_table(frame, value_cols=values))) > 0
+
+
 def _class_counts(labels: np.ndarray) -> dict[str, int]:
     return {label: int(np.sum(labels == label)) for label in LABELS}

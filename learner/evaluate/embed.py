@@ -134,6 +134,7 @@ def embed_checkpoint(
     )
     metadata = {
         "objective": cfg.objective.name,
+        "delta": cfg.eval.delta,  # so `evaluate` uses the band the training config names
         "seed": meta.get("seed"),
         "split_hash": meta.get("split_hash"),
         "checkpoint": str(checkpoint),

@@ -256,6 +256,56 @@ def evaluate_interpatient(
     )
 
 
+def pool_interpatient(per_seed: list[InterpatientResult]) -> dict[str, Any]:
+    """Average the seeds' InterpatientResults: mean, std, per_seed, and a ci95 from the
+    seed-averaged bootstrap resamples (as learner run pools seeds)."""
+    names = list(per_seed[0].metrics)
+    reference = per_seed[0].reference
+    objectives: dict[str, Any] = {}
+    differences: dict[str, Any] = {}
+    for name in names:
+        objectives[name] = {}
+        for j, m in enumerate(INTERPATIENT_METRICS):
+            vals = np.array([r.metrics[name][m] for r in per_seed], dtype=float)
+            pooled = np.nanmean(np.stack([r.bootstrap[name][:, j] for r in per_seed]), axis=0)
+            lo, hi = percentile_interval(pooled)
+            objectives[name][m] = {
+                "mean": float(np.nanmean(vals)),
+                "std": float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                "per_seed": vals.tolist(),
+                "ci95": [float(lo), float(hi)],
+            }
+        if reference is None or name == reference:
+            continue
+        differences[name] = {}
+        for j, m in enumerate(INTERPATIENT_METRICS):
+            vals = np.array(
+                [r.metrics[name][m] - r.metrics[reference][m] for r in per_seed], dtype=float
+            )
+            pooled = np.nanmean(
+                np.stack(
+                    [r.bootstrap[name][:, j] - r.bootstrap[reference][:, j] for r in per_seed]
+                ),
+                axis=0,
+            )
+            lo, hi = percentile_interval(pooled)
+            differences[name][m] = {
+                "mean": float(np.nanmean(vals)),
+                "per_seed": vals.tolist(),
+                "ci95": [float(lo), float(hi)],
+                "min_detectable_difference": float(hi - lo) / 2.0,
+            }
+    first = per_seed[0]
+    return {
+        "objectives": objectives,
+        "comparisons": {"reference": reference, "differences": differences},
+        "unit": first.unit,
+        "held_out_units_per_seed": [r.n_units for r in per_seed],
+        "held_out_patients_per_seed": [r.n_patients for r in per_seed],
+        "inter_patient_pairs_per_seed": [r.n_pairs for r in per_seed],
+    }
+
+
 def cosine_trajectory(frame: pd.DataFrame, patient_id: str) -> pd.DataFrame:
     """One patient's visits: mean embedding distance to the first visit and to the previous.
 

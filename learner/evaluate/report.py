@@ -42,7 +42,12 @@ def _fmt(entry: dict[str, Any] | None, digits: int = 3, ci: bool = True) -> str:
     return text
 
 
-LAST_COLUMNS = ("of achievable", "bal. acc. - mse")
+LAST_COLUMNS = ("of achievable", "paired diff. to mse")
+
+
+def _primary(results: dict[str, Any]) -> str:
+    """The metric compared to mse: balanced accuracy, or rho for one-visit data."""
+    return "spearman_distance" if results.get("task") == "interpatient" else "balanced_accuracy"
 
 
 def _percent(entry: dict[str, Any] | None, ci: bool = True) -> str:
@@ -72,7 +77,7 @@ def comparison_rows(results: dict[str, Any], compact: bool = False) -> list[list
     for name, block in results["objectives"].items():
         row = [name] + [cell(block, m) for m in TABLE_METRICS]
         row.append(_percent(block.get("fraction_of_achievable"), ci=not compact))
-        d = diffs.get(name, {}).get("balanced_accuracy")
+        d = diffs.get(name, {}).get(_primary(results))
         row.append("(reference)" if name == REFERENCE else _fmt(d) if d else "-")
         rows.append(row)
     ceilings = results.get("ceilings", {})
@@ -99,7 +104,7 @@ def comparison_table(results: dict[str, Any]) -> Table:
     short = {"accuracy": "acc.", "macro_f1": "F1", "spearman_distance": "rho", "score_mae": "MAE"}
     for m in TABLE_METRICS:
         table.add_column(short.get(m, HEADERS[m]), justify="right")
-    for column in ("achiev.", "bal. acc. - mse"):
+    for column in ("achiev.", "diff. to mse"):
         table.add_column(column, justify="right")
     n_objectives = len(results["objectives"])
     for i, row in enumerate(comparison_rows(results, compact=True)):
@@ -166,6 +171,15 @@ def _intro(results: dict[str, Any]) -> list[str]:
     """The report's opening paragraphs (data set, then how to read the table)."""
     ds = results["dataset"]
     cfg = results["config"]
+    if results.get("task") == "interpatient":
+        return [
+            f"Manifest `{ds['manifest']}`: {ds['patients']} patients, {ds['visits']} visits, "
+            f"{ds['scans']} scans. Seeds: {cfg['run']['seeds']}. One labelled visit per "
+            "patient, so there is no change to classify: the table measures, on held-out "
+            f"patients ({ds['held_out_patients_per_seed']} per seed), whether the embedding "
+            f"orders {ds['unit']}s of different patients by their score gap (`Fig.1 rho`) and "
+            "the head's score MAE. The last column is the paired difference in rho to `mse`."
+        ]
     return [
         f"Manifest `{ds['manifest']}`: {ds['patients']} patients, {ds['visits']} visits, "
         f"{ds['scans']} scans. Seeds: {cfg['run']['seeds']}. Stable band: {ds['stable_band']} "
@@ -250,7 +264,7 @@ def _html(results: dict[str, Any], figures: dict[str, Path]) -> str:
 
 def write_reports(ablation: AblationResult, out: Path) -> tuple[Path, Path]:
     """Write figures, ``report.md`` and a self-contained ``report.html``; return both paths."""
-    figures = make_figures(ablation, out)
+    figures = make_figures(ablation, out) if ablation.cells else {}
     md = _markdown(ablation.results, figures, out)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)

@@ -186,6 +186,8 @@ def verdict(results: Mapping[str, Any]) -> list[str]:
             "per class are needed), so every metric rests on a handful of pairs. See the "
             "warnings for the fix."
         ]
+    # One-visit data have no change classes: the comparison is Figure 1's rho across patients.
+    metric = "spearman_distance" if results.get("task") == "interpatient" else "balanced_accuracy"
     comps = results.get("comparisons", {})
     to_mse = comps.get("differences", {})
     to_untrained = comps.get("differences_to_untrained", {})
@@ -194,7 +196,7 @@ def verdict(results: Mapping[str, Any]) -> list[str]:
     worse: list[str] = []
     level: list[str] = []
     for name, block in to_mse.items():
-        entry = block.get("balanced_accuracy")
+        entry = block.get(metric)
         if not entry or entry.get("mean") is None:
             continue
         text = f"`{name}` {_ci_text(entry)}"
@@ -210,9 +212,9 @@ def verdict(results: Mapping[str, Any]) -> list[str]:
         lines.append(f"Worse than `{ref}` (CI below zero): " + "; ".join(worse) + ".")
     if level:
         mdd = [
-            block["balanced_accuracy"].get("min_detectable_difference")
+            block[metric].get("min_detectable_difference")
             for block in to_mse.values()
-            if block.get("balanced_accuracy")
+            if block.get(metric)
         ]
         finite = [m for m in mdd if m is not None and math.isfinite(m)]
         missed = f" (effects under about {max(finite):.3f} could be missed)" if finite else ""
@@ -244,10 +246,15 @@ def verdict(results: Mapping[str, Any]) -> list[str]:
                 f"best row, `{best}`, captures {f['mean']:.0%} of what is achievable above "
                 f"chance [{_pct(lo)}, {_pct(hi)}]."
             )
-    else:
+    elif metric == "balanced_accuracy":
         lines.append(
             "No ground truth beside the manifest (truth.csv): what is achievable is unknown; "
             "chance is 1/3 balanced accuracy."
+        )
+    else:
+        lines.append(
+            "One visit per patient: no change is classified; the rows say whether held-out "
+            "patients are ordered by their score."
         )
     if warnings:
         lines.append(f"{len(warnings)} warning(s) below qualify these numbers.")
