@@ -189,6 +189,8 @@ def load_manifest(
 
     if not missing:
         _check_duplicates(frame, features, problems)
+    if "path" in frame.columns and check_files and not problems.lines:
+        _check_one_kind(frame, problems)
     if problems.lines:
         raise DataError(problems.lines[0], problems=problems.lines)
 
@@ -560,6 +562,47 @@ def _check_scan(resolved: str, text: str, *, check_files: bool) -> str | None:
     if not os.access(resolved, os.R_OK):
         return f"file {resolved} cannot be read (permission denied); make it readable"
     return None
+
+
+# Scan kinds that cannot share a manifest (one encoder and one input spec read them all).
+# DICOM and (T,H,W)/(D,H,W) arrays can hold clips or volumes, so they mix with either.
+_KIND_CLIP, _KIND_NIFTI, _KIND_VECTOR = "video clip", "NIfTI image", "feature vector (1-D .npy)"
+
+
+def _scan_kind(path: str) -> str | None:
+    """The kind of a scan file from its name (and a .npy file's header), or None when the
+    file may hold any kind."""
+    lower = path.lower()
+    if lower.endswith((".mp4", ".avi", ".mov", ".mpeg", ".mpg", ".gif")):
+        return _KIND_CLIP
+    if lower.endswith((".nii", ".nii.gz")):
+        return _KIND_NIFTI
+    if lower.endswith(".npy"):
+        try:  # a memory map reads only the header
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        except (OSError, ValueError):
+            return None  # an unreadable array is reported when it is decoded
+        return _KIND_VECTOR if len(shape) == 1 else None
+    return None
+
+
+def _check_one_kind(frame: pd.DataFrame, problems: _Problems) -> None:
+    """One kind of scan per manifest: name the rows of the less common kinds."""
+    kinds = pd.Series([_scan_kind(str(p)) for p in frame["path"]], index=frame.index)
+    counts = kinds.value_counts()
+    if len(counts) < 2:
+        return
+    major = str(counts.index[0])
+    summary = ", ".join(f"{kind}: {n} rows" for kind, n in counts.items())
+    for kind in counts.index[1:]:
+        rows = frame.loc[kinds == kind, "row"].tolist()
+        shown = ", ".join(str(r) for r in rows[:_SHOWN_IDS])
+        more = f" and {len(rows) - _SHOWN_IDS} more" if len(rows) > _SHOWN_IDS else ""
+        which = f"row {shown}" if len(rows) == 1 else f"rows {shown}{more}"
+        problems.file(
+            f"mixes scan kinds ({summary}); {which}: {kind} among {major}s; one manifest "
+            "holds one kind of scan, so move those rows to a manifest of their own"
+        )
 
 
 def _splits(

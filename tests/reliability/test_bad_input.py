@@ -134,6 +134,11 @@ def npy_wrong_rank(target: Path, frame: pd.DataFrame, write_dicom: Writer) -> No
     np.save(target, np.zeros((3, 4), dtype=np.float32))
 
 
+def npy_feature_vector(target: Path, frame: pd.DataFrame, write_dicom: Writer) -> None:
+    """A (F,) feature vector: a valid scan of a table, not among video clips."""
+    np.save(target, np.zeros(16, dtype=np.float32))
+
+
 def huge_npy_header(target: Path, frame: pd.DataFrame, write_dicom: Writer) -> None:
     """A .npy whose header claims shape (100000, 10000, 10000) (100 TB) over 8 bytes."""
     buffer = io.BytesIO()
@@ -202,6 +207,11 @@ FILE_CASES = [
         "npy_wrong_rank",
         on_row_2("flat.npy", npy_wrong_rank),
         same(on_row_2_error("flat.npy", "shape (3, 4) is not accepted")),
+    ),
+    Case(
+        "feature_vector_among_clips",
+        on_row_2("vector.npy", npy_feature_vector),
+        same(error("mixes scan kinds", "row 2: feature vector (1-D .npy) among video clips")),
     ),
     Case(
         "huge_npy_header",
