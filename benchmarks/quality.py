@@ -156,13 +156,31 @@ def _verdict_word(entry: dict[str, Any] | None) -> str:
     return "no detectable difference (CI crosses 0)"
 
 
+def mdd(entry: dict[str, Any] | None) -> str:
+    """The minimum detectable difference of a paired comparison (half its CI width)."""
+    value = (entry or {}).get("min_detectable_difference")
+    if value is None and entry and entry.get("ci95") and None not in entry["ci95"]:
+        value = (entry["ci95"][1] - entry["ci95"][0]) / 2
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def fraction(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
+        return "-"
+    lo, hi = (entry.get("ci95") or [None, None])[:2]
+    ci = f" [{lo:.0%}, {hi:.0%}]" if lo is not None and hi is not None else ""
+    return f"{entry['mean']:.0%}{ci}"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """Objectives (rows) x metrics, with the paired balanced-accuracy difference to mse."""
+    """Objectives (rows) x metrics, the fraction of the achievable, and the paired
+    balanced-accuracy difference to mse with its minimum detectable difference; then the
+    ceilings (chance, oracles) where the results have them."""
     diffs = results["comparisons"]["differences"]
     lines = [
-        "| objective | bal. acc. | macro-F1 | accuracy | Fig. 1 rho | bal. acc. - mse (diff) "
-        "| macro-F1 - mse (diff) |",
-        "|---|---|---|---|---|---|---|",
+        "| objective | bal. acc. | macro-F1 | accuracy | Fig. 1 rho | of achievable "
+        "| bal. acc. - mse (diff) | MDD | macro-F1 - mse (diff) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, block in results["objectives"].items():
         d = diffs.get(name, {})
@@ -170,9 +188,26 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {fmt(block.get('balanced_accuracy'))} | {fmt(block.get('macro_f1'))} "
             f"| {fmt(block.get('accuracy'))} | {fmt(block.get('spearman_distance'))} "
+            f"| {fraction(block.get('fraction_of_achievable'))} "
             f"| {'(reference)' if ref else fmt(d.get('balanced_accuracy'), signed=True)} "
+            f"| {'' if ref else mdd(d.get('balanced_accuracy'))} "
             f"| {'(reference)' if ref else fmt(d.get('macro_f1'), signed=True)} |"
         )
+    ceilings = results.get("ceilings", {})
+    if "chance" in ceilings:
+        chance = ceilings["chance"]
+        lines.append(
+            f"| chance | {chance['balanced_accuracy']:.3f} | - | {chance['accuracy']:.3f} "
+            "| - | 0% | | | |"
+        )
+    for name in ("oracle_truth", "oracle_clean_score"):
+        if name in ceilings:
+            block = ceilings[name]
+            lines.append(
+                f"| {name} | {fmt(block.get('balanced_accuracy'))} "
+                f"| {fmt(block.get('macro_f1'))} | {fmt(block.get('accuracy'))} | - "
+                f"| {'100%' if ceilings.get('fraction_reference') == name else '-'} | | | |"
+            )
     extra = results.get("extra_differences", {})
     if extra:
         lines += ["", "| paired difference | bal. acc. | macro-F1 |", "|---|---|---|"]

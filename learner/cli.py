@@ -263,6 +263,24 @@ def pretrain(
     if _is_rank_zero():  # under DDP every rank runs this command
         console.print(f"run folder: {result.run_dir}")
         console.print(f"best checkpoint: {result.best}")
+        for line in _pretrain_warnings(cfg, result.run_dir):
+            err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _pretrain_warnings(cfg: Any, run_dir: Path) -> list[str]:
+    """What makes a finished pretraining suspect: a score range that does not fit the scores,
+    a pair term that saw no negative (or positive) pair in most batches."""
+    from learner.data.manifest import load_manifest
+    from learner.evaluate.verdict import pair_batch_counts, pair_term_warning, score_range_warnings
+
+    manifest = load_manifest(cfg.data.manifest, feature_columns=cfg.data.feature_columns)
+    scores = manifest.frame["score"].to_numpy(dtype=float)
+    lines = score_range_warnings(scores, cfg.data.score_range)
+    counts = pair_batch_counts(run_dir)
+    if counts is not None:
+        line = pair_term_warning(cfg.objective.name, counts, cfg.objective.tau)
+        lines += [line] if line else []
+    return lines
 
 
 @app.command()
