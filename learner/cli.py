@@ -465,6 +465,16 @@ def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> No
     )
     md, page = write_reports(ablation, out)
     console.print(comparison_table(ablation.results))
+    ds = ablation.results["dataset"]
+    if ds.get("stable_band") is not None:
+        console.print(
+            f"stable band: |change| <= {ds['stable_band']:.4g} score units "
+            f"(eval.delta {cfg.eval.delta}); test pairs of the first seed: "
+            + ", ".join(f"{k} {v}" for k, v in (ds.get("class_counts_test") or {}).items()),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     for line in verdict_text(ablation.results):
         console.print(line, markup=False, highlight=False)
     console.print(f"results: {ablation.results_path}")

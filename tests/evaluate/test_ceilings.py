@@ -22,6 +22,7 @@ from learner.evaluate.verdict import (
     class_table_warnings,
     degenerate_classes,
     pair_term_warning,
+    regressor_warning,
     score_range_warnings,
     verdict,
 )
@@ -86,6 +87,9 @@ def test_regressor_floor() -> None:
         }
     )
     assert regressor_against_mean(frame) == (pytest.approx(1.0), pytest.approx(5.0))
+    assert regressor_warning(1.0, 5.0) is None
+    line = regressor_warning(6.0, 5.0)
+    assert line is not None and "no better on validation patients" in line
 
 
 def _summary(test: dict[str, int], train: dict[str, int] | None = None, patients: int = 8) -> dict:
