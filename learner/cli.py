@@ -346,8 +346,8 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 def _run_and_report(cfg: Any, out: Path) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
-    from learner.evaluate.ablation import run_ablation
-    from learner.evaluate.report import comparison_table, write_reports
+    from learner.pipeline.report import comparison_table, write_reports
+    from learner.pipeline.run import run_ablation
 
     ablation = run_ablation(cfg, out, log=lambda line: console.print(line, highlight=False))
     md, page = write_reports(ablation, out)

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from learner.evaluate.ablation import HEAD_DELTA, REFERENCE, AblationResult
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.plots import (
     plot_confusions,
@@ -21,6 +20,7 @@ from learner.evaluate.plots import (
     plot_trajectories,
 )
 from learner.io import atomic_write_text
+from learner.pipeline.run import HEAD_DELTA, REFERENCE, AblationResult
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")
 HEADERS = {
