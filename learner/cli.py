@@ -73,10 +73,24 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from learner import __version__
+
+        console.print(f"learner {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Print full tracebacks on errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     _STATE["debug"] = debug
@@ -335,6 +349,66 @@ def run(
     _run_and_report(load_config(config, set_), out)
 
 
+@app.command()
+@handle_errors
+def predict(
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A change-model folder, or a `learner run` folder (its validation-chosen model)."
+        ),
+    ],
+    manifest: Annotated[
+        Path, typer.Option(help="Manifest of the new patients' scans; scores are optional.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Pair predictions, .csv or .parquet; scans, zones and a summary go beside it."
+        ),
+    ],
+    device: Annotated[
+        str, typer.Option(help="Where the encoder runs: cpu, cuda, cuda:1 or auto.")
+    ] = "cpu",
+    columns: Annotated[
+        str | None,
+        typer.Option(help="Your column names: patient_id=subject#,visit=test_time,score=total."),
+    ] = None,
+) -> None:
+    """Predict for new patients: a score per scan, and worsen / stable / improve
+    probabilities per consecutive visit pair (class order worsen, stable, improve).
+
+    Example: learner predict --model runs/demo --manifest new/manifest.csv --out predictions.csv
+    """
+    from learner.api import load_model
+    from learner.data.manifest import parse_column_map
+    from learner.pipeline.predict import predict_change, write_predictions
+
+    loaded = load_model(model, device=device)
+    selection = loaded.info.get("selection")
+    chosen = f" ({selection['cell']}, chosen on validation patients)" if selection else ""
+    console.print(f"model: {loaded.folder}{chosen}", highlight=False, soft_wrap=True)
+    result = predict_change(loaded, manifest, columns=parse_column_map(columns))
+    for note in result.summary["notes"]:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    written = write_predictions(result, out)
+    summary = result.summary
+    console.print(
+        f"{summary['patients']} patients, {summary['scans']} scans, {summary['pairs']} visit "
+        f"pairs ({summary['labelled_pairs']} with scores)",
+        highlight=False,
+    )
+    metrics = summary.get("metrics")
+    if metrics:
+        console.print(
+            f"on pairs with scores: accuracy {metrics['accuracy']:.3f}, balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
+            highlight=False,
+        )
+    for key, path in written.items():
+        console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -346,10 +420,13 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 def _run_and_report(cfg: Any, out: Path) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
+    from learner.pipeline.fit_change import save_run_change_models
     from learner.pipeline.report import comparison_table, write_reports
     from learner.pipeline.run import run_ablation
 
-    ablation = run_ablation(cfg, out, log=lambda line: console.print(line, highlight=False))
+    log = functools.partial(console.print, highlight=False, soft_wrap=True)
+    ablation = run_ablation(cfg, out, log=log)
+    save_run_change_models(ablation, cfg, out, log=log)
     md, page = write_reports(ablation, out)
     console.print(comparison_table(ablation.results))
     console.print(f"results: {ablation.results_path}")

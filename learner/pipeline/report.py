@@ -100,6 +100,9 @@ def make_figures(ablation: AblationResult, out: Path) -> dict[str, Path]:
         figures["trajectories"] = plot_trajectories(
             frame, fig_dir / f"trajectories_{traj_label}.png"
         )
+    chosen = ablation.results.get("change_model")
+    if chosen and (out / chosen["figure"]).exists():
+        figures["reliability"] = out / chosen["figure"]
     return figures
 
 
@@ -111,6 +114,8 @@ CAPTIONS = {
     "training": "Training curves (validation patients), first seed.",
     "trajectories": "Held-out patients across visits: predicted score and embedding distance "
     "from the first visit.",
+    "reliability": "Reliability of the saved change model on held-out pairs: accuracy against "
+    "confidence, raw probe and after temperature scaling fitted on validation patients.",
 }
 
 
@@ -128,6 +133,25 @@ def _intro(results: dict[str, Any]) -> list[str]:
         "patients. `head_delta` classifies the mse model's predicted score change (one feature); "
         "`untrained` is a random-init encoder. The last column is the paired difference in "
         "balanced accuracy to `mse` on the same pairs.",
+        *_change_model_paragraph(results.get("change_model")),
+    ]
+
+
+def _change_model_paragraph(chosen: dict[str, Any] | None) -> list[str]:
+    """Which change model `learner predict` uses, and how well calibrated it is."""
+    if not chosen:
+        return []
+
+    def num(value: Any) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    return [
+        f"Change model for `learner predict`: `{chosen['folder']}/`, the cell "
+        f"`{chosen['cell']}`, chosen by {chosen['metric']} on validation patients "
+        f"({num(chosen['validation'])}). Its calibration on the held-out pairs: ECE "
+        f"{num(chosen['ece_test_raw'])} raw, {num(chosen['ece_test_calibrated'])} after "
+        f"temperature scaling (T = {num(chosen['temperature'])}, fitted on validation "
+        "patients; labels unchanged)."
     ]
 
 

@@ -299,12 +299,12 @@ MANIFEST_CASES = [
     Case(
         "visit_cannot_be_ordered",
         set_cell(3, "visit", "baseline"),
-        same(error("row 3, column visit", "neither an integer nor an ISO date")),
+        same(error("row 3, column visit", "neither a number nor an ISO date")),
     ),
     Case(
         "visit_kinds_mixed",
         set_cell(3, "visit", "2021-03-01"),
-        same(error("row 3, column visit", "mixes integer visits")),
+        same(error("row 3, column visit", "mixes numeric visits")),
     ),
     Case(
         "one_patient",
