@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
+import tempfile
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -49,7 +52,7 @@ def handle_errors(func: F) -> F:
         except LearnerError as exc:
             if _STATE["debug"]:
                 traceback.print_exc()
-            for line in exc.problems:
+            for line in shown_problems(exc.problems):
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
@@ -81,6 +84,34 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+# A file with thousands of bad rows: the first problems on screen, the full list in a file.
+MAX_PROBLEMS_SHOWN = 20
+_COLUMN = re.compile(r"\bcolumn (\S+?):")
+
+
+def shown_problems(problems: list[str]) -> list[str]:
+    """The first :data:`MAX_PROBLEMS_SHOWN` problems, then one line counting the rest by
+    column and naming a file that lists them all."""
+    if len(problems) <= MAX_PROBLEMS_SHOWN:
+        return list(problems)
+    rest = problems[MAX_PROBLEMS_SHOWN:]
+    kinds = Counter(
+        f"in column {m.group(1)}" if (m := _COLUMN.search(line)) else "other" for line in rest
+    )
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="learner-problems-", suffix=".txt", delete=False, encoding="utf-8"
+    ) as fh:
+        fh.write("\n".join(problems) + "\n")
+    if len(kinds) == 1:
+        counted = f"of the same kind ({next(iter(kinds))})"
+    else:
+        counted = "(" + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()) + ")"
+    return [
+        *problems[:MAX_PROBLEMS_SHOWN],
+        f"... and {len(rest)} more {counted}; all {len(problems)} are listed in {fh.name}",
+    ]
+
+
 @app.callback()
 def _main(
     debug: Annotated[
@@ -94,6 +125,14 @@ def _main(
     ] = False,
 ) -> None:
     _STATE["debug"] = debug
+
+
+ColumnsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Your manifest's column names, e.g. patient_id=subject#,visit=test_time,score=total."
+    ),
+]
 
 
 class Modality(StrEnum):
@@ -214,13 +253,14 @@ def validate(
             help="Decode every scan file (slower; finds corrupt files before training does).",
         ),
     ] = True,
+    columns: ColumnsOption = None,
 ) -> None:
     """Check a manifest and its files; print patients, visits, scans, score range and
     change pairs per class. Exit 3 with one line per problem.
 
     Example: learner validate cohort/manifest.csv --delta 2
     """
-    from learner.data.manifest import check_scans, load_manifest
+    from learner.data.manifest import check_scans, load_manifest, parse_column_map
     from learner.data.summary import render_summary, summarize_manifest, summary_warnings
     from learner.errors import ConfigError
 
@@ -229,7 +269,9 @@ def validate(
         feature_columns = [c.strip() for c in features.split(",") if c.strip()]
         if not feature_columns:
             raise ConfigError("--features is empty; name the columns, e.g. --features a,b,c")
-    loaded = load_manifest(manifest, feature_columns=feature_columns)
+    loaded = load_manifest(
+        manifest, feature_columns=feature_columns, columns=parse_column_map(columns)
+    )
     decoded = check_scans(loaded) if decode else None
     summary = summarize_manifest(loaded, delta=delta, higher_is_better=not lower_is_better)
     for line in [*loaded.warnings, *summary_warnings(summary)]:
@@ -249,6 +291,7 @@ def pretrain(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: from config).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from last.ckpt.")] = False,
+    columns: ColumnsOption = None,
 ) -> None:
     """Pretrain an encoder on many patients (score MSE + pair objective); writes a run folder.
 
@@ -257,7 +300,7 @@ def pretrain(
     from learner.config import load_config
     from learner.train.pretrain import pretrain as run_pretrain
 
-    cfg = load_config(config, set_)
+    cfg = _with_columns(load_config(config, set_), columns)
     result = run_pretrain(cfg, out or cfg.train.out, resume=resume)
     if _is_rank_zero():  # under DDP every rank runs this command
         console.print(f"run folder: {result.run_dir}")
@@ -339,6 +382,7 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a key: --set run.seeds=[0,1,2]."),
     ] = None,
+    columns: ColumnsOption = None,
 ) -> None:
     """Pretrain + embed + evaluate every objective and seed; write results.json and reports.
 
@@ -346,7 +390,7 @@ def run(
     """
     from learner.config import load_config
 
-    _run_and_report(load_config(config, set_), out)
+    _run_and_report(_with_columns(load_config(config, set_), columns), out)
 
 
 @app.command()
@@ -370,10 +414,7 @@ def predict(
     device: Annotated[
         str, typer.Option(help="Where the encoder runs: cpu, cuda, cuda:1 or auto.")
     ] = "cpu",
-    columns: Annotated[
-        str | None,
-        typer.Option(help="Your column names: patient_id=subject#,visit=test_time,score=total."),
-    ] = None,
+    columns: ColumnsOption = None,
 ) -> None:
     """Predict for new patients: a score per scan, and worsen / stable / improve
     probabilities per consecutive visit pair (class order worsen, stable, improve).
@@ -388,7 +429,8 @@ def predict(
     selection = loaded.info.get("selection")
     chosen = f" ({selection['cell']}, chosen on validation patients)" if selection else ""
     console.print(f"model: {loaded.folder}{chosen}", highlight=False, soft_wrap=True)
-    result = predict_change(loaded, manifest, columns=parse_column_map(columns))
+    mapping = parse_column_map(columns) if columns is not None else None
+    result = predict_change(loaded, manifest, columns=mapping)
     for note in result.summary["notes"]:
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     written = write_predictions(result, out)
@@ -407,6 +449,15 @@ def predict(
         )
     for key, path in written.items():
         console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _with_columns(cfg: Any, columns: str | None) -> Any:
+    """``--columns`` sets ``data.columns`` (the config's own mapping otherwise)."""
+    from learner.data.manifest import parse_column_map
+
+    if columns is not None:
+        cfg.data.columns = parse_column_map(columns)
+    return cfg
 
 
 def _is_rank_zero() -> bool:

@@ -42,6 +42,7 @@ SCAN_EXTENSIONS = (
 )
 SPLITS = ("train", "val", "test")
 OPTIONAL_COLUMNS = ("zone", "split")
+STANDARD_COLUMNS = ("patient_id", "visit", "path", "score", *OPTIONAL_COLUMNS)
 
 _INTEGER = re.compile(r"[+-]?\d+")
 # Days since baseline and the like: 0, 12.5, .5, 1e2.
@@ -284,12 +285,11 @@ def parse_column_map(text: str | None) -> dict[str, str]:
 
 def check_column_map(mapping: Mapping[str, str]) -> None:
     """Raise :class:`ConfigError` for a key that is not a standard manifest column."""
-    standard = ("patient_id", "visit", "path", "score", *OPTIONAL_COLUMNS)
     for ours in mapping:
-        if ours not in standard:
+        if ours not in STANDARD_COLUMNS:
             raise ConfigError(
-                f"column map: {ours!r} is not a manifest column; map one of "
-                f"{', '.join(standard)} (feature columns are named as they are)"
+                f"--columns: {ours!r} is not a manifest column; map one of "
+                f"{', '.join(STANDARD_COLUMNS)} (feature columns are named as they are)"
             )
 
 

@@ -137,7 +137,9 @@ def embed_checkpoint(
     cfg: Config = model.cfg
     if clips_per_scan is not None:
         cfg.data.input.clips_per_scan = clips_per_scan
-    manifest = load_manifest(manifest_path, feature_columns=cfg.data.feature_columns)
+    manifest = load_manifest(
+        manifest_path, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
+    )
     frame = manifest.frame.copy()
     assignment: dict[str, str] = meta.get("split", {})
     frame["split"] = frame["patient_id"].map(assignment).fillna("external")

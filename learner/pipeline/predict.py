@@ -136,7 +136,8 @@ def _as_manifest(
     options: dict[str, Any] = {
         "feature_columns": features,
         "require_score": False,
-        "columns": columns,
+        # The model's own mapping unless the caller names the new data's columns.
+        "columns": model.module.cfg.data.columns if columns is None else columns,
     }
     if not isinstance(source, pd.DataFrame):
         return load_manifest(Path(source), **options)

@@ -369,7 +369,9 @@ def run_ablation(
             raise ConfigError(
                 "data.manifest is not set; pass --set data.manifest=PATH/manifest.csv"
             )
-        manifest = load_manifest(cfg.data.manifest, feature_columns=cfg.data.feature_columns)
+        manifest = load_manifest(
+            cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
+        )
     patients = sorted(manifest.frame["patient_id"].unique())
 
     units: dict[str, list[list[CellResult]]] = {}
