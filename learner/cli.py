@@ -371,6 +371,7 @@ def evaluate(
     hd = result.head_delta.get("balanced_accuracy", float("nan"))
     console.print(f"{'head_delta bal.acc':>18}: {hd:.3f}")
     console.print(f"metrics: {out / 'metrics.json'}")
+    _save_evaluated_change_model(frame, meta, out, cfg, higher)
 
 
 @app.command()
@@ -449,6 +450,24 @@ def predict(
         )
     for key, path in written.items():
         console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _save_evaluated_change_model(
+    frame: Any, meta: dict[str, Any], out: Path, cfg: Any, higher: bool
+) -> None:
+    from learner.pipeline.fit_change import save_evaluated_change_model
+
+    saved = save_evaluated_change_model(frame, meta, out, cfg, higher_is_better=higher)
+    if saved is None:
+        err_console.print(
+            "note: the embeddings do not name an existing checkpoint, so no change model was "
+            "saved; embed with `learner embed --checkpoint ...` (or use `learner run`)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"change model: {saved}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _with_columns(cfg: Any, columns: str | None) -> Any:

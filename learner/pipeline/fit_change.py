@@ -226,6 +226,29 @@ def save_cell_change_model(
     )
 
 
+def save_evaluated_change_model(
+    frame: pd.DataFrame, meta: dict[str, Any], out: Path, cfg: Config, *, higher_is_better: bool
+) -> Path | None:
+    """`learner evaluate`: ``out/change-model`` when the embeddings name the checkpoint that
+    made them (``learner embed`` records it); None otherwise."""
+    checkpoint = Path(str(meta.get("checkpoint", "")))
+    if not checkpoint.is_file():
+        return None
+    folder = Path(out) / CHANGE_MODEL_DIR
+    save_fitted_change_model(
+        folder,
+        frame,
+        checkpoint,
+        delta=cfg.eval.delta,
+        higher_is_better=higher_is_better,
+        feature=cfg.eval.feature,
+        classifier=cfg.eval.classifier,
+        seed=cfg.train.seed,
+        source={"objective": meta.get("objective"), "checkpoint": str(checkpoint)},
+    )
+    return folder
+
+
 def _validation_score(info: dict[str, Any]) -> float:
     value = info["metrics"]["validation"].get(SELECTION_METRIC)
     return float(value) if value is not None and math.isfinite(value) else -math.inf

@@ -160,3 +160,22 @@ def test_a_planted_pickle_is_refused(trained: dict[str, Path], tmp_path: Path) -
     (folder / "encoder.npz").write_bytes(pickle.dumps(np.zeros(3)))
     with pytest.raises(DataError, match="refusing to load"):
         load_change_model(folder)
+
+
+def test_evaluate_saves_a_change_model_from_embed_output(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    checkpoint = trained["run"] / "cells" / "mse" / "seed0" / "run" / "checkpoints" / "best.ckpt"
+    embeddings = tmp_path / "embeddings.parquet"
+    source = ["--manifest", str(trained["first"])]
+    _invoke(["embed", "--checkpoint", str(checkpoint), *source, "--out", str(embeddings)])
+    config = tmp_path / "eval.yaml"
+    config.write_text("eval:\n  n_boot: 0\n")
+    evaluate = ["evaluate", "--embeddings", str(embeddings), "--config", str(config)]
+    output = _invoke([*evaluate, "--out", str(tmp_path / "eval")])
+    assert f"change model: {tmp_path / 'eval' / 'change-model'}" in output
+    model = load_change_model(tmp_path / "eval" / "change-model")
+    assert model.info["objective"] == "mse" and model.info["checkpoint"] == str(checkpoint)
+    paths = [trained["first"].parent / p for p in pd.read_csv(trained["first"])["path"][:3]]
+    scores = model.predict_scores(paths)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
