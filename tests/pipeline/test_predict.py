@@ -18,40 +18,12 @@ from learner.errors import DataError
 from learner.pipeline.change_model import CLASSES, load_change_model
 
 runner = CliRunner()
-DEMO = Path(__file__).resolve().parents[2] / "learner" / "configs" / "demo.yaml"
-RUN_SETTINGS = [
-    "model.width=8",
-    "data.input.size=32",
-    "data.input.frames=4",
-    "data.split.ratios=[0.5,0.25,0.25]",
-    "train.epochs=1",
-    "train.batch_size=8",
-    "eval.n_boot=0",
-    "run.seeds=[0]",
-    "run.objectives=[mse,weighted]",
-    "run.baselines=false",
-]
 
 
 def _invoke(args: list[str]) -> str:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return result.output
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two tiny cohorts (seeds 0 and 1) and a `learner run` on the first."""
-    root = tmp_path_factory.mktemp("predict")
-    for name, seed in (("first", 0), ("second", 1)):
-        cohort = ["--out", str(root / name), "--patients", "16", "--seed", str(seed)]
-        _invoke(["synth", "lus", *cohort, "--preset", "tiny"])
-    manifest = root / "first" / "manifest.csv"
-    settings = [f"data.manifest={manifest}", *RUN_SETTINGS]
-    sets = [arg for s in settings for arg in ("--set", s)]
-    _invoke(["run", "--config", str(DEMO), *sets, "--out", str(root / "run")])
-    second = root / "second" / "manifest.csv"
-    return {"root": root, "run": root / "run", "first": manifest, "second": second}
 
 
 def test_run_saves_a_change_model_per_cell_and_reports_the_chosen_one(
