@@ -41,7 +41,6 @@ import pandas as pd  # noqa: E402
 
 from learner.data.splits import assign_splits, split_hash  # noqa: E402
 from learner.data.synthetic.common import cohort_table  # noqa: E402
-from learner.evaluate.ablation import CellResult, metric_block  # noqa: E402
 from learner.evaluate.ceilings import (  # noqa: E402
     CHANCE_BALANCED,
     ORACLES,
@@ -49,6 +48,7 @@ from learner.evaluate.ceilings import (  # noqa: E402
     fraction_of_achievable,
 )
 from learner.io import write_json  # noqa: E402
+from learner.pipeline.run import CellResult, metric_block  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 # Data set -> the cohort its manifest was built from (benchmarks/datasets.py).
@@ -69,9 +69,9 @@ def manifest_frame(name: str) -> pd.DataFrame:
         visit=table["visit"].astype(str),
         score=table["score"].astype(float),
     )
-    frame["visit_order"] = frame.groupby("patient_id")["visit"].rank(method="dense").astype(
-        np.int64
-    ) - 1
+    frame["visit_order"] = (
+        frame.groupby("patient_id")["visit"].rank(method="dense").astype(np.int64) - 1
+    )
     return frame
 
 

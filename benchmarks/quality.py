@@ -43,15 +43,15 @@ from benchmarks import datasets  # noqa: E402
 from learner.config import Config, load_config  # noqa: E402
 from learner.data.manifest import load_manifest  # noqa: E402
 from learner.errors import LearnerError  # noqa: E402
-from learner.evaluate.ablation import (  # noqa: E402
+from learner.evaluate.change import CLASS_METRICS  # noqa: E402
+from learner.io import write_json  # noqa: E402
+from learner.pipeline.report import write_reports  # noqa: E402
+from learner.pipeline.run import (  # noqa: E402
     REFERENCE,
     AblationResult,
     paired_difference,
     run_ablation,
 )
-from learner.evaluate.change import CLASS_METRICS  # noqa: E402
-from learner.evaluate.report import write_reports  # noqa: E402
-from learner.io import write_json  # noqa: E402
 
 CONFIGS = REPO / "benchmarks" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
@@ -284,9 +284,9 @@ def _embed_cells(
     """
     import lightning as L
 
-    from learner.evaluate.ablation import UNTRAINED, cell_config, objective_variants
     from learner.evaluate.embed import embed_frame, load_checkpoint
     from learner.evaluate.embeddings_io import read_embeddings
+    from learner.pipeline.run import UNTRAINED, cell_config, objective_variants
     from learner.train.module import LearnerModule
     from learner.train.pretrain import prepare_data, pretrain
 
@@ -512,9 +512,9 @@ def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dic
         ``{"variants": {label: {"overrides", "per_seed", "mean", "wall_s"}}, "chosen": label,
         ...}``; the metric is balanced accuracy on validation-patient pairs.
     """
-    from learner.evaluate.ablation import cell_config, pretrain_and_embed
     from learner.evaluate.change import evaluate_change
     from learner.evaluate.embeddings_io import read_embeddings
+    from learner.pipeline.run import cell_config, pretrain_and_embed
     from learner.train.pretrain import prepare_data
 
     manifest_path = datasets.build(SWEEP_DATASET)

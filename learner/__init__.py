@@ -1,3 +1,31 @@
-"""learner: fine-grained intra-patient progression from coarse inter-patient scores (LEARNER)."""
+"""learner: fine-grained intra-patient progression from coarse inter-patient scores (LEARNER).
+
+The public API (docs/api.md): ``learner.load_model``, ``learner.synth``, ``learner.losses``
+and ``learner.CLASSES``. They are imported on first use, so that ``import learner`` stays
+light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# name -> (module, attribute)
+_API = {
+    "load_model": ("learner.api", "load_model"),
+    "synth": ("learner.api", "synth"),
+    "CLASSES": ("learner.data.pairs", "LABELS"),
+}
+_SUBPACKAGES = ("losses",)
+__all__ = ["CLASSES", "__version__", "load_model", "losses", "synth"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        module, attribute = _API[name]
+        return getattr(importlib.import_module(module), attribute)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"learner.{name}")
+    raise AttributeError(f"module 'learner' has no attribute {name!r}")

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
+import tempfile
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -49,7 +52,7 @@ def handle_errors(func: F) -> F:
         except LearnerError as exc:
             if _STATE["debug"]:
                 traceback.print_exc()
-            for line in exc.problems:
+            for line in shown_problems(exc.problems):
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
@@ -73,13 +76,63 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from learner import __version__
+
+        console.print(f"learner {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+# A file with thousands of bad rows: the first problems on screen, the full list in a file.
+MAX_PROBLEMS_SHOWN = 20
+_COLUMN = re.compile(r"\bcolumn (\S+?):")
+
+
+def shown_problems(problems: list[str]) -> list[str]:
+    """The first :data:`MAX_PROBLEMS_SHOWN` problems, then one line counting the rest by
+    column and naming a file that lists them all."""
+    if len(problems) <= MAX_PROBLEMS_SHOWN:
+        return list(problems)
+    rest = problems[MAX_PROBLEMS_SHOWN:]
+    kinds = Counter(
+        f"in column {m.group(1)}" if (m := _COLUMN.search(line)) else "other" for line in rest
+    )
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="learner-problems-", suffix=".txt", delete=False, encoding="utf-8"
+    ) as fh:
+        fh.write("\n".join(problems) + "\n")
+    if len(kinds) == 1:
+        counted = f"of the same kind ({next(iter(kinds))})"
+    else:
+        counted = "(" + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()) + ")"
+    return [
+        *problems[:MAX_PROBLEMS_SHOWN],
+        f"... and {len(rest)} more {counted}; all {len(problems)} are listed in {fh.name}",
+    ]
+
+
 @app.callback()
 def _main(
     debug: Annotated[
         bool, typer.Option("--debug", help="Print full tracebacks on errors.")
     ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug
+
+
+ColumnsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Your manifest's column names, e.g. patient_id=subject#,visit=test_time,score=total."
+    ),
+]
 
 
 class Modality(StrEnum):
@@ -207,6 +260,7 @@ def validate(
             help="Decode every scan file (slower; finds corrupt files before training does).",
         ),
     ] = True,
+    columns: ColumnsOption = None,
 ) -> None:
     """Check a manifest and its files; print patients, visits, scans, score range and
     change pairs per class. Exit 3 with one line per problem.
@@ -214,7 +268,7 @@ def validate(
     Example: learner validate cohort/manifest.csv --delta 2
     """
     from learner.config import load_config
-    from learner.data.manifest import check_scans, load_manifest
+    from learner.data.manifest import check_scans, load_manifest, parse_column_map
     from learner.data.pairs import DEFAULT_DELTA
     from learner.data.summary import render_summary, summarize_manifest, summary_warnings
     from learner.errors import ConfigError
@@ -230,7 +284,9 @@ def validate(
         feature_columns = [c.strip() for c in features.split(",") if c.strip()]
         if not feature_columns:
             raise ConfigError("--features is empty; name the columns, e.g. --features a,b,c")
-    loaded = load_manifest(manifest, feature_columns=feature_columns)
+    loaded = load_manifest(
+        manifest, feature_columns=feature_columns, columns=parse_column_map(columns)
+    )
     decoded = check_scans(loaded) if decode else None
     summary = summarize_manifest(loaded, delta=band, higher_is_better=higher)
     for line in [*loaded.warnings, *summary_warnings(summary)]:
@@ -250,6 +306,7 @@ def pretrain(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: from config).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from last.ckpt.")] = False,
+    columns: ColumnsOption = None,
 ) -> None:
     """Pretrain an encoder on many patients (score MSE + pair objective); writes a run folder.
 
@@ -258,7 +315,7 @@ def pretrain(
     from learner.config import load_config
     from learner.train.pretrain import pretrain as run_pretrain
 
-    cfg = load_config(config, set_)
+    cfg = _with_columns(load_config(config, set_), columns)
     result = run_pretrain(cfg, out or cfg.train.out, resume=resume)
     if _is_rank_zero():  # under DDP every rank runs this command
         console.print(f"run folder: {result.run_dir}")
@@ -378,6 +435,7 @@ def evaluate(
         soft_wrap=True,
     )
     console.print(f"metrics: {out / 'metrics.json'}")
+    _save_evaluated_change_model(frame, meta, out, cfg, higher, band)
 
 
 def _evaluate_interpatient(
@@ -429,6 +487,7 @@ def run(
             "instead of stopping; their old checkpoints are deleted.",
         ),
     ] = False,
+    columns: ColumnsOption = None,
 ) -> None:
     """Pretrain + embed + evaluate every objective and seed; write results.json and reports.
 
@@ -440,7 +499,94 @@ def run(
     """
     from learner.config import load_config
 
-    _run_and_report(load_config(config, set_), out, replace_changed=replace_changed)
+    _run_and_report(
+        _with_columns(load_config(config, set_), columns), out, replace_changed=replace_changed
+    )
+
+
+@app.command()
+@handle_errors
+def predict(
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A change-model folder, or a `learner run` folder (its validation-chosen model)."
+        ),
+    ],
+    manifest: Annotated[
+        Path, typer.Option(help="Manifest of the new patients' scans; scores are optional.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Pair predictions, .csv or .parquet; scans, zones and a summary go beside it."
+        ),
+    ],
+    device: Annotated[
+        str, typer.Option(help="Where the encoder runs: cpu, cuda, cuda:1 or auto.")
+    ] = "cpu",
+    columns: ColumnsOption = None,
+) -> None:
+    """Predict for new patients: a score per scan, and worsen / stable / improve
+    probabilities per consecutive visit pair (class order worsen, stable, improve).
+
+    Example: learner predict --model runs/demo --manifest new/manifest.csv --out predictions.csv
+    """
+    from learner.api import load_model
+    from learner.data.manifest import parse_column_map
+    from learner.pipeline.predict import predict_change, write_predictions
+
+    loaded = load_model(model, device=device)
+    selection = loaded.info.get("selection")
+    chosen = f" ({selection['cell']}, chosen on validation patients)" if selection else ""
+    console.print(f"model: {loaded.folder}{chosen}", highlight=False, soft_wrap=True)
+    mapping = parse_column_map(columns) if columns is not None else None
+    result = predict_change(loaded, manifest, columns=mapping)
+    for note in result.summary["notes"]:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    written = write_predictions(result, out)
+    summary = result.summary
+    console.print(
+        f"{summary['patients']} patients, {summary['scans']} scans, {summary['pairs']} visit "
+        f"pairs ({summary['labelled_pairs']} with scores)",
+        highlight=False,
+    )
+    metrics = summary.get("metrics")
+    if metrics:
+        console.print(
+            f"on pairs with scores: accuracy {metrics['accuracy']:.3f}, balanced accuracy "
+            f"{metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
+            highlight=False,
+        )
+    for key, path in written.items():
+        console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _save_evaluated_change_model(
+    frame: Any, meta: dict[str, Any], out: Path, cfg: Any, higher: bool, band: float | str
+) -> None:
+    from learner.pipeline.fit_change import save_evaluated_change_model
+
+    saved = save_evaluated_change_model(frame, meta, out, cfg, higher_is_better=higher, delta=band)
+    if saved is None:
+        err_console.print(
+            "note: the embeddings do not name an existing checkpoint, so no change model was "
+            "saved; embed with `learner embed --checkpoint ...` (or use `learner run`)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"change model: {saved}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _with_columns(cfg: Any, columns: str | None) -> Any:
+    """``--columns`` sets ``data.columns`` (the config's own mapping otherwise)."""
+    from learner.data.manifest import parse_column_map
+
+    if columns is not None:
+        cfg.data.columns = parse_column_map(columns)
+    return cfg
 
 
 def _is_rank_zero() -> bool:
@@ -454,15 +600,14 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
-    from learner.evaluate.ablation import run_ablation
-    from learner.evaluate.report import comparison_table, verdict_text, write_reports
+    from learner.pipeline.fit_change import save_run_change_models
+    from learner.pipeline.report import comparison_table, verdict_text, write_reports
+    from learner.pipeline.run import run_ablation
 
-    ablation = run_ablation(
-        cfg,
-        out,
-        log=lambda line: console.print(line, highlight=False, markup=False),
-        replace_changed=replace_changed,
-    )
+    log = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    ablation = run_ablation(cfg, out, log=log, replace_changed=replace_changed)
+    if ablation.results.get("task") != "interpatient":  # one visit each: no change to predict
+        save_run_change_models(ablation, cfg, out, log=log)
     md, page = write_reports(ablation, out)
     console.print(comparison_table(ablation.results))
     ds = ablation.results["dataset"]

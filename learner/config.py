@@ -7,6 +7,7 @@ paths are resolved against the current working directory (the same rule for YAML
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,9 @@ class SplitConfig(_Section):
 class DataConfig(_Section):
     manifest: Path | None = None
     feature_columns: list[str] | None = None
+    columns: dict[str, str] | None = Field(
+        None, description="The manifest's names for standard columns: {patient_id: subject#}."
+    )
     score_range: tuple[float, float] | None = Field(
         None, description="Score normalisation range; null = the training scans' range."
     )
@@ -52,6 +56,18 @@ class DataConfig(_Section):
         None, description="Decode cache; null = <manifest dir>/.learner-cache."
     )
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("columns")
+    @classmethod
+    def _standard_columns(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        from learner.data.manifest import STANDARD_COLUMNS
+
+        unknown = [key for key in v or {} if key not in STANDARD_COLUMNS]
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]!r} is not a manifest column; map one of {', '.join(STANDARD_COLUMNS)}"
+            )
+        return v
 
     @field_validator("score_range")
     @classmethod
@@ -193,12 +209,41 @@ def _format_validation_error(exc: ValidationError, source: str) -> list[str]:
     return lines
 
 
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation if is_section else None
+
+
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every settable dotted key (``train.epochs``, ``data.input.size``, ...)."""
+    keys: list[str] = []
+    for name, info in model.model_fields.items():
+        section = _section_of(info.annotation)
+        keys += config_keys(section, f"{prefix}{name}.") if section else [f"{prefix}{name}"]
+    return keys
+
+
+def check_override_key(key: str) -> None:
+    """Raise :class:`ConfigError` naming ``--set`` and the closest valid key for an unknown
+    ``key`` (a key below a free-form entry such as ``data.columns.score`` is valid)."""
+    model: type[BaseModel] | None = Config
+    for part in key.split("."):
+        if model is None:
+            return
+        if part not in model.model_fields:
+            close = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.5)
+            hint = f"did you mean --set {close[0]}=...?" if close else "see configs/ for the keys"
+            raise ConfigError(f"--set {key}: unknown key; {hint}")
+        model = _section_of(model.model_fields[part].annotation)
+
+
 def build_config(
     tree: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
 ) -> Config:
     """Validate a config tree after applying ``--set`` overrides."""
     tree = copy.deepcopy(tree)
     for key, value in parse_overrides(overrides):
+        check_override_key(key)
         _set_dotted(tree, key, value)
     try:
         return Config.model_validate(tree)
@@ -207,14 +252,31 @@ def build_config(
         raise ConfigError(lines[0], problems=lines) from None
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: Path) -> Path:
+    """An existing file, or a shipped config named without folder or suffix (``lus``)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / f"{path.name}.yaml"
+    if path.parent == Path(".") and not path.suffix and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(
+        f"{path}: config file not found; pass an existing YAML file or a shipped config by "
+        f"name ({names})"
+    )
+
+
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (safe loader) and apply overrides; errors name the file and key."""
     tree: dict[str, Any] = {}
     source = "config"
     if path is not None:
+        path = resolve_config_path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; pass an existing YAML file")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -16,7 +16,7 @@ import csv
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from learner.errors import DataError
+from learner.errors import ConfigError, DataError
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 SCAN_EXTENSIONS = (
@@ -42,8 +42,11 @@ SCAN_EXTENSIONS = (
 )
 SPLITS = ("train", "val", "test")
 OPTIONAL_COLUMNS = ("zone", "split")
+STANDARD_COLUMNS = ("patient_id", "visit", "path", "score", *OPTIONAL_COLUMNS)
 
 _INTEGER = re.compile(r"[+-]?\d+")
+# Days since baseline and the like: 0, 12.5, .5, 1e2.
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 # Excel and friends write a header cell they leave blank as "Unnamed: N" once pandas reads it.
 _UNNAMED = re.compile(r"Unnamed: (\d+)")
 _SHOWN_IDS = 5
@@ -74,8 +77,8 @@ class Manifest:
 class _VisitKey:
     """A parsed visit: integers and datetimes order separately, so the kind travels along."""
 
-    kind: str  # "integer" or "date"
-    value: int | datetime
+    kind: str  # "number" or "date"
+    value: int | float | datetime
 
 
 class _Problems:
@@ -105,6 +108,8 @@ def load_manifest(
     *,
     feature_columns: Sequence[str] | None = None,
     check_files: bool = True,
+    columns: Mapping[str, str] | None = None,
+    require_score: bool = True,
 ) -> Manifest:
     """Read and validate a manifest (CSV, or Parquet with ``.parquet`` / ``.pq``).
 
@@ -113,6 +118,10 @@ def load_manifest(
         feature_columns: numeric columns to use instead of ``path`` (tabular data); when given
             they are required, ``path`` is not.
         check_files: check that every scan file exists, is readable and has a known extension.
+        columns: the manifest's names for the standard columns, e.g.
+            ``{"patient_id": "subject#", "score": "total_UPDRS", "visit": "test_time"}``.
+        require_score: False for data to predict on: a missing ``score`` column then means
+            every scan is unlabelled.
 
     Returns:
         The :class:`Manifest`; ``frame`` has one row per scan (n_rows, n_columns).
@@ -128,6 +137,9 @@ def load_manifest(
     raw = _read_table(source, problems)
     warnings: list[str] = []
     raw = _drop_unnamed_columns(raw, warnings, name)
+    raw = _rename_columns(raw, columns or {}, problems)
+    if not require_score and "score" not in raw.columns:
+        raw = raw.assign(score="")
     required = ["patient_id", "visit", "score"] + (features if features else ["path"])
     missing = [column for column in required if column not in raw.columns]
     for column in missing:
@@ -250,6 +262,63 @@ def check_scans(manifest: Manifest) -> int:
     if problems.lines:
         raise DataError(problems.lines[0], problems=problems.lines)
     return len(verdicts)
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """``"patient_id=subject#,score=total_UPDRS"`` -> ``{"patient_id": "subject#", ...}``.
+
+    Raises:
+        ConfigError: an item without ``=``, or a standard name that is not a manifest column.
+    """
+    mapping: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        ours, sep, theirs = (part.strip() for part in item.partition("="))
+        if not sep or not ours or not theirs:
+            raise ConfigError(
+                f"--columns {item.strip()!r}: expected STANDARD=YOURS, e.g. "
+                "--columns patient_id=subject#,visit=test_time,score=total_UPDRS"
+            )
+        mapping[ours] = theirs
+    check_column_map(mapping)
+    return mapping
+
+
+def check_column_map(mapping: Mapping[str, str]) -> None:
+    """Raise :class:`ConfigError` for a key that is not a standard manifest column."""
+    for ours in mapping:
+        if ours not in STANDARD_COLUMNS:
+            raise ConfigError(
+                f"--columns: {ours!r} is not a manifest column; map one of "
+                f"{', '.join(STANDARD_COLUMNS)} (feature columns are named as they are)"
+            )
+
+
+def _rename_columns(
+    raw: pd.DataFrame, columns: Mapping[str, str], problems: _Problems
+) -> pd.DataFrame:
+    """Rename the user's columns to the standard names (``columns``: standard -> theirs)."""
+    renames: dict[str, str] = {}
+    for ours, theirs in columns.items():
+        if theirs not in raw.columns:
+            problems.cell(
+                1,
+                theirs,
+                f"is not in the header (mapped to {ours} by --columns / data.columns); "
+                f"the columns are: {', '.join(map(str, raw.columns))}",
+            )
+        elif ours != theirs:
+            renames[theirs] = ours
+    clash = [ours for ours in renames.values() if ours in raw.columns]
+    for ours in clash:
+        problems.cell(
+            1,
+            ours,
+            f"exists and is also mapped from another column by --columns; map only one "
+            f"column to {ours}",
+        )
+    return raw.rename(columns=renames)
 
 
 def _clean_feature_columns(feature_columns: Sequence[str] | None) -> list[str] | None:
@@ -440,7 +509,10 @@ def _numbers(
 
 def _parse_visit(text: str) -> _VisitKey | None:
     if _INTEGER.fullmatch(text):
-        return _VisitKey("integer", int(text))
+        return _VisitKey("number", int(text))
+    if _DECIMAL.fullmatch(text):
+        value = float(text)
+        return _VisitKey("number", value) if math.isfinite(value) else None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -473,8 +545,9 @@ def _visit_order(frame: pd.DataFrame, problems: _Problems) -> np.ndarray:
             problems.cell(
                 row,
                 "visit",
-                f"{text!r} is neither an integer nor an ISO date; write visit numbers "
-                "(1, 2, ...) or dates (YYYY-MM-DD) so that visits can be ordered",
+                f"{text!r} is neither a number nor an ISO date; write visit numbers "
+                "(1, 2, ... or days since baseline such as 12.5) or dates (YYYY-MM-DD) so "
+                "that visits can be ordered",
             )
             continue
         first_of_kind.setdefault((patient, key.kind), row)
@@ -482,12 +555,12 @@ def _visit_order(frame: pd.DataFrame, problems: _Problems) -> np.ndarray:
     for patient, entries in keys.items():
         kinds = {key.kind for _, key in entries}
         if len(kinds) > 1:
-            int_row = first_of_kind[(patient, "integer")]
+            int_row = first_of_kind[(patient, "number")]
             date_row = first_of_kind[(patient, "date")]
             problems.cell(
                 max(int_row, date_row),
                 "visit",
-                f"patient {patient!r} mixes integer visits (row {int_row}) and dates "
+                f"patient {patient!r} mixes numeric visits (row {int_row}) and dates "
                 f"(row {date_row}), which cannot be ordered; use one kind per patient",
             )
             continue

@@ -94,7 +94,7 @@ class ChangeResult:
         train_patients, test_patients: sorted patient ids whose pairs trained / tested.
         model: the fitted classifier pipeline (scaler + classifier) on the embedding feature.
         bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
-            seeds (see :func:`learner.evaluate.ablation.metric_block`).
+            seeds (see :func:`learner.pipeline.run.metric_block`).
     """
 
     metrics: dict[str, float]

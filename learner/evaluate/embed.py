@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from learner.config import Config
-from learner.data.manifest import load_manifest
+from learner.data.manifest import Manifest, load_manifest
 from learner.errors import DataError
 from learner.evaluate.embeddings_io import EmbeddingsWriter
 from learner.train.module import LearnerModule
@@ -64,7 +64,7 @@ def embed_frame(
     }
     with EmbeddingsWriter(out, meta) as writer:
         for batch in loader:
-            x = batch["x"]
+            x = batch["x"].to(model.device)
             if x.ndim == data_rank(data) + 2:  # several clips per scan: (B, K, ...)
                 b, k = x.shape[:2]
                 u, pred = model(x.flatten(0, 1))
@@ -85,8 +85,8 @@ def embed_frame(
                     if col in rows.columns
                 }
             )
-            chunk["pred_score"] = model.to_raw_score(pred.float()).numpy().astype(np.float64)
-            chunk["embedding"] = list(u.float().numpy())
+            chunk["pred_score"] = model.to_raw_score(pred.float().cpu()).numpy().astype(np.float64)
+            chunk["embedding"] = list(u.float().cpu().numpy())
             writer.write_batch(chunk)
     return out
 
@@ -94,6 +94,31 @@ def embed_frame(
 def data_rank(data: PreparedData) -> int:
     """Rank of one item's ``x`` without the batch axis."""
     return {"video": 4, "slices": 4, "volume": 4, "tabular": 1}[data.input.kind]
+
+
+def prepared_for_model(
+    model: LearnerModule,
+    manifest: Manifest,
+    frame: pd.DataFrame,
+    *,
+    assignment: dict[str, str],
+    split_hash: str,
+    feature_stats: tuple[np.ndarray, np.ndarray] | None,
+) -> PreparedData:
+    """The data a trained model embeds a new manifest with: its input spec, its score range,
+    its training feature statistics, and the decode cache beside the manifest."""
+    cfg: Config = model.cfg
+    return PreparedData(
+        manifest=manifest,
+        frame=frame,
+        assignment=assignment,
+        split_hash=split_hash,
+        score_range=model.score_range,
+        patient_codes={p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))},
+        input=input_spec(cfg),
+        cache=resolve_cache(cfg, manifest.source),
+        feature_stats=feature_stats,
+    )
 
 
 def embed_checkpoint(
@@ -112,25 +137,20 @@ def embed_checkpoint(
     cfg: Config = model.cfg
     if clips_per_scan is not None:
         cfg.data.input.clips_per_scan = clips_per_scan
-    manifest = load_manifest(manifest_path, feature_columns=cfg.data.feature_columns)
+    manifest = load_manifest(
+        manifest_path, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
+    )
     frame = manifest.frame.copy()
     assignment: dict[str, str] = meta.get("split", {})
     frame["split"] = frame["patient_id"].map(assignment).fillna("external")
-    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
-    data = PreparedData(
-        manifest=manifest,
-        frame=frame,
+    stats = meta.get("feature_stats")
+    data = prepared_for_model(
+        model,
+        manifest,
+        frame,
         assignment=assignment,
         split_hash=str(meta.get("split_hash", "")),
-        score_range=model.score_range,
-        patient_codes=codes,
-        input=input_spec(cfg),
-        cache=resolve_cache(cfg, manifest.source),
-        feature_stats=(
-            (np.asarray(stats[0]), np.asarray(stats[1]))
-            if (stats := meta.get("feature_stats"))
-            else None
-        ),
+        feature_stats=(np.asarray(stats[0]), np.asarray(stats[1])) if stats else None,
     )
     metadata = {
         "objective": cfg.objective.name,

@@ -236,3 +236,29 @@ def plot_trajectories(
     axes[0].set_ylabel("score")
     axes[0].legend(handles=handles, fontsize="small", loc="best")
     return _save(fig, path)
+
+
+def plot_reliability(bins: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, one line per probability set.
+
+    Args:
+        bins: name (e.g. ``raw``, ``calibrated``) -> :func:`learner.evaluate.calibration.
+            reliability_bins` output (columns ``confidence``, ``accuracy``, ``count``).
+        path: PNG file to write.
+
+    Returns:
+        The path written.
+    """
+    fig = _new_figure(1, (4.5, 4.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfectly calibrated")
+    for name, table in bins.items():
+        used = table[table["count"] > 0]
+        ax.plot(used["confidence"], used["accuracy"], marker="o", label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (largest class probability)")
+    ax.set_ylabel("accuracy on held-out pairs")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)

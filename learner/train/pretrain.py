@@ -165,7 +165,9 @@ def prepare_data(
             raise ConfigError(
                 "data.manifest is not set; pass --set data.manifest=PATH/manifest.csv"
             )
-        manifest = load_manifest(cfg.data.manifest, feature_columns=cfg.data.feature_columns)
+        manifest = load_manifest(
+            cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
+        )
     frame = manifest.frame.copy()
     split_seed = cfg.data.split.seed if cfg.data.split.seed is not None else cfg.train.seed
     if assignment is None:

@@ -133,17 +133,17 @@ def test_same_file_in_two_zones_is_not_a_duplicate(write_manifest) -> None:
     assert len(load_manifest(write_manifest(text, files=("a.npy",))).frame) == 2
 
 
-@pytest.mark.parametrize("visit", ["abc", "1.5", "2020-13-45", "v2"])
+@pytest.mark.parametrize("visit", ["abc", "1.5.2", "2020-13-45", "v2", "nan"])
 def test_unorderable_visit_names_row_and_column(write_manifest, visit: str) -> None:
     path = write_manifest(HEADER + f"p,1,a.npy,1\np,{visit},a.npy,2\n", files=("a.npy",))
     (line,) = _problems(path)
-    assert line.startswith(f"manifest.csv row 3, column visit: {visit!r} is neither an integer")
+    assert line.startswith(f"manifest.csv row 3, column visit: {visit!r} is neither a number")
 
 
 def test_mixed_visit_kinds_within_a_patient(write_manifest) -> None:
     text = HEADER + "p,1,a.npy,1\np,2020-01-02,b.npy,2\nq,1,a.npy,1\nr,2020-01-02,a.npy,1\n"
     (line,) = _problems(write_manifest(text, files=("a.npy", "b.npy")))
-    assert line.startswith("manifest.csv row 3, column visit: patient 'p' mixes integer visits")
+    assert line.startswith("manifest.csv row 3, column visit: patient 'p' mixes numeric visits")
 
 
 def test_timezone_aware_visits_order_on_one_clock(write_manifest) -> None:
@@ -151,6 +151,26 @@ def test_timezone_aware_visits_order_on_one_clock(write_manifest) -> None:
     text = HEADER + "p,2020-01-01T09:00,a.npy,1\np,2020-01-01T10:00+02:00,b.npy,2\n"
     frame = load_manifest(write_manifest(text, files=("a.npy", "b.npy"))).frame
     assert frame["visit_order"].tolist() == [1, 0]
+
+
+def test_decimal_visits_order_numerically(write_manifest) -> None:
+    # Days since baseline, as in the Parkinson's telemonitoring table: 12.5 < 100.25.
+    text = HEADER + "p,100.25,a.npy,1\np,12.5,b.npy,2\np,7,c.npy,3\n"
+    frame = load_manifest(write_manifest(text, files=("a.npy", "b.npy", "c.npy"))).frame
+    assert frame["visit_order"].tolist() == [2, 1, 0]
+
+
+def test_columns_map_user_names_and_score_may_be_absent(write_manifest) -> None:
+    text = "subject#,test_time,path\np,1.5,a.npy\np,3,b.npy\n"
+    path = write_manifest(text, files=("a.npy", "b.npy"))
+    columns = {"patient_id": "subject#", "visit": "test_time"}
+    frame = load_manifest(path, columns=columns, require_score=False).frame
+    assert frame["patient_id"].tolist() == ["p", "p"] and frame["score"].isna().all()
+    with pytest.raises(DataError) as caught:
+        load_manifest(path, columns={"patient_id": "subject", "visit": "test_time"})
+    first, *rest = caught.value.problems
+    assert first.startswith("manifest.csv row 1, column subject: is not in the header")
+    assert any("column score" in line for line in rest)  # score is required by default
 
 
 def test_every_problem_is_reported_in_row_order(write_manifest) -> None:

@@ -12,7 +12,7 @@ import pytest
 import learner
 from learner.config import Config, build_config
 from learner.errors import ConfigError
-from learner.evaluate.ablation import run_ablation
+from learner.pipeline.run import run_ablation
 from learner.provenance import changed_keys, manifest_fingerprint
 
 

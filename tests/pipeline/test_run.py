@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from learner.config import Config
-from learner.evaluate.ablation import run_ablation
-from learner.evaluate.report import write_reports
+from learner.pipeline.report import write_reports
+from learner.pipeline.run import run_ablation
 
 REQUIRED = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")
 

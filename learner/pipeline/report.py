@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from learner.evaluate.ablation import HEAD_DELTA, REFERENCE, AblationResult
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.plots import (
     plot_confusions,
@@ -21,6 +20,7 @@ from learner.evaluate.plots import (
     plot_trajectories,
 )
 from learner.io import atomic_write_text
+from learner.pipeline.run import HEAD_DELTA, REFERENCE, AblationResult
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")
 HEADERS = {
@@ -153,6 +153,9 @@ def make_figures(ablation: AblationResult, out: Path) -> dict[str, Path]:
         figures["trajectories"] = plot_trajectories(
             frame, fig_dir / f"trajectories_{traj_label}.png"
         )
+    chosen = ablation.results.get("change_model")
+    if chosen and (out / chosen["figure"]).exists():
+        figures["reliability"] = out / chosen["figure"]
     return figures
 
 
@@ -164,6 +167,8 @@ CAPTIONS = {
     "training": "Training curves (validation patients), first seed.",
     "trajectories": "Held-out patients across visits: predicted score and embedding distance "
     "from the first visit.",
+    "reliability": "Reliability of the saved change model on held-out pairs: accuracy against "
+    "confidence, raw probe and after temperature scaling fitted on validation patients.",
 }
 
 
@@ -192,6 +197,25 @@ def _intro(results: dict[str, Any]) -> list[str]:
         "`of achievable` is (balanced accuracy - 1/3) / (oracle - 1/3), where an oracle "
         "(the same probe on the true change, from truth.csv) exists. The last column is the "
         "paired difference in balanced accuracy to `mse` on the same pairs.",
+        *_change_model_paragraph(results.get("change_model")),
+    ]
+
+
+def _change_model_paragraph(chosen: dict[str, Any] | None) -> list[str]:
+    """Which change model `learner predict` uses, and how well calibrated it is."""
+    if not chosen:
+        return []
+
+    def num(value: Any) -> str:
+        return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+    return [
+        f"Change model for `learner predict`: `{chosen['folder']}/`, the cell "
+        f"`{chosen['cell']}`, chosen by {chosen['metric']} on validation patients "
+        f"({num(chosen['validation'])}). Its calibration on the held-out pairs: ECE "
+        f"{num(chosen['ece_test_raw'])} raw, {num(chosen['ece_test_calibrated'])} after "
+        f"temperature scaling (T = {num(chosen['temperature'])}, fitted on validation "
+        "patients; labels unchanged)."
     ]
 
 

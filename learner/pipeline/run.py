@@ -567,7 +567,9 @@ def run_ablation(
             raise ConfigError(
                 "data.manifest is not set; pass --set data.manifest=PATH/manifest.csv"
             )
-        manifest = load_manifest(cfg.data.manifest, feature_columns=cfg.data.feature_columns)
+        manifest = load_manifest(
+            cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
+        )
 
     grid, splits = plan_cells(cfg, manifest, variants, out)
     every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from learner.cli import app
 from learner.config import Config
 from learner.data.pairs import DEFAULT_DELTA
-from learner.evaluate.ablation import run_ablation
+from learner.pipeline.run import run_ablation
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cache_keys import _config, _write_table

@@ -1,0 +1,337 @@
+"""A change model: everything needed to answer "worse, stable or better?" for new patients.
+
+A change model is a folder of plain data, nothing executable:
+
+- ``model.json``: format version, class order, stable band, score range and direction, the
+  config (input spec, encoder), the training split, calibration, and the metrics the model
+  was selected on;
+- ``probe.json``: the fitted probe as numbers: the standardisation (mean, scale) and the
+  layers (weights, biases) of the logistic regression (one layer) or the MLP, with the
+  logits' columns already in :data:`CLASSES` order;
+- ``encoder.npz``: the encoder and regression-head weights (numpy arrays, read with
+  ``allow_pickle=False``).
+
+Loading parses JSON and numeric arrays only; a folder holding a pickle-like file (``.pkl``,
+``.joblib``, ``.pt``, ...) is refused, so no file of a change model can run code.
+
+Example:
+    >>> model = load_change_model("runs/demo/change-model")
+    >>> model.classes
+    ('worsen', 'stable', 'improve')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+
+from learner.data.pairs import LABELS
+from learner.errors import DataError
+from learner.evaluate.calibration import softmax
+from learner.io import atomic_path, atomic_write_text, write_json
+from learner.train.module import LearnerModule
+
+if TYPE_CHECKING:
+    from learner.pipeline.predict import Predictions
+
+CLASSES: tuple[str, str, str] = LABELS
+FORMAT = "learner-change-model"
+FORMAT_VERSION = 1
+MODEL_FILE, PROBE_FILE, WEIGHTS_FILE = "model.json", "probe.json", "encoder.npz"
+# Files that can carry code when loaded; a change model never holds one.
+UNSAFE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin", ".dill")
+
+
+@dataclass
+class Probe:
+    """The change classifier on frozen pair features, as plain arrays.
+
+    Attributes:
+        mean, scale: (F,) standardisation of the pair feature.
+        layers: (weight (in, out), bias (out,)) per layer; ReLU between layers; the last
+            layer's outputs are the logits of :data:`CLASSES` (a class the training pairs
+            lacked has logit -inf: probability 0).
+        temperature: logits are divided by it before the softmax (1 = uncalibrated).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    temperature: float = 1.0
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Pipeline) -> Probe:
+        """Read a fitted ``Pipeline(scale, clf)`` (see ``build_classifier``)."""
+        scaler, clf = pipeline.named_steps["scale"], pipeline.named_steps["clf"]
+        fitted = [str(c) for c in clf.classes_]
+        layers: list[tuple[np.ndarray, np.ndarray]]
+        if isinstance(clf, LogisticRegression):
+            layers = [(np.asarray(clf.coef_, np.float64).T, np.asarray(clf.intercept_, np.float64))]
+        elif isinstance(clf, MLPClassifier):
+            layers = [
+                (np.asarray(w, np.float64), np.asarray(b, np.float64))
+                for w, b in zip(clf.coefs_, clf.intercepts_, strict=True)
+            ]
+        else:
+            raise TypeError(f"unsupported classifier {type(clf).__name__}")
+        weight, bias = layers[-1]
+        if len(fitted) == 2:
+            # A binary fit scores only the second class (sigmoid); softmax([0, z]) equals it.
+            weight = np.concatenate([np.zeros_like(weight), weight], axis=1)
+            bias = np.concatenate([np.zeros(1), bias])
+        # Columns in CLASSES order; a class absent from training never wins.
+        out_w = np.zeros((weight.shape[0], len(CLASSES)))
+        out_b = np.full(len(CLASSES), -np.inf)
+        for column, name in enumerate(fitted):
+            k = CLASSES.index(name)
+            out_w[:, k], out_b[k] = weight[:, column], bias[column]
+        layers[-1] = (out_w, out_b)
+        return cls(
+            mean=np.asarray(scaler.mean_, np.float64),
+            scale=np.asarray(scaler.scale_, np.float64),
+            layers=layers,
+        )
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """(N, F) pair features -> (N, 3) uncalibrated logits in :data:`CLASSES` order."""
+        h = (np.asarray(x, np.float64) - self.mean) / self.scale
+        for i, (weight, bias) in enumerate(self.layers):
+            h = h @ weight + bias
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        return h
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(N, F) -> (N, 3) calibrated probabilities, columns :data:`CLASSES`."""
+        return softmax(self.logits(x) / self.temperature)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, F) -> (N,) labels from :data:`CLASSES` (the temperature never changes them)."""
+        return np.asarray(CLASSES)[np.argmax(self.logits(x), axis=1)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "classes": list(CLASSES),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "layers": [
+                {"weight": w.tolist(), "bias": [None if math.isinf(v) else v for v in b.tolist()]}
+                for w, b in self.layers
+            ],
+            "activation": "relu",
+            "temperature": self.temperature,
+        }
+
+    @classmethod
+    def from_json(cls, tree: dict[str, Any], source: Path) -> Probe:
+        try:
+            if list(tree["classes"]) != list(CLASSES):
+                raise ValueError(f"classes {tree['classes']} are not {list(CLASSES)}")
+            layers = [
+                (
+                    np.asarray(layer["weight"], np.float64),
+                    np.array([-np.inf if v is None else v for v in layer["bias"]], np.float64),
+                )
+                for layer in tree["layers"]
+            ]
+            return cls(
+                mean=np.asarray(tree["mean"], np.float64),
+                scale=np.asarray(tree["scale"], np.float64),
+                layers=layers,
+                temperature=float(tree["temperature"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{source}: not a learner probe ({exc}); save the change model again with "
+                "`learner run` or `learner evaluate`"
+            ) from None
+
+
+@dataclass
+class ChangeModel:
+    """A loaded change model: encoder + regression head + probe + what they mean.
+
+    Attributes:
+        module: the encoder and regression head (eval mode).
+        probe: the change classifier on pair features.
+        info: the parsed ``model.json`` (band, feature, higher_is_better, metrics, ...).
+        folder: where it was loaded from.
+        classes: ``("worsen", "stable", "improve")``, the column order of every probability.
+    """
+
+    module: LearnerModule
+    probe: Probe
+    info: dict[str, Any]
+    folder: Path
+    classes: tuple[str, str, str] = field(default=CLASSES)
+
+    @property
+    def band(self) -> float:
+        """The stable band in raw score units."""
+        return float(self.info["band"])
+
+    @property
+    def feature(self) -> str:
+        return str(self.info["feature"])
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.info["higher_is_better"])
+
+    def to(self, device: str) -> ChangeModel:
+        """Run the encoder on ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``)."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.module.to(torch.device(device))
+        return self
+
+    def embed(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
+        """Embed scans given as file paths or arrays; returns (N, D) float32.
+
+        Arrays are what a reader returns for the model's input kind: video (T, H, W) uint8,
+        volume (D, H, W), feature vector (F,); they go through the same preprocessing as
+        files.
+        """
+        from learner.pipeline.predict import embed_items
+
+        return np.stack(list(embed_items(self, items)["embedding"]))
+
+    def predict_scores(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
+        """The regression head's score (raw units) for scans given as paths or arrays: (N,)."""
+        from learner.pipeline.predict import embed_items
+
+        return embed_items(self, items)["pred_score"].to_numpy(np.float64)
+
+    def predict_change(
+        self, manifest: str | Path | pd.DataFrame, *, columns: dict[str, str] | None = None
+    ) -> Predictions:
+        """Per scan and per consecutive visit pair predictions for a manifest (path or frame).
+
+        See :func:`learner.pipeline.predict.predict_change`.
+        """
+        from learner.pipeline.predict import predict_change
+
+        return predict_change(self, manifest, columns=columns)
+
+
+def save_change_model(
+    folder: Path,
+    module: LearnerModule,
+    probe: Probe,
+    info: dict[str, Any],
+) -> Path:
+    """Write a change model folder (replacing one already there); returns ``folder``.
+
+    Args:
+        folder: destination.
+        module: the trained encoder and head (its config and score range are recorded).
+        probe: the fitted, calibrated probe.
+        info: band, delta, feature, classifier, higher_is_better, metrics, calibration,
+            split, feature_stats, source: written into ``model.json`` as given.
+    """
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    with atomic_path(tmp / WEIGHTS_FILE) as path, open(path, "wb") as fh:
+        np.savez(fh, **state)
+    atomic_write_text(tmp / PROBE_FILE, json.dumps(probe.to_json()))
+    write_json(
+        tmp / MODEL_FILE,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "classes": list(CLASSES),
+            "config": module.cfg.to_plain(),
+            "score_range": list(module.score_range),
+            **info,
+        },
+    )
+    # Swap in whole: a reader never sees half a model.
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def is_change_model(folder: Path) -> bool:
+    return (Path(folder) / MODEL_FILE).is_file()
+
+
+def load_change_model(folder: str | Path) -> ChangeModel:
+    """Load a change model folder; nothing in it is unpickled or executed.
+
+    Raises:
+        DataError: a missing or foreign file, a pickle-like file in the folder, or weights
+            that do not fit the recorded config.
+    """
+    folder = Path(folder)
+    if not is_change_model(folder):
+        raise DataError(
+            f"{folder}: no {MODEL_FILE}; pass a change-model folder or a `learner run` folder"
+        )
+    unsafe = sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(UNSAFE_SUFFIXES))
+    if unsafe:
+        raise DataError(
+            f"{folder / unsafe[0]}: refusing to load a change model holding a pickle-like file "
+            "(it could run code); a change model is JSON and .npz only: remove the file or "
+            "save the model again"
+        )
+    info = _read_json(folder / MODEL_FILE)
+    if info.get("format") != FORMAT or list(info.get("classes", [])) != list(CLASSES):
+        raise DataError(
+            f"{folder / MODEL_FILE}: not a learner change model (format {info.get('format')!r}); "
+            "save it with `learner run` or `learner evaluate`"
+        )
+    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+        raise DataError(
+            f"{folder / MODEL_FILE}: format version {info['format_version']} is newer than this "
+            f"learner reads ({FORMAT_VERSION}); upgrade learner"
+        )
+    probe = Probe.from_json(_read_json(folder / PROBE_FILE), folder / PROBE_FILE)
+    weights = folder / WEIGHTS_FILE
+    try:
+        with np.load(weights, allow_pickle=False) as npz:
+            state = {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{weights}: refusing to load: not a plain numeric .npz ({exc}); save the change "
+            "model again"
+        ) from None
+    run_info: dict[str, Any] = {k: info[k] for k in ("seed", "split_hash") if k in info}
+    module = LearnerModule(info["config"], tuple(info["score_range"]), run_info)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise DataError(f"{weights}: weights do not fit the recorded config ({first})") from None
+    module.eval()
+    return ChangeModel(module=module, probe=probe, info=info, folder=folder)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        tree = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; the change model is incomplete, save it again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); save the change model again") from None
+    if not isinstance(tree, dict):
+        raise DataError(f"{path}: expected a JSON object; save the change model again")
+    return tree

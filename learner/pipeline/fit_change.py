@@ -1,0 +1,329 @@
+"""Fit, calibrate, save and select change models from the cells of a `learner run`.
+
+For one cell (objective x seed [x fold]) the saved probe is the one `run` evaluated: fitted on
+the pairs of training and validation patients, so that its labels on the test patients are
+exactly those in the cell's ``test_pairs.parquet``. Two things use the validation patients
+alone, through a second probe fitted on training patients only:
+
+- **selection**: its balanced accuracy on validation pairs ranks the cells; the best cell's
+  model is copied to ``OUT/change-model`` (test patients never choose);
+- **calibration**: a temperature fitted on validation pairs (minimum NLL), applied to the
+  saved probe's logits. Temperature scaling never changes a label. The calibration is
+  checked on the test patients: ECE and a reliability diagram, raw and calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from learner.config import Config
+from learner.data.pairs import consecutive_pairs
+from learner.errors import DataError
+from learner.evaluate.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    softmax,
+)
+from learner.evaluate.change import (
+    CLASS_METRICS,
+    change_features,
+    evaluate_change,
+    label_codes,
+    visit_embeddings,
+)
+from learner.evaluate.embed import load_checkpoint
+from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.plots import plot_reliability
+from learner.io import write_json
+from learner.pipeline.change_model import MODEL_FILE, Probe, save_change_model
+from learner.pipeline.run import AblationResult
+
+CHANGE_MODEL_DIR = "change-model"
+SELECTION_METRIC = "balanced_accuracy"
+Log = Callable[[str], None]
+
+
+@dataclass
+class FittedChange:
+    """A calibrated probe and what was measured about it."""
+
+    probe: Probe
+    band: float
+    validation: dict[str, float]
+    test: dict[str, float]
+    calibration: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _split_features(
+    frame: pd.DataFrame, split: str, feature: str
+) -> tuple[np.ndarray, pd.DataFrame]:
+    visits, matrix = visit_embeddings(frame)
+    pairs = consecutive_pairs(visits)
+    chosen = pairs[pairs["split"] == split].reset_index(drop=True)
+    return change_features(matrix, chosen, feature), chosen
+
+
+def fit_change_model(
+    frame: pd.DataFrame,
+    *,
+    delta: float | str,
+    higher_is_better: bool,
+    feature: str,
+    classifier: str,
+    seed: int,
+) -> FittedChange:
+    """Fit the probe as `run` does, select and calibrate on validation patients, check the
+    calibration on test patients.
+
+    Args:
+        frame: a cell's embeddings frame (``split`` train / val / test).
+        delta, higher_is_better, feature, classifier, seed: as for
+            :func:`learner.evaluate.change.evaluate_change`.
+
+    Returns:
+        :class:`FittedChange`; ``validation`` holds NaN (and a note explains) when the
+        validation patients give no pairs.
+    """
+    common: dict[str, Any] = {
+        "delta": delta,
+        "higher_is_better": higher_is_better,
+        "feature": feature,
+        "classifier": classifier,
+        "n_boot": 0,
+        "seed": seed,
+    }
+    full = evaluate_change(frame, **common)
+    assert full.model is not None
+    probe = Probe.from_pipeline(full.model)
+    notes = list(full.warnings)
+    temperature = 1.0
+    validation = dict.fromkeys(CLASS_METRICS, math.nan)
+    calibration: dict[str, Any] = {"method": "temperature", "fitted_on": "validation patients"}
+    try:
+        val = evaluate_change(frame, train_splits=("train",), test_split="val", **common)
+    except DataError as exc:
+        notes.append(f"no validation estimate ({exc.problems[0]}); temperature 1 (uncalibrated)")
+    else:
+        assert val.model is not None
+        val_probe = Probe.from_pipeline(val.model)
+        x_val, _ = _split_features(frame, "val", feature)
+        val_codes = label_codes(val.test_pairs["label"])
+        val_logits = val_probe.logits(x_val)
+        temperature = fit_temperature(val_logits, val_codes)
+        validation = {m: float(val.metrics[m]) for m in CLASS_METRICS}
+        calibration["n_validation_pairs"] = len(val_codes)
+        calibration["ece_validation_raw"] = expected_calibration_error(
+            softmax(val_logits), val_codes
+        )
+        calibration["ece_validation_calibrated"] = expected_calibration_error(
+            softmax(val_logits / temperature), val_codes
+        )
+    probe.temperature = temperature
+    x_test, _ = _split_features(frame, "test", feature)
+    test_codes = label_codes(full.test_pairs["label"])
+    raw = softmax(probe.logits(x_test))
+    calibrated = probe.predict_proba(x_test)
+    calibration.update(
+        temperature=temperature,
+        n_test_pairs=len(test_codes),
+        ece_test_raw=expected_calibration_error(raw, test_codes),
+        ece_test_calibrated=expected_calibration_error(calibrated, test_codes),
+        reliability_test={
+            "raw": reliability_bins(raw, test_codes).to_dict(orient="list"),
+            "calibrated": reliability_bins(calibrated, test_codes).to_dict(orient="list"),
+        },
+    )
+    return FittedChange(
+        probe=probe,
+        band=full.band,
+        validation=validation,
+        test={m: float(full.metrics[m]) for m in CLASS_METRICS},
+        calibration=calibration,
+        notes=notes,
+    )
+
+
+def save_fitted_change_model(
+    folder: Path,
+    frame: pd.DataFrame,
+    checkpoint: Path,
+    *,
+    delta: float | str,
+    higher_is_better: bool,
+    feature: str,
+    classifier: str,
+    seed: int,
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit (:func:`fit_change_model`) and save a change model with the encoder of
+    ``checkpoint``; returns its ``model.json`` content.
+
+    ``source`` (e.g. objective, cell) is recorded in ``model.json`` as given.
+    """
+    module, meta = load_checkpoint(checkpoint)
+    fitted = fit_change_model(
+        frame,
+        delta=delta,
+        higher_is_better=higher_is_better,
+        feature=feature,
+        classifier=classifier,
+        seed=seed,
+    )
+    info = {
+        **source,
+        "seed": seed,
+        "band": fitted.band,
+        "delta": delta,
+        "feature": feature,
+        "classifier": classifier,
+        "higher_is_better": higher_is_better,
+        "selected_on": SELECTION_METRIC,
+        "metrics": {"validation": fitted.validation, "test": fitted.test},
+        "calibration": fitted.calibration,
+        "notes": fitted.notes,
+        "split": meta.get("split", {}),
+        "split_hash": meta.get("split_hash"),
+        "feature_stats": meta.get("feature_stats"),
+    }
+    save_change_model(folder, module, fitted.probe, info)
+    loaded: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+    return loaded
+
+
+def save_cell_change_model(
+    cell_dir: Path, cfg: Config, *, objective: str, feature: str, seed: int
+) -> dict[str, Any]:
+    """``cell_dir/change-model`` from the cell's embeddings and best checkpoint (reused when
+    already saved); returns its ``model.json`` content."""
+    folder = cell_dir / CHANGE_MODEL_DIR
+    if (folder / MODEL_FILE).is_file():
+        info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+        return info
+    frame, _ = read_embeddings(cell_dir / "embeddings.parquet")
+    checkpoints = cell_dir / "run" / "checkpoints"
+    best = checkpoints / "best.ckpt"
+    return save_fitted_change_model(
+        folder,
+        frame,
+        best if best.exists() else checkpoints / "last.ckpt",
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        feature=feature,
+        classifier=cfg.eval.classifier,
+        seed=seed,
+        source={"objective": objective, "cell": f"{objective}/{cell_dir.name}"},
+    )
+
+
+def save_evaluated_change_model(
+    frame: pd.DataFrame,
+    meta: dict[str, Any],
+    out: Path,
+    cfg: Config,
+    *,
+    higher_is_better: bool,
+    delta: float | str,
+) -> Path | None:
+    """`learner evaluate`: ``out/change-model`` when the embeddings name the checkpoint that
+    made them (``learner embed`` records it); None otherwise. ``delta`` is the band the
+    evaluation used (``--delta``, the config's, or the run's)."""
+    checkpoint = Path(str(meta.get("checkpoint", "")))
+    if not checkpoint.is_file():
+        return None
+    folder = Path(out) / CHANGE_MODEL_DIR
+    save_fitted_change_model(
+        folder,
+        frame,
+        checkpoint,
+        delta=delta,
+        higher_is_better=higher_is_better,
+        feature=cfg.eval.feature,
+        classifier=cfg.eval.classifier,
+        seed=cfg.train.seed,
+        source={"objective": meta.get("objective"), "checkpoint": str(checkpoint)},
+    )
+    return folder
+
+
+def _validation_score(info: dict[str, Any]) -> float:
+    value = info["metrics"]["validation"].get(SELECTION_METRIC)
+    return float(value) if value is not None and math.isfinite(value) else -math.inf
+
+
+def save_run_change_models(
+    ablation: AblationResult, cfg: Config, out: Path, *, log: Log = print
+) -> dict[str, Any]:
+    """A change model per objective and seed, the validation-best one copied to
+    ``out/change-model``; adds ``change_model`` to ``results.json`` and returns it."""
+    out = Path(out)
+    feature = cfg.run.features[0]
+    candidates: dict[str, dict[str, Any]] = {}
+    for label, run_dirs in ablation.run_dirs.items():
+        for run_dir in run_dirs:
+            cell_dir = run_dir.parent
+            seed = int(cell_dir.name.removeprefix("seed").split("-")[0])
+            info = save_cell_change_model(
+                cell_dir, cfg, objective=label, feature=feature, seed=seed
+            )
+            candidates[info["cell"]] = {**info, "folder": cell_dir / CHANGE_MODEL_DIR}
+    if not candidates:
+        raise DataError("the run has no trained cell to save a change model from")
+    # max keeps the first of equal scores: the config's objective order breaks ties.
+    cell = max(candidates, key=lambda c: _validation_score(candidates[c]))
+    chosen = candidates[cell]
+    selection = {
+        "cell": cell,
+        "metric": SELECTION_METRIC,
+        "on": "validation patients",
+        "validation": chosen["metrics"]["validation"].get(SELECTION_METRIC),
+        "candidates": {
+            c: info["metrics"]["validation"].get(SELECTION_METRIC) for c, info in candidates.items()
+        },
+    }
+    target = out / CHANGE_MODEL_DIR
+    tmp = out / (CHANGE_MODEL_DIR + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(chosen["folder"], tmp)
+    model_info = json.loads((tmp / MODEL_FILE).read_text(encoding="utf-8"))
+    write_json(tmp / MODEL_FILE, {**model_info, "selection": selection})
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+    calibration = chosen["calibration"]
+    bins = {
+        f"{name} (ECE {_fmt(calibration[f'ece_test_{name}'])})": pd.DataFrame(table)
+        for name, table in calibration["reliability_test"].items()
+    }
+    figure = plot_reliability(bins, out / "figures" / "reliability.png")
+    summary = {
+        **selection,
+        "folder": CHANGE_MODEL_DIR,
+        "test": chosen["metrics"]["test"],
+        "temperature": calibration["temperature"],
+        "ece_test_raw": calibration["ece_test_raw"],
+        "ece_test_calibrated": calibration["ece_test_calibrated"],
+        "figure": figure.relative_to(out).as_posix(),
+    }
+    ablation.results["change_model"] = summary
+    write_json(ablation.results_path, ablation.results)
+    log(
+        f"change model: {target} ({cell}, validation {SELECTION_METRIC} "
+        f"{_fmt(selection['validation'])}; test ECE {_fmt(summary['ece_test_raw'])} raw, "
+        f"{_fmt(summary['ece_test_calibrated'])} calibrated)"
+    )
+    return summary
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.3f}"

@@ -1,0 +1,321 @@
+"""`learner predict`: a change model applied to new patients.
+
+Per scan, the regression head's score; per consecutive visit pair of each patient,
+``p_worsen, p_stable, p_improve``, the label, the predicted score change (head), and the
+cosine distance between the two visit embeddings. With zones, pairs are first formed zone
+by zone (as in training) and their probabilities then averaged per visit pair. Scores are
+optional: where both visits of a pair have one, the true label is added, and a summary of
+the metrics on those pairs.
+
+Example:
+    >>> model = load_change_model("runs/demo/change-model")
+    >>> result = predict_change(model, "new_patients/manifest.csv")
+    >>> result.pairs[["patient_id", "visit_from", "visit_to", "label", "p_improve"]]
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from learner.data.manifest import Manifest, load_manifest
+from learner.data.pairs import consecutive_pairs, label_changes
+from learner.errors import ConfigError
+from learner.evaluate.change import (
+    change_features,
+    class_metrics,
+    confusion_counts,
+    cosine_distance,
+    label_codes,
+    visit_embeddings,
+)
+from learner.evaluate.embed import embed_frame, prepared_for_model
+from learner.evaluate.embeddings_io import read_embeddings
+from learner.io import atomic_path, write_json
+from learner.pipeline.change_model import CLASSES, ChangeModel
+
+PROBABILITIES = tuple(f"p_{c}" for c in CLASSES)
+EXTERNAL = "external"
+
+
+@dataclass
+class Predictions:
+    """What :func:`predict_change` found.
+
+    Attributes:
+        scans: one row per scan: patient_id, visit, visit_order, [zone,] path, score,
+            pred_score, seen (the model's split of the patient, ``external`` if never seen).
+        pairs: one row per consecutive visit pair: patient_id, visit_from, visit_to (as
+            written in the manifest), visit_order_from, visit_order_to, p_worsen, p_stable,
+            p_improve, label, predicted_change, distance, [n_zones,] and, where both visits
+            have a score, score_from, score_to, change, true_label.
+        zone_pairs: with zones, the same per zone before averaging (else None).
+        summary: the model used, counts, notes, and ``metrics`` on labelled pairs.
+    """
+
+    scans: pd.DataFrame
+    pairs: pd.DataFrame
+    zone_pairs: pd.DataFrame | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _embed_manifest(model: ChangeModel, manifest: Manifest) -> pd.DataFrame:
+    """Embed every scan of ``manifest``; the embeddings frame (one row per scan)."""
+    frame = manifest.frame.copy()
+    assignment: dict[str, str] = model.info.get("split", {}) or {}
+    frame["split"] = frame["patient_id"].map(assignment).fillna(EXTERNAL)
+    stats = model.info.get("feature_stats")
+    data = prepared_for_model(
+        model.module,
+        manifest,
+        frame,
+        assignment=assignment,
+        split_hash=str(model.info.get("split_hash", "")),
+        feature_stats=(np.asarray(stats[0]), np.asarray(stats[1])) if stats else None,
+    )
+    with tempfile.TemporaryDirectory(prefix="learner-predict-") as tmp:
+        path = Path(tmp) / "embeddings.parquet"
+        embed_frame(
+            model.module,
+            data,
+            frame,
+            path,
+            metadata={"change_model": str(model.folder)},
+            batch_size=model.module.cfg.train.batch_size,
+        )
+        embedded, _ = read_embeddings(path)
+    return embedded
+
+
+def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> pd.DataFrame:
+    """Embed scans given as paths or arrays: the embeddings frame, one row per item, in order."""
+    cfg = model.module.cfg
+    tabular = cfg.data.input.kind == "tabular"
+    columns = list(cfg.data.feature_columns or [])
+    with tempfile.TemporaryDirectory(prefix="learner-embed-") as tmp:
+        rows: list[dict[str, Any]] = []
+        for i, item in enumerate(items):
+            row: dict[str, Any] = {"patient_id": f"item{i:06d}", "visit": 0, "score": ""}
+            if tabular:
+                vector = np.asarray(np.load(item) if not isinstance(item, np.ndarray) else item)
+                if vector.shape != (len(columns),):
+                    raise ConfigError(
+                        f"item {i}: a feature vector of shape {vector.shape}; this model takes "
+                        f"({len(columns)},) in the order {columns}"
+                    )
+                row.update(dict(zip(columns, vector.tolist(), strict=True)))
+            elif isinstance(item, np.ndarray):
+                # Through a file, so arrays take exactly the readers' and datasets' path.
+                path = Path(tmp) / f"item{i:06d}.npy"
+                np.save(path, item)
+                row["path"] = str(path)
+            else:
+                row["path"] = str(Path(item).resolve())
+            rows.append(row)
+        if not rows:
+            return pd.DataFrame({"pred_score": [], "embedding": []})
+        table = Path(tmp) / "items.csv"
+        pd.DataFrame(rows).to_csv(table, index=False)
+        manifest = load_manifest(table, feature_columns=columns if tabular else None)
+        # Every item is its own patient: no duplicate-row or pairing rule applies across items.
+        embedded = _embed_manifest(model, manifest)
+    return embedded.sort_values("patient_id", kind="stable").reset_index(drop=True)
+
+
+def _as_manifest(
+    source: str | Path | pd.DataFrame, model: ChangeModel, columns: Mapping[str, str] | None
+) -> Manifest:
+    features = model.module.cfg.data.feature_columns
+    options: dict[str, Any] = {
+        "feature_columns": features,
+        "require_score": False,
+        # The model's own mapping unless the caller names the new data's columns.
+        "columns": model.module.cfg.data.columns if columns is None else columns,
+    }
+    if not isinstance(source, pd.DataFrame):
+        return load_manifest(Path(source), **options)
+    frame = source.copy()
+    if "path" in frame.columns:
+        # Relative paths in a frame start at the working directory.
+        frame["path"] = [str(Path(p).resolve()) for p in frame["path"].astype(str)]
+    with tempfile.TemporaryDirectory(prefix="learner-predict-") as tmp:
+        table = Path(tmp) / "manifest.parquet"
+        with atomic_path(table) as path:
+            frame.to_parquet(path, index=False)
+        return load_manifest(table, **options)
+
+
+def predict_change(
+    model: ChangeModel,
+    manifest: str | Path | pd.DataFrame,
+    *,
+    columns: Mapping[str, str] | None = None,
+) -> Predictions:
+    """Predict per scan and per consecutive visit pair for the patients of ``manifest``.
+
+    Args:
+        model: from :func:`learner.pipeline.change_model.load_change_model`.
+        manifest: a manifest file (CSV / Parquet) or a frame with its columns; ``score`` may
+            be absent or empty.
+        columns: the manifest's names for the standard columns (``{"patient_id": "subject#"}``).
+
+    Returns:
+        :class:`Predictions`. A patient with one visit gets per-scan predictions and a note.
+    """
+    loaded = _as_manifest(manifest, model, columns)
+    embedded = _embed_manifest(model, loaded)
+    zone = ["zone"] if "zone" in embedded.columns and embedded["zone"].notna().any() else []
+    scans = embedded.drop(columns=["embedding"]).rename(columns={"split": "seen"})
+
+    visits, matrix = visit_embeddings(embedded)
+    # Every consecutive pair, labelled or not: pair on a placeholder score, read the real one.
+    pairs = consecutive_pairs(visits.assign(score=0.0))
+    start, end = pairs["index_from"].to_numpy(), pairs["index_to"].to_numpy()
+    x = change_features(matrix, pairs, model.feature)
+    proba = model.probe.predict_proba(x) if len(pairs) else np.zeros((0, len(CLASSES)))
+    pred = visits["pred_score"].to_numpy(np.float64)
+    table = pairs[["patient_id", *zone, "visit_from", "visit_to"]].rename(
+        columns={"visit_from": "visit_order_from", "visit_to": "visit_order_to"}
+    )
+    table = table.assign(
+        **{name: proba[:, k] for k, name in enumerate(PROBABILITIES)},
+        predicted_change=pred[end] - pred[start],
+        distance=cosine_distance(matrix[start], matrix[end]),
+        score_from=visits["score"].to_numpy(np.float64)[start],
+        score_to=visits["score"].to_numpy(np.float64)[end],
+    )
+    visit_ids = _visit_ids(scans)
+    zone_pairs: pd.DataFrame | None = None
+    if zone:
+        zone_pairs = _finish(table, model, visit_ids)
+        visit_scores = scans.groupby(["patient_id", "visit_order"])["score"].mean()
+        table = (
+            table.groupby(["patient_id", "visit_order_from", "visit_order_to"], sort=True)
+            .agg(
+                **{name: (name, "mean") for name in PROBABILITIES},
+                predicted_change=("predicted_change", "mean"),
+                distance=("distance", "mean"),
+                n_zones=("zone", "size"),
+            )
+            .reset_index()
+        )
+        key_from = list(zip(table["patient_id"], table["visit_order_from"], strict=True))
+        key_to = list(zip(table["patient_id"], table["visit_order_to"], strict=True))
+        table["score_from"] = visit_scores.reindex(key_from).to_numpy(np.float64)
+        table["score_to"] = visit_scores.reindex(key_to).to_numpy(np.float64)
+    pair_table = _finish(table, model, visit_ids)
+    return Predictions(
+        scans=scans,
+        pairs=pair_table,
+        zone_pairs=zone_pairs,
+        summary=_summary(model, scans, pair_table, loaded),
+    )
+
+
+def _visit_ids(scans: pd.DataFrame) -> pd.Series:
+    """(patient_id, visit_order) -> the visit as written in the manifest."""
+    return scans.groupby(["patient_id", "visit_order"])["visit"].first()
+
+
+def _finish(table: pd.DataFrame, model: ChangeModel, visit_ids: pd.Series) -> pd.DataFrame:
+    """Label, visit ids, and the true label where both visits have a score."""
+    out = table.reset_index(drop=True).copy()
+    proba = out[list(PROBABILITIES)].to_numpy(np.float64)
+    out["label"] = np.asarray(CLASSES)[np.argmax(proba, axis=1)] if len(out) else []
+    for side in ("from", "to"):
+        keys = list(zip(out["patient_id"], out[f"visit_order_{side}"], strict=True))
+        out[f"visit_{side}"] = visit_ids.reindex(keys).to_numpy()
+    change = out["score_to"] - out["score_from"]
+    labelled = np.isfinite(change.to_numpy(np.float64))
+    out["change"] = change
+    true = np.full(len(out), None, dtype=object)
+    if labelled.any():
+        true[labelled] = label_changes(
+            change[labelled], model.band, higher_is_better=model.higher_is_better
+        )
+    out["true_label"] = true
+    zone = ["zone"] if "zone" in out.columns else []
+    first = ["patient_id", *zone, "visit_from", "visit_to", "visit_order_from", "visit_order_to"]
+    middle = [*PROBABILITIES, "label", "predicted_change", "distance"]
+    last = [c for c in ("n_zones",) if c in out.columns]
+    last += ["score_from", "score_to", "change", "true_label"]
+    return out[first + middle + last]
+
+
+def _summary(
+    model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame, manifest: Manifest
+) -> dict[str, Any]:
+    notes = list(manifest.warnings)
+    visits = scans.groupby("patient_id")["visit_order"].nunique()
+    single = sorted(visits[visits < 2].index.astype(str))
+    for patient in single:
+        notes.append(f"patient {patient!r} has one visit: per-scan predictions only, no pair")
+    trained = scans["seen"].isin(["train", "val"])
+    seen = sorted(set(scans.loc[trained, "patient_id"].astype(str)))
+    if seen:
+        notes.append(
+            f"{len(seen)} patient(s) trained the model (e.g. {seen[0]!r}); their predictions "
+            "are not a held-out test"
+        )
+    summary: dict[str, Any] = {
+        "model": str(model.folder),
+        "selected": model.info.get("selection", {}).get("cell"),
+        "classes": list(CLASSES),
+        "band": model.band,
+        "higher_is_better": model.higher_is_better,
+        "temperature": model.probe.temperature,
+        "patients": int(scans["patient_id"].nunique()),
+        "scans": len(scans),
+        "pairs": len(pairs),
+        "labelled_pairs": int(pairs["true_label"].notna().sum()),
+        "notes": notes,
+    }
+    labelled = pairs[pairs["true_label"].notna()]
+    if len(labelled):
+        true, predicted = label_codes(labelled["true_label"]), label_codes(labelled["label"])
+        confusion = confusion_counts(true, predicted)
+        accuracy, balanced, macro_f1 = class_metrics(confusion)
+        scored = scans[np.isfinite(scans["score"].to_numpy(np.float64))]
+        summary["metrics"] = {
+            "accuracy": accuracy,
+            "balanced_accuracy": balanced,
+            "macro_f1": macro_f1,
+            "confusion": confusion.tolist(),
+            "score_mae": float(np.mean(np.abs(scored["pred_score"] - scored["score"])))
+            if len(scored)
+            else math.nan,
+        }
+    return summary
+
+
+def write_predictions(result: Predictions, out: Path) -> dict[str, Path]:
+    """Write the pair table to ``out`` (``.csv`` or ``.parquet``), the scans (and zone pairs)
+    beside it as ``<stem>_scans`` (``<stem>_zones``), and ``<stem>_summary.json``."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"--out {out}: write .csv or .parquet (e.g. --out predictions.csv)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = {"pairs": out, "scans": out.with_name(f"{out.stem}_scans{suffix}")}
+    if result.zone_pairs is not None:
+        written["zones"] = out.with_name(f"{out.stem}_zones{suffix}")
+    tables = {"pairs": result.pairs, "scans": result.scans, "zones": result.zone_pairs}
+    for key, path in written.items():
+        frame = tables[key]
+        assert frame is not None
+        with atomic_path(path) as tmp:
+            if suffix == ".csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+    summary = out.with_name(f"{out.stem}_summary.json")
+    write_json(summary, result.summary)
+    written["summary"] = summary
+    return written
