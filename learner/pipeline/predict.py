@@ -97,8 +97,9 @@ def _embed_manifest(model: ChangeModel, manifest: Manifest) -> pd.DataFrame:
 def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> pd.DataFrame:
     """Embed scans given as paths or arrays: the embeddings frame, one row per item, in order."""
     cfg = model.module.cfg
-    tabular = cfg.data.input.kind == "tabular"
     columns = list(cfg.data.feature_columns or [])
+    # Tables given as columns take vectors in column order; (F,) vector files take paths.
+    tabular = cfg.data.input.kind == "tabular" and bool(columns)
     with tempfile.TemporaryDirectory(prefix="learner-embed-") as tmp:
         rows: list[dict[str, Any]] = []
         for i, item in enumerate(items):
@@ -255,14 +256,18 @@ def _summary(
     notes = list(manifest.warnings)
     visits = scans.groupby("patient_id")["visit_order"].nunique()
     single = sorted(visits[visits < 2].index.astype(str))
-    for patient in single:
-        notes.append(f"patient {patient!r} has one visit: per-scan predictions only, no pair")
+    if single:
+        shown = ", ".join(repr(p) for p in single[:5]) + (" ..." if len(single) > 5 else "")
+        notes.append(
+            f"{len(single)} patient(s) with one visit get per-scan predictions and no pair: "
+            f"{shown}"
+        )
     trained = scans["seen"].isin(["train", "val"])
     seen = sorted(set(scans.loc[trained, "patient_id"].astype(str)))
     if seen:
         notes.append(
-            f"{len(seen)} patient(s) trained the model (e.g. {seen[0]!r}); their predictions "
-            "are not a held-out test"
+            f"{len(seen)} patient id(s) are in the model's training split (e.g. {seen[0]!r}); "
+            "if they are the same patients, their predictions are not a held-out test"
         )
     summary: dict[str, Any] = {
         "model": str(model.folder),

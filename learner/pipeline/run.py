@@ -39,7 +39,13 @@ from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.io import atomic_path, write_json
 from learner.train.module import LearnerModule
-from learner.train.pretrain import PreparedData, package_versions, prepare_data, pretrain
+from learner.train.pretrain import (
+    PreparedData,
+    model_config,
+    package_versions,
+    prepare_data,
+    pretrain,
+)
 
 Log = Callable[[str], None]
 HEAD_DELTA = "head_delta"
@@ -218,7 +224,7 @@ def run_untrained(
     emb = cell_dir / "embeddings.parquet"
     if not _cell_done(cell_dir, features) and not emb.exists():
         L.seed_everything(seed, verbose=False)
-        model = LearnerModule(cfg.to_plain(), data.score_range, {"seed": seed})
+        model = LearnerModule(model_config(cfg, data), data.score_range, {"seed": seed})
         embed_frame(
             model,
             data,
