@@ -44,8 +44,9 @@ from learner.evaluate.change import (
 from learner.evaluate.embed import load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.plots import plot_reliability
+from learner.evaluate.probe import Probe
 from learner.io import write_json
-from learner.pipeline.change_model import MODEL_FILE, Probe, save_change_model
+from learner.pipeline.change_model import MODEL_FILE, save_change_model
 from learner.pipeline.run import AblationResult
 
 CHANGE_MODEL_DIR = "change-model"
@@ -104,8 +105,8 @@ def fit_change_model(
         "seed": seed,
     }
     full = evaluate_change(frame, **common)
-    assert full.model is not None
-    probe = Probe.from_pipeline(full.model)
+    assert full.probe is not None
+    probe = full.probe
     notes = list(full.warnings)
     temperature = 1.0
     validation = dict.fromkeys(CLASS_METRICS, math.nan)
@@ -115,8 +116,8 @@ def fit_change_model(
     except DataError as exc:
         notes.append(f"no validation estimate ({exc.problems[0]}); temperature 1 (uncalibrated)")
     else:
-        assert val.model is not None
-        val_probe = Probe.from_pipeline(val.model)
+        assert val.probe is not None
+        val_probe = val.probe
         x_val, _ = _split_features(frame, "val", feature)
         val_codes = label_codes(val.test_pairs["label"])
         val_logits = val_probe.logits(x_val)

@@ -259,8 +259,7 @@ def _summary(
     if single:
         shown = ", ".join(repr(p) for p in single[:5]) + (" ..." if len(single) > 5 else "")
         notes.append(
-            f"{len(single)} patient(s) with one visit get per-scan predictions and no pair: "
-            f"{shown}"
+            f"{len(single)} patient(s) with one visit get per-scan predictions and no pair: {shown}"
         )
     trained = scans["seen"].isin(["train", "val"])
     seen = sorted(set(scans.loc[trained, "patient_id"].astype(str)))
