@@ -135,7 +135,7 @@ def save_change_model(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-    with atomic_path(tmp / WEIGHTS_FILE) as path, open(path, "wb") as fh:
+    with atomic_path(tmp / WEIGHTS_FILE) as tmp_path, open(tmp_path, "wb") as fh:
         np.savez(fh, **state)
     atomic_write_text(tmp / PROBE_FILE, json.dumps(probe.to_json()))
     write_json(

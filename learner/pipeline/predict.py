@@ -105,7 +105,9 @@ def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) ->
         for i, item in enumerate(items):
             row: dict[str, Any] = {"patient_id": f"item{i:06d}", "visit": 0, "score": ""}
             if tabular:
-                vector = np.asarray(np.load(item) if not isinstance(item, np.ndarray) else item)
+                vector = np.asarray(
+                    item if isinstance(item, np.ndarray) else np.load(item, allow_pickle=False)
+                )
                 if vector.shape != (len(columns),):
                     raise ConfigError(
                         f"item {i}: a feature vector of shape {vector.shape}; this model takes "
@@ -114,17 +116,17 @@ def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) ->
                 row.update(dict(zip(columns, vector.tolist(), strict=True)))
             elif isinstance(item, np.ndarray):
                 # Through a file, so arrays take exactly the readers' and datasets' path.
-                path = Path(tmp) / f"item{i:06d}.npy"
-                np.save(path, item)
-                row["path"] = str(path)
+                tmp_path = Path(tmp) / f"item{i:06d}.npy"
+                np.save(tmp_path, item)
+                row["path"] = str(tmp_path)
             else:
                 row["path"] = str(Path(item).resolve())
             rows.append(row)
         if not rows:
             return pd.DataFrame({"pred_score": [], "embedding": []})
-        table = Path(tmp) / "items.csv"
-        pd.DataFrame(rows).to_csv(table, index=False)
-        manifest = load_manifest(table, feature_columns=columns if tabular else None)
+        tmp_path = Path(tmp) / "items.csv"
+        pd.DataFrame(rows).to_csv(tmp_path, index=False)
+        manifest = load_manifest(tmp_path, feature_columns=columns if tabular else None)
         # Every item is its own patient: no duplicate-row or pairing rule applies across items.
         embedded = _embed_manifest(model, manifest)
     return embedded.sort_values("patient_id", kind="stable").reset_index(drop=True)
@@ -147,10 +149,9 @@ def _as_manifest(
         # Relative paths in a frame start at the working directory.
         frame["path"] = [str(Path(p).resolve()) for p in frame["path"].astype(str)]
     with tempfile.TemporaryDirectory(prefix="learner-predict-") as tmp:
-        table = Path(tmp) / "manifest.parquet"
-        with atomic_path(table) as path:
-            frame.to_parquet(path, index=False)
-        return load_manifest(table, **options)
+        tmp_path = Path(tmp) / "manifest.parquet"
+        frame.to_parquet(tmp_path, index=False)
+        return load_manifest(tmp_path, **options)
 
 
 def predict_change(
