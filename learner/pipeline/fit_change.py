@@ -29,6 +29,7 @@ from learner.config import Config
 from learner.data.pairs import consecutive_pairs
 from learner.errors import DataError
 from learner.evaluate.calibration import (
+    MAX_TEMPERATURE,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -122,6 +123,12 @@ def fit_change_model(
         val_codes = label_codes(val.test_pairs["label"])
         val_logits = val_probe.logits(x_val)
         temperature = fit_temperature(val_logits, val_codes)
+        if temperature > 0.99 * MAX_TEMPERATURE:
+            notes.append(
+                f"calibration flattened the probabilities as far as allowed (T = "
+                f"{temperature:.0f}): on validation patients near-uniform probabilities fit "
+                "better than the probe's own"
+            )
         validation = {m: float(val.metrics[m]) for m in CLASS_METRICS}
         calibration["n_validation_pairs"] = len(val_codes)
         calibration["ece_validation_raw"] = expected_calibration_error(
@@ -316,6 +323,8 @@ def save_run_change_models(
         f"{_fmt(selection['validation'])}; test ECE {_fmt(summary['ece_test_raw'])} raw, "
         f"{_fmt(summary['ece_test_calibrated'])} calibrated)"
     )
+    for note in chosen.get("notes", []):
+        log(f"change model note: {note}")
     return summary
 
 
