@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 # name -> (module, attribute)
 _API = {
     "load_model": ("learner.api", "load_model"),
-    "synth": ("learner.api", "synth"),
+    # learner.synth(modality, out, *, patients, seed, preset, null, preview) -> CohortFiles
+    "synth": ("learner.data.synthetic", "write_cohort"),
     "CLASSES": ("learner.data.pairs", "LABELS"),
 }
 _SUBPACKAGES = ("losses",)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from learner.data.synthetic import CohortFiles, write_cohort
 from learner.errors import DataError
 from learner.pipeline.change_model import ChangeModel, is_change_model, load_change_model
 from learner.pipeline.fit_change import CHANGE_MODEL_DIR
@@ -42,26 +41,3 @@ def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> ChangeMo
     is JSON.
     """
     return load_change_model(resolve_model_dir(path)).to(device)
-
-
-def synth(
-    modality: str,
-    out: str | os.PathLike[str],
-    *,
-    patients: int | None = None,
-    seed: int = 0,
-    preset: str = "demo",
-    null: bool = False,
-    preview: bool = False,
-) -> CohortFiles:
-    """Write a synthetic longitudinal cohort (``"lus"`` clips or ``"mri"`` volumes) as real
-    files plus ``manifest.csv``, as `learner synth` does; returns the paths written."""
-    return write_cohort(
-        modality,
-        Path(out),
-        patients=patients,
-        seed=seed,
-        preset=preset,
-        null=null,
-        preview=preview,
-    )

@@ -30,6 +30,12 @@ class InputConfig(_Section):
     size: int = Field(112, ge=8, description="Frame edge (clips) or grid edge (volumes).")
     channels: Literal[1, 3] = 1
     clips_per_scan: int = Field(1, ge=1, description="Eval-time clip samplings averaged per scan.")
+    features: int | None = Field(
+        None,
+        ge=1,
+        description="F of (F,) .npy feature files (tabular without feature_columns); "
+        "null = read from the data.",
+    )
 
 
 class SplitConfig(_Section):

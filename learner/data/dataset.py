@@ -66,7 +66,8 @@ class InputSpec:
         frames: T, frames (or slices) per clip.
         size: H = W of a clip; the cubic grid edge of a volume.
         channels: C of a clip, 1 (grey) or 3 (RGB).
-        feature_columns: the manifest columns of a tabular scan, in order.
+        feature_columns: the manifest columns of a tabular scan, in order; empty: each
+            scan is a (F,) ``.npy`` vector named in the ``path`` column.
         clips_per_scan: K clip samplings per scan at evaluation (video only); items then hold
             x of shape (K, T, C, H, W), to be averaged after the encoder.
     """
@@ -87,8 +88,6 @@ class InputSpec:
             )
         if self.channels not in (1, 3):
             raise ConfigError(f"input.channels: {self.channels} is not 1 (grey) or 3 (RGB)")
-        if self.kind == "tabular" and not self.feature_columns:
-            raise ConfigError("input.feature_columns: tabular input needs at least one column")
         if self.clips_per_scan < 1 or (self.clips_per_scan > 1 and self.kind != "video"):
             raise ConfigError(
                 f"input.clips_per_scan: {self.clips_per_scan}; must be >= 1, and above 1 only "
@@ -158,7 +157,11 @@ class ScanDataset(Dataset[dict[str, Any]]):
         self._paths: list[str] = []
         self._features: np.ndarray = np.empty((len(frame), 0), dtype=np.float32)
         if input.kind == "tabular":
-            features = _feature_matrix(frame, list(input.feature_columns), rows)
+            features = (
+                _feature_matrix(frame, list(input.feature_columns), rows)
+                if input.feature_columns
+                else read_vectors(frame, rows)
+            )
             if feature_stats is not None:
                 mean, std = (np.asarray(a, dtype=np.float32) for a in feature_stats)
                 # A constant training column has std 0: leave it centred rather than divide.
@@ -348,6 +351,38 @@ def _eval_frame_indices(n_frames: int, n_segments: int, n_clips: int) -> list[np
         )
         for k in range(n_clips)
     ]
+
+
+def read_vectors(frame: pd.DataFrame, rows: list[Any] | None = None) -> np.ndarray:
+    """The (F,) ``.npy`` vectors named in ``frame["path"]``, stacked: (N, F) float32.
+
+    Raises:
+        DataError: no ``path`` column, a file that is not a (F,) vector, or vectors of
+            different lengths (naming the manifest row).
+    """
+    if "path" not in frame.columns:
+        raise DataError(
+            "tabular input without data.feature_columns reads (F,) .npy files from the path "
+            "column, but the manifest has none; add paths or name the feature columns"
+        )
+    rows = rows if rows is not None else [i + 2 for i in range(len(frame))]
+    vectors: list[np.ndarray] = []
+    for row, path in zip(rows, frame["path"].astype(str), strict=True):
+        scan = read_scan(Path(path))
+        if scan.kind != "vector":
+            raise DataError(
+                f"manifest row {row}, column path: {path} is a {scan.kind}, not a (F,) feature "
+                "vector; save one numpy.save vector per scan or set data.input.kind"
+            )
+        if vectors and scan.array.shape != vectors[0].shape:
+            raise DataError(
+                f"manifest row {row}, column path: {path} holds {scan.array.shape[0]} features "
+                f"but row {rows[0]} holds {vectors[0].shape[0]}; save vectors of one length"
+            )
+        vectors.append(scan.array)
+    if not vectors:
+        return np.empty((0, 0), dtype=np.float32)
+    return np.stack(vectors).astype(np.float32, copy=False)
 
 
 def _feature_matrix(frame: pd.DataFrame, columns: list[str], rows: list[Any]) -> np.ndarray:

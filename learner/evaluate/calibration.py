@@ -26,6 +26,7 @@ from scipy.optimize import minimize_scalar
 N_BINS = 10
 # log T is searched in [-3, 3]: T from 0.05 (sharpen 20x) to 20 (flatten 20x).
 _LOG_T_BOUNDS = (-3.0, 3.0)
+MAX_TEMPERATURE = math.exp(_LOG_T_BOUNDS[1])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ from learner.data.splits import check_no_leakage
 from learner.errors import ConfigError, DataError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
 from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
+from learner.evaluate.probe import Probe
 
 FEATURES = ("diff", "concat")
 CLASSIFIERS = ("logreg", "mlp")
@@ -92,7 +93,9 @@ class ChangeResult:
         test_pairs: per test pair: patient_id, [zone,] visit_from, visit_to, change, label,
             predicted, head_predicted, distance, predicted_change.
         train_patients, test_patients: sorted patient ids whose pairs trained / tested.
-        model: the fitted classifier pipeline (scaler + classifier) on the embedding feature.
+        model: the fitted classifier pipeline (scaler + classifier) on the embedding feature;
+            scikit-learn orders its ``classes_`` alphabetically: use ``probe``.
+        probe: the same classifier as arrays, probabilities in :data:`LABELS` order.
         bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
             seeds (see :func:`learner.pipeline.run.metric_block`).
     """
@@ -122,6 +125,7 @@ class ChangeResult:
     test_patients: list[str] = field(default_factory=list)
     model: Pipeline | None = None
     bootstrap: dict[str, np.ndarray] = field(default_factory=dict)
+    probe: Probe | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict (floats, ints, strings, lists; NaN -> None)."""
@@ -632,6 +636,7 @@ def evaluate_change(
         test_patients=sorted(test_patients),
         model=model,
         bootstrap=samples,
+        probe=Probe.from_pipeline(model),
     )
 
 

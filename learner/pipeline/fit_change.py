@@ -29,6 +29,7 @@ from learner.config import Config
 from learner.data.pairs import consecutive_pairs
 from learner.errors import DataError
 from learner.evaluate.calibration import (
+    MAX_TEMPERATURE,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -44,9 +45,11 @@ from learner.evaluate.change import (
 from learner.evaluate.embed import load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.plots import plot_reliability
+from learner.evaluate.probe import Probe
 from learner.io import write_json
-from learner.pipeline.change_model import MODEL_FILE, Probe, save_change_model
-from learner.pipeline.run import AblationResult
+from learner.pipeline.change_model import MODEL_FILE, save_change_model
+from learner.pipeline.run import KEY_FILE, AblationResult
+from learner.provenance import read_key, write_key
 
 CHANGE_MODEL_DIR = "change-model"
 SELECTION_METRIC = "balanced_accuracy"
@@ -104,8 +107,8 @@ def fit_change_model(
         "seed": seed,
     }
     full = evaluate_change(frame, **common)
-    assert full.model is not None
-    probe = Probe.from_pipeline(full.model)
+    assert full.probe is not None
+    probe = full.probe
     notes = list(full.warnings)
     temperature = 1.0
     validation = dict.fromkeys(CLASS_METRICS, math.nan)
@@ -115,12 +118,18 @@ def fit_change_model(
     except DataError as exc:
         notes.append(f"no validation estimate ({exc.problems[0]}); temperature 1 (uncalibrated)")
     else:
-        assert val.model is not None
-        val_probe = Probe.from_pipeline(val.model)
+        assert val.probe is not None
+        val_probe = val.probe
         x_val, _ = _split_features(frame, "val", feature)
         val_codes = label_codes(val.test_pairs["label"])
         val_logits = val_probe.logits(x_val)
         temperature = fit_temperature(val_logits, val_codes)
+        if temperature > 0.99 * MAX_TEMPERATURE:
+            notes.append(
+                f"calibration flattened the probabilities as far as allowed (T = "
+                f"{temperature:.0f}): on validation patients near-uniform probabilities fit "
+                "better than the probe's own"
+            )
         validation = {m: float(val.metrics[m]) for m in CLASS_METRICS}
         calibration["n_validation_pairs"] = len(val_codes)
         calibration["ece_validation_raw"] = expected_calibration_error(
@@ -207,13 +216,18 @@ def save_cell_change_model(
     """``cell_dir/change-model`` from the cell's embeddings and best checkpoint (reused when
     already saved); returns its ``model.json`` content."""
     folder = cell_dir / CHANGE_MODEL_DIR
-    if (folder / MODEL_FILE).is_file():
-        info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
-        return info
+    # The probe depends on what the cell's evaluation depends on (band, classifier, feature,
+    # pretraining): reuse the saved model only while the evaluation's key is the one it was
+    # fitted under (learner.provenance).
+    evaluation = read_key(cell_dir / f"eval-{feature}" / KEY_FILE)
+    if (folder / MODEL_FILE).is_file() and evaluation is not None:
+        if read_key(folder / KEY_FILE) == evaluation:
+            info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+            return info
     frame, _ = read_embeddings(cell_dir / "embeddings.parquet")
     checkpoints = cell_dir / "run" / "checkpoints"
     best = checkpoints / "best.ckpt"
-    return save_fitted_change_model(
+    info = save_fitted_change_model(
         folder,
         frame,
         best if best.exists() else checkpoints / "last.ckpt",
@@ -224,6 +238,9 @@ def save_cell_change_model(
         seed=seed,
         source={"objective": objective, "cell": f"{objective}/{cell_dir.name}"},
     )
+    if evaluation is not None:
+        write_key(folder / KEY_FILE, evaluation)
+    return info
 
 
 def save_evaluated_change_model(
@@ -322,6 +339,8 @@ def save_run_change_models(
         f"{_fmt(selection['validation'])}; test ECE {_fmt(summary['ece_test_raw'])} raw, "
         f"{_fmt(summary['ece_test_calibrated'])} calibrated)"
     )
+    for note in chosen.get("notes", []):
+        log(f"change model note: {note}")
     return summary
 
 

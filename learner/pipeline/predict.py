@@ -97,14 +97,17 @@ def _embed_manifest(model: ChangeModel, manifest: Manifest) -> pd.DataFrame:
 def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> pd.DataFrame:
     """Embed scans given as paths or arrays: the embeddings frame, one row per item, in order."""
     cfg = model.module.cfg
-    tabular = cfg.data.input.kind == "tabular"
     columns = list(cfg.data.feature_columns or [])
+    # Tables given as columns take vectors in column order; (F,) vector files take paths.
+    tabular = cfg.data.input.kind == "tabular" and bool(columns)
     with tempfile.TemporaryDirectory(prefix="learner-embed-") as tmp:
         rows: list[dict[str, Any]] = []
         for i, item in enumerate(items):
             row: dict[str, Any] = {"patient_id": f"item{i:06d}", "visit": 0, "score": ""}
             if tabular:
-                vector = np.asarray(np.load(item) if not isinstance(item, np.ndarray) else item)
+                vector = np.asarray(
+                    item if isinstance(item, np.ndarray) else np.load(item, allow_pickle=False)
+                )
                 if vector.shape != (len(columns),):
                     raise ConfigError(
                         f"item {i}: a feature vector of shape {vector.shape}; this model takes "
@@ -113,17 +116,17 @@ def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) ->
                 row.update(dict(zip(columns, vector.tolist(), strict=True)))
             elif isinstance(item, np.ndarray):
                 # Through a file, so arrays take exactly the readers' and datasets' path.
-                path = Path(tmp) / f"item{i:06d}.npy"
-                np.save(path, item)
-                row["path"] = str(path)
+                tmp_path = Path(tmp) / f"item{i:06d}.npy"
+                np.save(tmp_path, item)
+                row["path"] = str(tmp_path)
             else:
                 row["path"] = str(Path(item).resolve())
             rows.append(row)
         if not rows:
             return pd.DataFrame({"pred_score": [], "embedding": []})
-        table = Path(tmp) / "items.csv"
-        pd.DataFrame(rows).to_csv(table, index=False)
-        manifest = load_manifest(table, feature_columns=columns if tabular else None)
+        tmp_path = Path(tmp) / "items.csv"
+        pd.DataFrame(rows).to_csv(tmp_path, index=False)
+        manifest = load_manifest(tmp_path, feature_columns=columns if tabular else None)
         # Every item is its own patient: no duplicate-row or pairing rule applies across items.
         embedded = _embed_manifest(model, manifest)
     return embedded.sort_values("patient_id", kind="stable").reset_index(drop=True)
@@ -146,10 +149,9 @@ def _as_manifest(
         # Relative paths in a frame start at the working directory.
         frame["path"] = [str(Path(p).resolve()) for p in frame["path"].astype(str)]
     with tempfile.TemporaryDirectory(prefix="learner-predict-") as tmp:
-        table = Path(tmp) / "manifest.parquet"
-        with atomic_path(table) as path:
-            frame.to_parquet(path, index=False)
-        return load_manifest(table, **options)
+        tmp_path = Path(tmp) / "manifest.parquet"
+        frame.to_parquet(tmp_path, index=False)
+        return load_manifest(tmp_path, **options)
 
 
 def predict_change(
@@ -255,14 +257,17 @@ def _summary(
     notes = list(manifest.warnings)
     visits = scans.groupby("patient_id")["visit_order"].nunique()
     single = sorted(visits[visits < 2].index.astype(str))
-    for patient in single:
-        notes.append(f"patient {patient!r} has one visit: per-scan predictions only, no pair")
+    if single:
+        shown = ", ".join(repr(p) for p in single[:5]) + (" ..." if len(single) > 5 else "")
+        notes.append(
+            f"{len(single)} patient(s) with one visit get per-scan predictions and no pair: {shown}"
+        )
     trained = scans["seen"].isin(["train", "val"])
     seen = sorted(set(scans.loc[trained, "patient_id"].astype(str)))
     if seen:
         notes.append(
-            f"{len(seen)} patient(s) trained the model (e.g. {seen[0]!r}); their predictions "
-            "are not a held-out test"
+            f"{len(seen)} patient id(s) are in the model's training split (e.g. {seen[0]!r}); "
+            "if they are the same patients, their predictions are not a held-out test"
         )
     summary: dict[str, Any] = {
         "model": str(model.folder),

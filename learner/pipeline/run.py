@@ -68,7 +68,13 @@ from learner.provenance import (
     write_key,
 )
 from learner.train.module import LearnerModule
-from learner.train.pretrain import PreparedData, package_versions, prepare_data, pretrain
+from learner.train.pretrain import (
+    PreparedData,
+    model_config,
+    package_versions,
+    prepare_data,
+    pretrain,
+)
 
 Log = Callable[[str], None]
 HEAD_DELTA = "head_delta"
@@ -332,7 +338,9 @@ def embed_untrained(cell: Cell) -> Path:
     if not emb.exists():
         seed = cell.cfg.train.seed
         L.seed_everything(seed, verbose=False)
-        model = LearnerModule(cell.cfg.to_plain(), cell.data.score_range, {"seed": seed})
+        model = LearnerModule(
+            model_config(cell.cfg, cell.data), cell.data.score_range, {"seed": seed}
+        )
         embed_frame(
             model,
             cell.data,

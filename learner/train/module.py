@@ -19,6 +19,7 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from learner.config import Config
+from learner.errors import ConfigError
 from learner.losses import build_objective
 from learner.models import ProjectionHead, RegressionHead, build_encoder
 
@@ -35,7 +36,13 @@ def build_encoder_from_config(cfg: Config) -> nn.Module:
         )
     if m.encoder == "resnet3d_18":
         return build_encoder(m.encoder, in_channels=1, width=m.width)
-    n_features = len(cfg.data.feature_columns or [])
+    # Feature columns, or (F,) vectors read from the path column (F recorded in input.features).
+    n_features = len(cfg.data.feature_columns or []) or (inp.features or 0)
+    if n_features == 0:
+        raise ConfigError(
+            "model.encoder mlp needs data.feature_columns, or (F,) .npy files in the path "
+            "column (then data.input.features is filled in from them)"
+        )
     return build_encoder(
         m.encoder, in_features=n_features, hidden=tuple(m.mlp_hidden), embed_dim=m.mlp_embed_dim
     )

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 import learner
 from learner.config import Config, save_config
 from learner.data.cache import DecodeCache
-from learner.data.dataset import InputSpec, ScanDataset
+from learner.data.dataset import InputSpec, ScanDataset, read_vectors
 from learner.data.manifest import Manifest, load_manifest
 from learner.data.samplers import PatientBatchSampler
 from learner.data.splits import assign_splits, check_no_leakage, split_hash
@@ -156,10 +156,6 @@ def prepare_data(
     cfg: Config, manifest: Manifest | None = None, assignment: dict[str, str] | None = None
 ) -> PreparedData:
     """Load the manifest, assign patient-level splits and derive the score range."""
-    if cfg.data.input.kind == "tabular" and not cfg.data.feature_columns:
-        raise ConfigError(
-            "data.feature_columns is empty; tabular input needs --set data.feature_columns=[a,b]"
-        )
     if manifest is None:
         if cfg.data.manifest is None:
             raise ConfigError(
@@ -204,13 +200,28 @@ def prepare_data(
 def training_feature_stats(
     cfg: Config, frame: pd.DataFrame
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mean and std of each feature column over the training rows (tabular input only)."""
-    if cfg.data.input.kind != "tabular" or not cfg.data.feature_columns:
+    """Mean and std of each feature (columns, or (F,) vector files) over the training rows
+    (tabular input only)."""
+    if cfg.data.input.kind != "tabular":
         return None
-    rows = frame.loc[frame["split"] == "train", list(cfg.data.feature_columns)]
-    values = rows.to_numpy(dtype=np.float64)
+    train = frame[frame["split"] == "train"]
+    if cfg.data.feature_columns:
+        values = train[list(cfg.data.feature_columns)].to_numpy(dtype=np.float64)
+    else:
+        rows = train["row"].tolist() if "row" in train.columns else None
+        values = read_vectors(train, rows).astype(np.float64)
     std = values.std(axis=0)
     return values.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def model_config(cfg: Config, data: PreparedData) -> dict[str, Any]:
+    """The config a model is built and saved with: ``cfg``, plus the feature count F when
+    (F,) vector files are the input (so that a checkpoint rebuilds the same encoder)."""
+    tree = cfg.to_plain()
+    vectors = cfg.data.input.kind == "tabular" and not cfg.data.feature_columns
+    if vectors and data.feature_stats is not None:
+        tree["data"]["input"]["features"] = int(data.feature_stats[0].shape[0])
+    return tree
 
 
 def make_dataset(data: PreparedData, frame: pd.DataFrame, *, train: bool, seed: int) -> ScanDataset:
@@ -314,7 +325,7 @@ def pretrain(
             else None
         ),
     }
-    model = LearnerModule(cfg.to_plain(), data.score_range, run_info)
+    model = LearnerModule(model_config(cfg, data), data.score_range, run_info)
     if cfg.model.pretrained is not None:
         from learner.models.pretrained import load_torchvision_resnet18
 

@@ -297,7 +297,6 @@ def test_wrong_scan_kind_is_a_data_error(scans: dict[str, Path]) -> None:
     [
         {"kind": "audio"},
         {"kind": "video", "channels": 2},
-        {"kind": "tabular"},
         {"kind": "volume", "clips_per_scan": 2},
         {"kind": "video", "frames": 0},
     ],

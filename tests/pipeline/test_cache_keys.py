@@ -3,6 +3,7 @@ depends on it, or the run stops naming the changed keys; results.json matches wh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,17 @@ def test_fingerprint_follows_rows_and_files(tmp_path: Path) -> None:
         "b: 2 -> 3",
         "c: (absent) -> 0",
     ]
+
+
+def test_saved_change_models_follow_the_evaluation_key(tmp_path: Path) -> None:
+    from learner.pipeline.fit_change import save_run_change_models
+
+    manifest = _write_table(tmp_path / "data")
+    out = tmp_path / "run"
+    for delta in (2.0, 5.0):
+        cfg = _config(manifest, f"eval.delta={delta}", "run.objectives=[mse]")
+        ablation = run_ablation(cfg, out, progress=False, log=_quiet)
+        save_run_change_models(ablation, cfg, out, log=_quiet)
+        for folder in (out / "cells" / "mse" / "seed0" / "change-model", out / "change-model"):
+            info = json.loads((folder / "model.json").read_text())
+            assert info["band"] == delta, folder

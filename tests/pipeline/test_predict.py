@@ -117,7 +117,7 @@ def test_single_visit_patient_gets_scan_predictions_and_a_note(
     model = load_change_model(trained["run"] / "change-model")
     result = model.predict_change(manifest)
     assert len(result.scans) == len(one) and result.pairs.empty
-    assert any("has one visit" in note for note in result.summary["notes"])
+    assert any("1 patient(s) with one visit get per-scan" in n for n in result.summary["notes"])
 
 
 def test_a_planted_pickle_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:

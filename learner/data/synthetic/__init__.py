@@ -128,7 +128,7 @@ def _write_preview(
 
 def write_cohort(
     modality: str,
-    out: Path,
+    out: str | Path,
     *,
     patients: int | None = None,
     seed: int = 0,
