@@ -232,7 +232,11 @@ def test_unknown_extension_and_empty_folder(write_manifest, tmp_path: Path) -> N
 
 
 def test_uppercase_extensions_are_known(write_manifest) -> None:
-    path = write_manifest(HEADER + "p,1,A.MP4,1\np,2,b.NII.GZ,1\n", files=("A.MP4", "b.NII.GZ"))
+    # One kind of scan per manifest: clips and volumes each in their own.
+    path = write_manifest(HEADER + "p,1,A.MP4,1\np,2,b.MP4,1\n", files=("A.MP4", "b.MP4"))
+    assert len(load_manifest(path).frame) == 2
+    volumes = ("a.NII.GZ", "b.NII.GZ")
+    path = write_manifest(HEADER + "p,1,a.NII.GZ,1\np,2,b.NII.GZ,1\n", files=volumes)
     assert len(load_manifest(path).frame) == 2
 
 
