@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -207,7 +208,12 @@ def validate(
     Example: learner validate cohort/manifest.csv --delta 2
     """
     from learner.data.manifest import check_scans, load_manifest
-    from learner.data.summary import render_summary, summarize_manifest, summary_warnings
+    from learner.data.summary import (
+        render_scan_kinds,
+        render_summary,
+        summarize_manifest,
+        summary_warnings,
+    )
     from learner.errors import ConfigError
 
     feature_columns = None
@@ -216,12 +222,14 @@ def validate(
         if not feature_columns:
             raise ConfigError("--features is empty; name the columns, e.g. --features a,b,c")
     loaded = load_manifest(manifest, feature_columns=feature_columns)
-    decoded = check_scans(loaded) if decode else None
+    kinds: Counter[tuple[str, str]] = Counter()
+    decoded = check_scans(loaded, kinds) if decode else None
     summary = summarize_manifest(loaded, delta=delta, higher_is_better=not lower_is_better)
     for line in [*loaded.warnings, *summary_warnings(summary)]:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     render_summary(summary, console)
     if decoded is not None and feature_columns is None:
+        render_scan_kinds(kinds, console)
         console.print(f"scan files decoded: {decoded}, all readable")
 
 

@@ -33,6 +33,8 @@ def build_encoder_from_config(cfg: Config) -> nn.Module:
         return build_encoder(
             m.encoder, in_channels=inp.channels, n_segment=inp.frames, width=m.width
         )
+    if m.encoder == "resnet2d_18":
+        return build_encoder(m.encoder, in_channels=inp.channels, width=m.width)
     if m.encoder == "resnet3d_18":
         return build_encoder(m.encoder, in_channels=1, width=m.width)
     n_features = len(cfg.data.feature_columns or [])
