@@ -18,7 +18,7 @@ import torch
 from learner.config import load_config
 from learner.data.manifest import load_manifest
 from learner.data.readers import read_scan
-from learner.evaluate.ablation import run_ablation
+from learner.evaluate.ablation import CellResult, run_ablation
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / ".." / "shared" / "data" / "oasis2-slices"
@@ -103,7 +103,7 @@ def test_builder_takes_the_subjects_present_in_time_order(
 
 @pytest.mark.usefixtures("one_thread")
 def test_config_runs_as_is_on_the_built_manifest(
-    subset: Path, tmp_path: Path, ds: ModuleType
+    subset: Path, tmp_path: Path, ds: ModuleType, load_benchmark: Callable[[str], ModuleType]
 ) -> None:
     path = ds.build_oasis2_slices(tmp_path / "built", root=subset)
     cfg = load_config(
@@ -129,3 +129,33 @@ def test_config_runs_as_is_on_the_built_manifest(
     assert sorted(pairs["patient_id"].unique()) == [f"OAS2_{s}" for s in SUBJECTS[:-1]]
     assert set(pairs["zone"]) == {"axl", "cor", "sag"}
     assert all(math.isfinite(v) for v in objectives["mse"]["balanced_accuracy"]["per_seed"])
+
+    # The benchmark's extras on the same cells: CDR change, labelled from visits.csv ...
+    quality = load_benchmark("quality.py")
+    cdr = quality.run_cdr_change(cfg, load_manifest(path), tmp_path / "run")
+    assert {"mse", "untrained", "head_delta"} <= set(cdr["objectives"])
+    visits = pd.read_csv(tmp_path / "built" / "visits.csv", dtype={"patient_id": str})
+    visits = visits.sort_values(["patient_id", "visit"])
+    visits["order"] = visits.groupby("patient_id").cumcount()  # test pairs name visit ranks
+    cdr_of = {(p, o): c for p, o, c in visits[["patient_id", "order", "cdr"]].values}
+    folders = sorted((tmp_path / "run" / "cells" / "mse").rglob("eval-cdr"))
+    assert len(folders) == 2  # one per fold
+    tested = pd.concat([CellResult.load(f).test_pairs for f in folders])
+    change = [
+        cdr_of[(p, b)] - cdr_of[(p, a)]
+        for p, a, b in tested[["patient_id", "visit_from", "visit_to"]].values
+    ]
+    expected = np.where(np.asarray(change) > 0, "worsen", "stable").astype(object)
+    expected[np.asarray(change) < 0] = "improve"  # a lower CDR is better
+    assert tested["label"].tolist() == expected.tolist()
+    assert {"worsen", "improve"} <= set(expected)
+    # ... the inter-subject check, and the half-width of each paired CI.
+    ranks = quality.run_inter_subject(cfg, tmp_path / "run")
+    for name in ("mse", "untrained"):
+        rho = ranks["objectives"][name]["score_spearman"]["mean"]
+        assert -1.0 <= rho <= 1.0
+    diff = result.results["comparisons"]["differences"]["untrained"]["balanced_accuracy"]
+    half = quality.min_detectable({"untrained": {"balanced_accuracy": diff}})
+    assert half["untrained"]["balanced_accuracy"] == pytest.approx(
+        (diff["ci95"][1] - diff["ci95"][0]) / 2
+    )
