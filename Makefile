@@ -26,9 +26,10 @@ lint: $(STAMP)
 
 # Quality benchmarks of BENCHMARKS.md (## Quality): the objective-defaults sweep, then one
 # run per data set; finished cells are cached, so an interrupted run continues.
-QUALITY_DATASETS ?= parkinsons synth-lus synth-lus-null synth-mri synth-mri-slices covid-blues-severity covid-blues-sf
+QUALITY_DATASETS ?= parkinsons synth-lus synth-lus-null synth-mri synth-mri-slices covid-blues-severity covid-blues-sf oasis2-slices
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality.py --sweep
+	$(PY) benchmarks/quality.py --layouts --seeds 0 1 2 3 4
 	for d in $(QUALITY_DATASETS); do $(PY) benchmarks/quality.py --dataset $$d || exit 1; done
 
 # Speed benchmarks of BENCHMARKS.md (## Speed): writes benchmarks/results/speed.json.

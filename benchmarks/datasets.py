@@ -19,6 +19,20 @@ source data are never modified. The choices each builder makes, in one place:
   of different sources could collide). Patient 35 of source 2 (``Cov-Atlas-Day+N``) is one
   patient with four visits (visit = N); every other patient has one visit (0).
 - ``synth-lus`` / ``synth-lus-null`` / ``synth-mri``: :func:`learner.data.synthetic.write_cohort`.
+- ``oasis2-slices``: OASIS-2 brain MRI, one axial / coronal / sagittal 2-D slice per visit
+  (:func:`build_oasis2_slices`). ``patient_id`` = the OASIS subject (``OAS2_0001``), ``visit``
+  = ``MR Delay`` (days since the subject's first scan, so visits sort in time), ``score`` =
+  MMSE (empty for the two visits without one: unlabelled). Only visits with at least one
+  slice on disk enter, so any subset of subjects works (a third are held back upstream).
+  Three layouts of the views, one manifest each: ``manifest-zones.csv`` (a row per view,
+  ``zone`` = axl / cor / sag: zone-matched change pairs), ``manifest-channels.csv`` (one RGB
+  PNG per visit whose channels are the three views) and ``manifest-frames.csv`` (one
+  ``(3, 256, 256)`` uint8 ``.npy`` per visit: the views as a 3-frame clip). Each view is
+  padded to 256 x 256 with 0 (the background) and centred; a missing view (five visits lack
+  the axial slice) is all zero in the channels / frames layouts and simply absent in the
+  zones layout. ``manifest.csv`` is the layout the config uses by default (measured on
+  validation subjects: BENCHMARKS.md). ``visits.csv`` holds per visit MMSE, CDR, group and
+  nWBV from the OASIS table (CDR change is the benchmark's second target).
 
 Example:
     >>> from benchmarks.datasets import build  # doctest: +SKIP
@@ -197,9 +211,157 @@ def build_synthetic(
     return write_cohort(modality, out, seed=seed, preset=preset, null=null).manifest
 
 
-def _write(table: pd.DataFrame, out: Path) -> Path:
+OASIS2_FOLDER = "oasis2-slices"
+OASIS2_TABLE = "oasis_longitudinal_demographic.csv"
+OASIS2_VIEWS = ("axl", "cor", "sag")
+# Every view of the prepared slices fits in 256 x 256 (the largest edge of the source grid).
+OASIS2_EDGE = 256
+OASIS2_LAYOUTS = ("zones", "channels", "frames")
+# The layout manifest.csv holds (the config's default); chosen on validation subjects.
+OASIS2_DEFAULT_LAYOUT = "zones"
+
+
+def read_oasis2_table(root: Path | None = None) -> pd.DataFrame:
+    """The published OASIS-2 table: semicolons, decimal commas, CR line endings."""
+    source = _require(data_root(root) / OASIS2_FOLDER / OASIS2_TABLE)
+    table = pd.read_csv(source, sep=";", decimal=",", lineterminator="\r")
+    table.columns = [str(c).strip() for c in table.columns]
+    needed = ("Subject ID", "MRI ID", "Group", "MR Delay", "MMSE", "CDR", "nWBV")
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{source}: column {missing[0]!r} not found; expected the published OASIS-2 table "
+            "(semicolon-separated, decimal commas)"
+        )
+    table = table.dropna(subset=["Subject ID", "MRI ID"])
+    for column in ("Subject ID", "MRI ID", "Group"):
+        table[column] = table[column].astype(str).str.strip()
+    return table.reset_index(drop=True)
+
+
+def _oasis2_views(folder: Path, mri_id: str) -> dict[str, Path]:
+    """The view files of one visit that exist: view -> path."""
+    found = {}
+    for view in OASIS2_VIEWS:
+        path = folder / view / f"{mri_id}_{view}.nii.gz"
+        if path.is_file():
+            found[view] = path.resolve()
+    return found
+
+
+def _oasis2_stack(views: dict[str, Path]) -> np.ndarray:
+    """uint8 ``(3, 256, 256)``: the views in OASIS2_VIEWS order, each centred on a zero
+    background; a missing view stays all zero."""
+    from learner.data.readers import read_scan
+
+    stack = np.zeros((len(OASIS2_VIEWS), OASIS2_EDGE, OASIS2_EDGE), dtype=np.uint8)
+    for i, view in enumerate(OASIS2_VIEWS):
+        if view not in views:
+            continue
+        image = read_scan(views[view]).array
+        if image.ndim != 2 or max(image.shape) > OASIS2_EDGE:
+            raise DataError(
+                f"{views[view]}: slice of shape {image.shape} is not a grey image of at most "
+                f"{OASIS2_EDGE} x {OASIS2_EDGE}; the shared OASIS-2 slices are incomplete"
+            )
+        top = (OASIS2_EDGE - image.shape[0]) // 2
+        left = (OASIS2_EDGE - image.shape[1]) // 2
+        stack[i, top : top + image.shape[0], left : left + image.shape[1]] = image
+    return stack
+
+
+def _write_once(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a derived file unless it exists (the source slices never change)."""
+    if path.is_file():
+        return
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    write(tmp)
+    tmp.replace(path)
+
+
+def build_oasis2_slices(out: Path, root: Path | None = None) -> Path:
+    """OASIS-2 slices: one manifest per view layout, ``manifest.csv`` = the default layout.
+
+    Args:
+        out: folder for the manifests, ``visits.csv`` and the derived per-visit stacks
+            (``views/<MRI ID>.png`` and ``.npy``).
+        root: a data folder laid out like ``../shared/data`` (default: that folder).
+
+    Returns:
+        ``out/manifest.csv``.
+
+    Raises:
+        DataError: the table or the slice folder is missing, or no subject has a slice.
+    """
+    folder = data_root(root) / OASIS2_FOLDER
+    table = read_oasis2_table(root)
+    stacks = out / "views"
+    stacks.mkdir(parents=True, exist_ok=True)
+    zones, channels, frames, visits = [], [], [], []
+    for item in table.to_dict(orient="records"):
+        mri_id = item["MRI ID"]
+        views = _oasis2_views(folder, mri_id)
+        if not views:
+            continue  # a subject whose images are held back, or a visit without slices
+        base = {
+            "patient_id": item["Subject ID"],
+            "visit": int(item["MR Delay"]),  # days since the subject's first scan
+            "score": float(item["MMSE"]) if pd.notna(item["MMSE"]) else math.nan,
+        }
+        for view, path in views.items():
+            zones.append({**base, "path": str(path), "zone": view})
+        stack = _oasis2_stack(views)
+        png, npy = stacks / f"{mri_id}.png", stacks / f"{mri_id}.npy"
+        _write_once(npy, lambda p, a=stack: np.save(p, a))
+        _write_once(png, lambda p, a=stack: _write_png(p, a))
+        channels.append({**base, "path": str(png.resolve())})
+        frames.append({**base, "path": str(npy.resolve())})
+        visits.append(
+            {
+                "patient_id": base["patient_id"],
+                "visit": base["visit"],
+                "mri_id": mri_id,
+                "group": item["Group"],
+                "mmse": base["score"],
+                "cdr": float(item["CDR"]),
+                "nwbv": float(item["nWBV"]),
+                "views": "+".join(v for v in OASIS2_VIEWS if v in views),
+            }
+        )
+    if not visits:
+        raise DataError(
+            f"{folder}: no slice of any subject listed in {OASIS2_TABLE} was found under "
+            f"{'/, '.join(OASIS2_VIEWS)}/; check the shared data folder"
+        )
+    layouts = {
+        "zones": pd.DataFrame(zones),
+        "channels": pd.DataFrame(channels),
+        "frames": pd.DataFrame(frames),
+    }
+    for name, frame in layouts.items():
+        _write(frame, out, f"manifest-{name}.csv")
+    _write(pd.DataFrame(visits), out, "visits.csv")
+    return _write(layouts[OASIS2_DEFAULT_LAYOUT], out)
+
+
+def _write_png(path: Path, stack: np.ndarray) -> None:
+    """``(3, H, W)`` uint8 -> an RGB PNG (views as channels), written by PyAV's encoder."""
+    import av
+
+    rgb = np.ascontiguousarray(stack.transpose(1, 2, 0))
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height = rgb.shape[1], rgb.shape[0]
+        stream.pix_fmt = "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write(table: pd.DataFrame, out: Path, name: str = "manifest.csv") -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.csv"
+    path = out / name
     tmp = path.with_suffix(".csv.tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(path)
@@ -218,6 +380,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
         out, modality="lus", preset="bench", null=True
     ),
     "synth-mri": lambda out: build_synthetic(out, modality="mri", preset="bench"),
+    "oasis2-slices": build_oasis2_slices,
 }
 
 

@@ -16,6 +16,12 @@ Usage:
     .venv/bin/python benchmarks/quality.py --dataset parkinsons
     .venv/bin/python benchmarks/quality.py --dataset synth-lus-null --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/quality.py --dataset parkinsons --quick   # smoke run
+    .venv/bin/python benchmarks/quality.py --layouts          # OASIS-2 view layouts (val only)
+    .venv/bin/python benchmarks/quality.py --dataset oasis2-slices
+
+For ``oasis2-slices`` the results also hold ``cdr_change`` (CDR change classified from the
+same embeddings) and ``inter_subject`` (do the embedding and the head order held-out subjects
+by MMSE); every comparison to mse carries ``min_detectable_difference`` (half the paired CI).
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ CHANGE_CONFIGS = {
     "synth-mri-slices": "synth_mri_slices.yaml",
     "synth-mri-bench": "synth_mri_bench.yaml",
     "synth-mri-bench-slices": "synth_mri_bench_slices.yaml",
+    "oasis2-slices": "oasis2_slices.yaml",
 }
 # Data sets that reuse another's manifest (same cohort, another encoder).
 SOURCE = {
@@ -256,6 +263,9 @@ def run_change(name: str, cfg: Config, out: Path) -> dict[str, Any]:
     write_reports(ablation, out)
     results = dict(ablation.results)
     results["extra_differences"] = extra_differences(ablation, cfg)
+    if name == OASIS2:
+        results["cdr_change"] = run_cdr_change(cfg, manifest, out)
+        results["inter_subject"] = run_inter_subject(cfg, out)
     results["benchmark"] = {
         "dataset": name,
         "wall_s_this_invocation": round(wall, 1),
@@ -476,6 +486,210 @@ def interpatient_verdict(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- OASIS-2 (#13)
+
+OASIS2 = "oasis2-slices"
+# The second target: CDR (0, 0.5, 1, 2; higher is worse); any change of CDR between two
+# visits is a change (stable band 0), evaluated on the embeddings the MMSE models made.
+CDR_BAND = 0.0
+# How the three views of a visit enter (benchmarks.datasets.build_oasis2_slices writes one
+# manifest per layout): config overrides of each.
+LAYOUTS: dict[str, list[str]] = {
+    "zones": ["data.input.kind=image", "model.encoder=resnet2d_18", "data.input.channels=1"],
+    "channels": ["data.input.kind=image", "model.encoder=resnet2d_18", "data.input.channels=3"],
+    "frames": [
+        "data.input.kind=video",
+        "model.encoder=tsm_resnet18",
+        "data.input.channels=1",
+        "data.input.frames=3",
+    ],
+}
+# The layout choice is made on validation subjects: seeded train / val splits (the few test
+# subjects these ratios need are never looked at), classifier fit on training pairs.
+LAYOUT_SPLIT = ["data.split.folds=null", "data.split.ratios=[0.6, 0.3, 0.1]"]
+LAYOUT_OBJECTIVES = ("mse", "weighted")
+
+
+def _cells_of(cfg: Config, out: Path) -> list[tuple[int, str]]:
+    """(seed, cell tag) of every cell of a run, in run order."""
+    folds = cfg.data.split.folds
+    tags = []
+    for seed in cfg.run.seeds:
+        if folds:
+            tags += [(seed, f"seed{seed}-fold{k}") for k in range(folds)]
+        else:
+            tags.append((seed, f"seed{seed}"))
+    return tags
+
+
+def _labels(cfg: Config) -> list[str]:
+    from learner.pipeline.run import UNTRAINED, objective_variants
+
+    return [label for label, _ in objective_variants(cfg)] + (
+        [UNTRAINED] if cfg.run.baselines else []
+    )
+
+
+def run_cdr_change(cfg: Config, manifest: Any, out: Path) -> dict[str, Any]:
+    """CDR change (any change of CDR) classified from the MMSE models' embeddings.
+
+    The same cells, the same test subjects, the same probe; only the labels differ: each
+    scan's score is replaced by its visit's CDR (``visits.csv`` of the built data set), with
+    lower = better and a stable band of 0. Aggregated exactly as ``learner run`` aggregates.
+    """
+    import pandas as pd
+
+    from learner.evaluate.change import evaluate_change
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.pipeline.run import CellResult, build_results
+
+    visits = pd.read_csv(Path(manifest.source).parent / "visits.csv", dtype={"patient_id": str})
+    cdr = {(p, str(v)): float(c) for p, v, c in visits[["patient_id", "visit", "cdr"]].values}
+    ccfg = cfg.model_copy(deep=True)
+    ccfg.eval.delta = CDR_BAND
+    ccfg.data.higher_is_better = False
+    units: dict[str, list[list[Any]]] = {}
+    for label in _labels(cfg):
+        per_seed: dict[int, list[Any]] = {}
+        for seed, tag in _cells_of(cfg, out):
+            folder = out / "cells" / label / tag / "eval-cdr"
+            if (folder / "metrics.json").exists():
+                cell = CellResult.load(folder)
+            else:
+                frame, _ = read_embeddings(out / "cells" / label / tag / "embeddings.parquet")
+                keys = zip(frame["patient_id"].astype(str), frame["visit"].astype(str), strict=True)
+                frame["score"] = [cdr[k] for k in keys]
+                cell = CellResult.from_change(
+                    evaluate_change(
+                        frame,
+                        delta=CDR_BAND,
+                        higher_is_better=False,
+                        feature="diff",
+                        classifier=cfg.eval.classifier,
+                        n_boot=cfg.eval.n_boot,
+                        seed=seed,
+                    )
+                )
+                cell.save(folder)
+            per_seed.setdefault(seed, []).append(cell)
+        units[label] = list(per_seed.values())
+    results = build_results(ccfg, manifest, units, [])
+    results["target"] = "CDR change between consecutive visits (band 0, lower is better)"
+    for key in ("config", "versions"):
+        results.pop(key, None)  # the run's own, already in the main results
+    return results
+
+
+def run_inter_subject(cfg: Config, out: Path) -> dict[str, Any]:
+    """Does the embedding (and the head) order held-out subjects by MMSE?
+
+    Per cell (seed x fold), on its test subjects: subject-mean embeddings and MMSE,
+    Spearman rho of cosine distance against |MMSE gap| over subject pairs, and of the
+    head's mean prediction against the mean MMSE; pooled over cells like seeds.
+    """
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.evaluate.interpatient import evaluate_interpatient, pool_interpatient
+
+    per_cell = []
+    for seed, tag in _cells_of(cfg, out):
+        frames = {
+            label: read_embeddings(out / "cells" / label / tag / "embeddings.parquet")[0]
+            for label in _labels(cfg)
+        }
+        per_cell.append(
+            evaluate_interpatient(
+                frames, reference=REFERENCE, unit="patient", n_boot=cfg.eval.n_boot, seed=seed
+            )
+        )
+    return pool_interpatient(per_cell)
+
+
+def run_layouts(cfg: Config, seeds: list[int], out: Path, log: Any = print) -> dict[str, Any]:
+    """Zones / channels / frames on validation subjects (mse and weighted, ``seeds``)."""
+    from learner.pipeline.run import cell_config
+
+    datasets.build(OASIS2)
+    work = datasets.WORK / OASIS2
+    table: dict[str, Any] = {}
+    for layout, overrides in LAYOUTS.items():
+        path = work / f"manifest-{layout}.csv"
+        lcfg = load_config(
+            CONFIGS / CHANGE_CONFIGS[OASIS2],
+            [*overrides, *LAYOUT_SPLIT, f"data.manifest={path}"],
+        )
+        # The quick smoke run shortens training the same way config_for does.
+        lcfg.train.epochs = cfg.train.epochs
+        manifest = load_manifest(path)
+        for objective in LAYOUT_OBJECTIVES:
+            start = time.perf_counter()
+            scores = [
+                _val_scores(
+                    cell_config(lcfg, {"name": objective}, seed),
+                    manifest,
+                    out / layout / objective,
+                    f"{layout}/{objective}",
+                    seed,
+                    log,
+                )
+                for seed in seeds
+            ]
+            entry: dict[str, Any] = {"wall_s_this_invocation": 0.0}
+            for metric in scores[0]:
+                vals = [sc[metric] for sc in scores]
+                entry[metric] = {"per_seed": vals, "mean": float(sum(vals) / len(vals))}
+            entry["wall_s_this_invocation"] = round(time.perf_counter() - start, 1)
+            table[f"{layout}/{objective}"] = entry
+    means = {
+        layout: sum(table[f"{layout}/{o}"]["balanced_accuracy"]["mean"] for o in LAYOUT_OBJECTIVES)
+        / len(LAYOUT_OBJECTIVES)
+        for layout in LAYOUTS
+    }
+    return {
+        "dataset": OASIS2,
+        "metric": "validation subjects only: change balanced accuracy (classifier fit on "
+        "training subjects' pairs; zones: zone-matched view pairs, others: visit pairs), "
+        "macro-F1, and Spearman rho of the head's subject-mean prediction vs mean MMSE",
+        "split": LAYOUT_SPLIT,
+        "seeds": seeds,
+        "epochs": cfg.train.epochs,
+        "cells": table,
+        "balanced_accuracy_mean_over_objectives": means,
+        "chosen": max(means, key=lambda k: means[k]),
+    }
+
+
+def layouts_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| layout / objective | val bal. acc. per seed | mean | val macro-F1 mean "
+        "| val rho(head, MMSE) mean | val pairs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, cell in result["cells"].items():
+        seeds = ", ".join(f"{x:.3f}" for x in cell["balanced_accuracy"]["per_seed"])
+        lines.append(
+            f"| {label} | {seeds} | {cell['balanced_accuracy']['mean']:.3f} "
+            f"| {cell['macro_f1']['mean']:.3f} | {cell['score_spearman']['mean']:.3f} "
+            f"| {cell['val_pairs']['mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def oasis2_markdown(results: dict[str, Any]) -> str:
+    """The CDR second target and the inter-subject check, after the MMSE table."""
+    cdr = results["cdr_change"]
+    parts = [
+        "Second target: CDR change (band 0, lower is better; the same embeddings and test "
+        f"subjects; test class counts {cdr['dataset'].get('class_counts_test')})",
+        "",
+        markdown_table(cdr),
+        "",
+        interpatient_table(
+            results["inter_subject"], "Inter-subject check: held-out subjects ordered by MMSE"
+        ),
+    ]
+    return "\n".join(parts)
+
+
 # Objective-defaults sweep (issue #6): chosen on the synthetic LUS cohort's *validation*
 # patients only (classifier trained on training patients' pairs, tested on validation
 # patients' pairs); test patients never enter it.
@@ -505,6 +719,46 @@ SWEEP_GRID: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def _val_scores(
+    ccfg: Config, manifest: Any, folder: Path, label: str, seed: int, log: Any
+) -> dict[str, float]:
+    """Pretrain + embed one cell (cached in ``folder/seed<S>``) and score it on validation
+    patients only: change classification (classifier fit on training patients' pairs) and
+    the head's rank correlation with the score over validation patients."""
+    from learner.evaluate.change import evaluate_change
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.evaluate.interpatient import evaluate_interpatient
+    from learner.pipeline.run import pretrain_and_embed
+    from learner.train.pretrain import prepare_data
+
+    cell = folder / f"seed{seed}"
+    emb = cell / "embeddings.parquet"
+    if not emb.exists():
+        log(f"[val seed{seed}] {label}: running")
+        pretrain_and_embed(
+            ccfg, prepare_data(ccfg, manifest), cell, metadata={"objective": label, "seed": seed}
+        )
+    frame, _ = read_embeddings(emb)
+    res = evaluate_change(
+        frame,
+        delta=ccfg.eval.delta,
+        higher_is_better=ccfg.data.higher_is_better,
+        feature="diff",
+        classifier=ccfg.eval.classifier,
+        train_splits=("train",),
+        test_split="val",
+        n_boot=0,
+        seed=seed,
+    )
+    ranks = evaluate_interpatient({label: frame}, test_split="val", unit="patient", n_boot=0)
+    return {
+        "balanced_accuracy": res.metrics["balanced_accuracy"],
+        "macro_f1": res.metrics["macro_f1"],
+        "score_spearman": ranks.metrics[label]["score_spearman"],
+        "val_pairs": float(res.n_test_pairs),
+    }
+
+
 def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dict[str, Any]:
     """Pretrain every sweep variant and score change classification on validation patients.
 
@@ -512,45 +766,20 @@ def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dic
         ``{"variants": {label: {"overrides", "per_seed", "mean", "wall_s"}}, "chosen": label,
         ...}``; the metric is balanced accuracy on validation-patient pairs.
     """
-    from learner.evaluate.change import evaluate_change
-    from learner.evaluate.embeddings_io import read_embeddings
-    from learner.pipeline.run import cell_config, pretrain_and_embed
-    from learner.train.pretrain import prepare_data
+    from learner.pipeline.run import cell_config
 
     manifest_path = datasets.build(SWEEP_DATASET)
     cfg.data.manifest = manifest_path
     manifest = load_manifest(manifest_path)
     variants: dict[str, Any] = {}
     for label, overrides in SWEEP_GRID:
-        per_seed: list[float] = []
-        f1: list[float] = []
         start = time.perf_counter()
-        for seed in seeds:
-            ccfg = cell_config(cfg, overrides, seed)
-            cell = out / label / f"seed{seed}"
-            emb = cell / "embeddings.parquet"
-            if not emb.exists():
-                log(f"[sweep seed{seed}] {label}: running")
-                pretrain_and_embed(
-                    ccfg,
-                    prepare_data(ccfg, manifest),
-                    cell,
-                    metadata={"objective": label, "seed": seed},
-                )
-            frame, _ = read_embeddings(emb)
-            res = evaluate_change(
-                frame,
-                delta=ccfg.eval.delta,
-                higher_is_better=ccfg.data.higher_is_better,
-                feature="diff",
-                classifier=ccfg.eval.classifier,
-                train_splits=("train",),
-                test_split="val",
-                n_boot=0,
-                seed=seed,
-            )
-            per_seed.append(res.metrics["balanced_accuracy"])
-            f1.append(res.metrics["macro_f1"])
+        scores = [
+            _val_scores(cell_config(cfg, overrides, seed), manifest, out / label, label, seed, log)
+            for seed in seeds
+        ]
+        per_seed = [sc["balanced_accuracy"] for sc in scores]
+        f1 = [sc["macro_f1"] for sc in scores]
         variants[label] = {
             "overrides": overrides,
             "val_balanced_accuracy_per_seed": per_seed,
@@ -599,10 +828,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render", action="store_true", help="only re-print the tables of a saved results file"
     )
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="OASIS-2 view layouts (zones / channels / frames) on validation subjects",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.sweep:
         return main_sweep(args)
+    if args.layouts:
+        return main_layouts(args)
     if not args.dataset:
         parser.error("--dataset NAME or --sweep is required")
     name = args.dataset
@@ -623,6 +859,10 @@ def main(argv: list[str] | None = None) -> int:
             table, lines = interpatient_markdown(results), interpatient_verdict(results)
         else:
             table, lines = markdown_table(results), verdict(results)
+        if "cdr_change" in results:
+            table += "\n\n" + oasis2_markdown(results)
+            lines += [f"CDR change: {line}" for line in verdict(results["cdr_change"])]
+            lines += interpatient_verdict({"held_out": results["inter_subject"]})
     except LearnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -633,6 +873,23 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"quality_{tag}.md").write_text(text, encoding="utf-8")
     print(text)
     print(json.dumps(results.get("benchmark", {})))
+    return 0
+
+
+def main_layouts(args: argparse.Namespace) -> int:
+    """``--layouts``: write benchmarks/results/oasis2_layouts.{json,md}."""
+    cfg = config_for(OASIS2, list(args.overrides), quick=args.quick)
+    seeds = list(args.seeds or [0, 1, 2])
+    tag = "oasis2_layouts" + ("-quick" if args.quick else "")
+    out = args.out or RUNS / tag
+    start = time.perf_counter()
+    result = run_layouts(cfg, seeds, out)
+    result["wall_s_this_invocation"] = round(time.perf_counter() - start, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"{tag}.json", result)
+    text = layouts_table(result) + f"\n\nChosen (mean val bal. acc.): {result['chosen']}\n"
+    (RESULTS / f"{tag}.md").write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 

@@ -270,7 +270,12 @@ def validate(
     from learner.config import load_config
     from learner.data.manifest import check_scans, load_manifest, parse_column_map
     from learner.data.pairs import DEFAULT_DELTA
-    from learner.data.summary import render_summary, summarize_manifest, summary_warnings
+    from learner.data.summary import (
+        render_scan_kinds,
+        render_summary,
+        summarize_manifest,
+        summary_warnings,
+    )
     from learner.errors import ConfigError
 
     cfg = load_config(config, None) if config is not None else None
@@ -287,12 +292,14 @@ def validate(
     loaded = load_manifest(
         manifest, feature_columns=feature_columns, columns=parse_column_map(columns)
     )
-    decoded = check_scans(loaded) if decode else None
+    kinds: Counter[tuple[str, str]] = Counter()
+    decoded = check_scans(loaded, kinds) if decode else None
     summary = summarize_manifest(loaded, delta=band, higher_is_better=higher)
     for line in [*loaded.warnings, *summary_warnings(summary)]:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     render_summary(summary, console)
     if decoded is not None and feature_columns is None:
+        render_scan_kinds(kinds, console)
         console.print(f"scan files decoded: {decoded}, all readable")
 
 

@@ -25,7 +25,7 @@ class _Section(BaseModel):
 class InputConfig(_Section):
     """How a scan becomes a tensor."""
 
-    kind: Literal["video", "volume", "slices", "tabular"] = "video"
+    kind: Literal["video", "image", "volume", "slices", "tabular"] = "video"
     frames: int = Field(8, ge=1, description="T: frames per clip, or slices for 'slices'.")
     size: int = Field(112, ge=8, description="Frame edge (clips) or grid edge (volumes).")
     channels: Literal[1, 3] = 1
@@ -84,7 +84,9 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    encoder: Literal["tsm_resnet18", "tsm_slices", "resnet3d_18", "mlp"] = "tsm_resnet18"
+    encoder: Literal["tsm_resnet18", "tsm_slices", "resnet2d_18", "resnet3d_18", "mlp"] = (
+        "tsm_resnet18"
+    )
     width: int = Field(64, ge=4, description="ResNet base width (64 = standard ResNet-18).")
     mlp_hidden: list[int] = [128, 128]
     mlp_embed_dim: int = Field(64, ge=2)
@@ -160,7 +162,12 @@ class Config(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         enc, kind = self.model.encoder, self.data.input.kind
-        expected = {"tsm_resnet18": "video", "tsm_slices": "slices", "resnet3d_18": "volume"}
+        expected = {
+            "tsm_resnet18": "video",
+            "tsm_slices": "slices",
+            "resnet2d_18": "image",
+            "resnet3d_18": "volume",
+        }
         if enc in expected and kind != expected[enc]:
             raise ValueError(
                 f"model.encoder {enc} needs data.input.kind {expected[enc]} (got {kind})"

@@ -119,3 +119,17 @@ def test_console_script_exits_3_without_traceback(tmp_path: Path) -> None:
     assert len(errors) == 2
     assert errors[0].startswith("error: manifest.csv row 3, column score: 'abc' is not a number")
     assert errors[1].startswith("error: manifest.csv row 4, column path: file not found")
+
+
+def test_validate_reports_scan_kinds_and_shapes(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    for name in ("s1.nii.gz", "s2.nii.gz"):
+        nib.save(nib.Nifti1Image(np.ones((6, 4), np.float32), np.eye(4)), tmp_path / name)
+    np.save(tmp_path / "v.npy", np.zeros((3, 5, 7), np.float32))
+    text = HEADER + "p1,1,s1.nii.gz,20\np1,2,s2.nii.gz,24\np2,1,v.npy,10\np2,2,v.npy,12\n"
+    result = runner.invoke(app, ["validate", str(_write(tmp_path, text, ())), "--delta", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if "image" in line or "volume" in line]
+    assert any("image" in r and "2" in r and "4x6 (2)" in r for r in rows), result.stdout
+    assert any("volume" in r and "3x5x7 (1)" in r for r in rows), result.stdout

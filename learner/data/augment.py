@@ -1,4 +1,4 @@
-"""Training-time augmentations for clips (T, C, H, W) and volumes (1, D, H, W).
+"""Training-time augmentations for clips (T, C, H, W), stills (C, H, W) and volumes (1, D, H, W).
 
 Every random parameter is drawn from the ``numpy.random.Generator`` passed in, so an item's
 augmentation is a pure function of its RNG (the dataset derives that RNG from seed, epoch and
@@ -134,6 +134,15 @@ def augment_clip(
 
     mean = out.mean()
     return (out - mean) * contrast + mean + brightness
+
+
+def augment_image(
+    image: torch.Tensor, rng: np.random.Generator, spec: ClipAugment | None = None
+) -> torch.Tensor:
+    """:func:`augment_clip` for a still (C, H, W): a one-frame clip, the same transforms."""
+    if image.ndim != 3:
+        raise ValueError(f"expected a float image (C, H, W), got {tuple(image.shape)}")
+    return augment_clip(image[None], rng, spec)[0]
 
 
 def augment_volume(

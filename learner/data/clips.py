@@ -140,6 +140,27 @@ def resize_frames(video: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(out.numpy())
 
 
+def pad_square(image: np.ndarray) -> np.ndarray:
+    """Pad an image ``(H, W)`` / ``(H, W, 3)`` to a centred square with its minimum value.
+
+    A still is resized to a square input; padding first keeps its proportions (a brain slice
+    of 207 x 256 would otherwise be squashed), and the minimum is the background of an MRI
+    field of view or an ultrasound sector.
+
+    Example:
+        >>> pad_square(np.ones((2, 4), np.uint8)).shape
+        (4, 4)
+    """
+    if image.ndim not in (2, 3) or 0 in image.shape[:2]:
+        raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {tuple(image.shape)}")
+    height, width = image.shape[:2]
+    edge = max(height, width)
+    top, left = (edge - height) // 2, (edge - width) // 2
+    out = np.full((edge, edge, *image.shape[2:]), image.min(), dtype=image.dtype)
+    out[top : top + height, left : left + width] = image
+    return out
+
+
 def prepare_clip(
     video: np.ndarray,
     *,

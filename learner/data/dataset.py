@@ -5,6 +5,8 @@ What is cached (:class:`~learner.data.cache.DecodeCache`), so that epoch 2 decod
 - ``video``: every frame, resized once to ``size`` x ``size``, as uint8 (T, S, S) grey or
   (T, S, S, 3) RGB (grey whenever ``channels == 1``: a third of the disk). Frames are sampled
   from the cached array per item, so training still sees new frame samplings every epoch.
+- ``image`` (a still: PNG / JPEG, single-frame DICOM, 2-D NIfTI slice): padded to a square
+  with its minimum, resized to ``size`` x ``size`` once, uint8 (S, S) grey or (S, S, 3) RGB.
 - ``volume`` and ``slices``: the volume resampled onto the fixed ``size``^3 grid and
   intensity-normalised, stored as **float16** (half the disk of float32; ample precision for
   normalised intensities; uint8 would quantise the subtle atrophy signal). ``slices`` reads the
@@ -35,11 +37,12 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from learner.data.augment import augment_clip, augment_volume
+from learner.data.augment import augment_clip, augment_image, augment_volume
 from learner.data.cache import DecodeCache
 from learner.data.clips import (
     grey_frames,
     normalize_intensity,
+    pad_square,
     prepare_clip,
     resample_volume,
     resize_frames,
@@ -49,8 +52,8 @@ from learner.data.clips import (
 from learner.data.readers import Scan, read_scan
 from learner.errors import ConfigError, DataError
 
-InputKind = Literal["video", "volume", "slices", "tabular"]
-INPUT_KINDS: tuple[str, ...] = ("video", "volume", "slices", "tabular")
+InputKind = Literal["video", "image", "volume", "slices", "tabular"]
+INPUT_KINDS: tuple[str, ...] = ("video", "image", "volume", "slices", "tabular")
 
 # Bump when what a cache entry holds changes, so stale entries are never read back.
 _CACHE_FORMAT = 1
@@ -61,8 +64,9 @@ class InputSpec:
     """What the encoder consumes.
 
     Attributes:
-        kind: ``video`` (clips, (T, C, H, W)), ``volume`` ((1, D, H, W)), ``slices`` (a volume
-            shown as a clip of T slices, (T, C, H, W)) or ``tabular`` ((F,)).
+        kind: ``video`` (clips, (T, C, H, W)), ``image`` (stills, (C, H, W)), ``volume``
+            ((1, D, H, W)), ``slices`` (a volume shown as a clip of T slices, (T, C, H, W)) or
+            ``tabular`` ((F,)).
         frames: T, frames (or slices) per clip.
         size: H = W of a clip; the cubic grid edge of a volume.
         channels: C of a clip, 1 (grey) or 3 (RGB).
@@ -217,6 +221,8 @@ class ScanDataset(Dataset[dict[str, Any]]):
                 x = torch.from_numpy(self._features[index].copy())
             elif kind == "video":
                 x = self._video_item(index)
+            elif kind == "image":
+                x = self._image_item(index)
             elif kind == "volume":
                 x = self._volume_item(index)
             else:
@@ -292,6 +298,39 @@ class ScanDataset(Dataset[dict[str, Any]]):
             picked, frames=len(picked), size=spec.size, channels=spec.channels, train=False
         ).astype(np.float32, copy=False)
 
+    # -- stills --------------------------------------------------------------------------
+
+    def _image_item(self, index: int) -> torch.Tensor:
+        path = Path(self._paths[index])
+        if self.cache is None:
+            pixels = self._decode_image(path)
+        else:
+            params = {
+                "format": _CACHE_FORMAT,
+                "stage": "image",
+                "size": self.input.size,
+                "grey": self.input.channels == 1,
+            }
+            pixels = self.cache.get(path, params, lambda: self._decode_image(path))
+        # A still is a one-frame clip from here on: the same scaling and standardisation.
+        clip = prepare_clip(
+            np.asarray(pixels)[None],
+            frames=1,
+            size=self.input.size,
+            channels=self.input.channels,
+            train=False,
+        )
+        image = torch.from_numpy(clip[0])
+        if self.train:
+            return augment_image(image, self._rng(index))
+        return image
+
+    def _decode_image(self, path: Path) -> np.ndarray:
+        image = self._read(path, "image").array
+        if self.input.channels == 1:
+            image = grey_frames(image[None])[0]
+        return resize_frames(pad_square(image)[None], self.input.size)[0]
+
     # -- volumes -------------------------------------------------------------------------
 
     def _volume_grid(self, index: int) -> np.ndarray:
@@ -327,6 +366,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
 
     def _read(self, path: Path, expected: str) -> Scan:
         scan = read_scan(path)
+        if expected == "video" and scan.kind == "image":
+            # A still where clips are expected (a single-frame DICOM among cines): one frame.
+            return Scan(scan.array[None], "video", None, None, scan.original_shape)
         if scan.kind != expected:
             raise DataError(
                 f"{path}: read as a {scan.kind} but input.kind is {self.input.kind!r}; set "

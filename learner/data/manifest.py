@@ -16,6 +16,7 @@ import csv
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -35,6 +36,9 @@ SCAN_EXTENSIONS = (
     ".mpeg",
     ".mpg",
     ".gif",
+    ".png",
+    ".jpg",
+    ".jpeg",
     ".dcm",
     ".nii",
     ".nii.gz",
@@ -226,7 +230,7 @@ def load_manifest(
     return Manifest(frame=frame, source=source, warnings=warnings, feature_columns=features)
 
 
-def check_scans(manifest: Manifest) -> int:
+def check_scans(manifest: Manifest, kinds: Counter[tuple[str, str]] | None = None) -> int:
     """Decode every distinct scan file of a manifest once, as training would.
 
     The loader checks that files exist; this finds those that do not decode (truncated or
@@ -235,6 +239,8 @@ def check_scans(manifest: Manifest) -> int:
 
     Args:
         manifest: from :func:`load_manifest`; tabular manifests have nothing to decode.
+        kinds: when given, counts every decoded file by ``(kind, shape)``, e.g.
+            ``("image", "256x207")`` (what ``learner validate`` reports).
 
     Returns:
         The number of distinct scan files decoded.
@@ -253,8 +259,10 @@ def check_scans(manifest: Manifest) -> int:
     for row, path in zip(frame["row"], frame["path"], strict=True):
         if path not in verdicts:
             try:
-                read_scan(path)
+                scan = read_scan(path)
                 verdicts[path] = None
+                if kinds is not None:
+                    kinds[(scan.kind, "x".join(str(n) for n in scan.array.shape))] += 1
             except DataError as exc:
                 verdicts[path] = exc.problems[0]
         if verdicts[path] is not None:

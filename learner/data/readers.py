@@ -1,4 +1,4 @@
-"""Read one scan file (video, DICOM, NIfTI or ``.npy``) into a numpy array.
+"""Read one scan file (video, still image, DICOM, NIfTI or ``.npy``) into a numpy array.
 
 :func:`read_scan` is the single entry point: it dispatches on the file extension (or on a
 folder, read as one DICOM series) and returns a :class:`Scan`:
@@ -8,6 +8,9 @@ folder, read as one DICOM series) and returns a :class:`Scan`:
 - ``volume``: float32 ``(D, H, W)``. D runs inferior to superior (axial slices along D), each
   slice in radiological display order (rows anterior to posterior, columns patient right to
   left), for NIfTI and DICOM series alike, so one model sees both in the same orientation.
+- ``image``: a 2-D still, uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB: a PNG / JPEG, a
+  single-frame DICOM, a 2-D NIfTI slice (one slice of an MRI, for example) or a 2-D ``.npy``.
+  Rescaled to uint8 like video frames (min-max over the image when stored wider).
 - ``vector``: float32 ``(F,)`` features.
 
 Every problem a user can fix (missing file, corrupt clip, wrong shape, a DICOM without
@@ -38,13 +41,16 @@ from pydicom.errors import InvalidDicomError
 
 from learner.errors import DataError
 
-ScanKind = Literal["video", "volume", "vector"]
+ScanKind = Literal["video", "volume", "image", "vector"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mpeg", ".mpg", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm",)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NPY_SUFFIXES = (".npy",)
-ACCEPTED = " ".join((*VIDEO_SUFFIXES, *DICOM_SUFFIXES, *NIFTI_SUFFIXES, *NPY_SUFFIXES))
+ACCEPTED = " ".join(
+    (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES, *DICOM_SUFFIXES, *NIFTI_SUFFIXES, *NPY_SUFFIXES)
+)
 
 MAX_FRAMES = 2000
 MAX_BYTES = 2 * 1024**3
@@ -53,7 +59,9 @@ _MAX_PLAUSIBLE_FPS = 1000.0
 # 8-bit planar YUV layouts whose chroma planes can be checked for a grey frame.
 _PLANAR_YUV = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
 _GREY_LUTS: dict[str, np.ndarray] = {}
-_NPY_SHAPES = "(F,) features, (T, H, W) uint8 video, (D, H, W) volume, (T, H, W, 3) RGB video"
+_NPY_SHAPES = (
+    "(F,) features, (H, W) image, (T, H, W) uint8 video, (D, H, W) volume, (T, H, W, 3) RGB video"
+)
 
 
 @dataclass(frozen=True)
@@ -62,10 +70,11 @@ class Scan:
 
     Attributes:
         array: video uint8 ``(T, H, W)`` or ``(T, H, W, 3)``; volume float32 ``(D, H, W)``;
-            vector float32 ``(F,)``.
-        kind: ``"video"``, ``"volume"`` or ``"vector"``.
+            image uint8 ``(H, W)`` or ``(H, W, 3)``; vector float32 ``(F,)``.
+        kind: ``"video"``, ``"volume"``, ``"image"`` or ``"vector"``.
         fps: frames per second of a video when the file says so, else None.
-        spacing: voxel size in mm per array axis ``(D, H, W)`` for volumes when known, else None.
+        spacing: voxel size in mm per array axis (``(D, H, W)`` for volumes, ``(H, W)`` for
+            images) when known, else None.
         original_shape: the data's shape as stored in the file, before reorientation,
             squeezing or the grey-channel collapse (videos are counted as decoded RGB).
     """
@@ -83,9 +92,9 @@ def read_scan(
     """Read a scan file, or a folder holding one DICOM series.
 
     Args:
-        path: ``.mp4 .avi .mov .mpeg .mpg .gif`` video, ``.dcm`` DICOM (single frame or
-            multi-frame cine), ``.nii``/``.nii.gz`` NIfTI, ``.npy`` array, or a folder of the
-            slices of one DICOM series.
+        path: ``.mp4 .avi .mov .mpeg .mpg .gif`` video, ``.png .jpg .jpeg`` still, ``.dcm``
+            DICOM (single-frame image or multi-frame cine), ``.nii``/``.nii.gz`` NIfTI (3-D
+            volume or 2-D slice), ``.npy`` array, or a folder of the slices of one DICOM series.
         max_frames: a video or cine with more frames is refused (memory guard).
         max_bytes: a decoded array larger than this is refused before it is allocated, so a
             header claiming a huge size cannot exhaust memory.
@@ -121,6 +130,8 @@ def read_scan(
     suffix = _suffix(path)
     if suffix in VIDEO_SUFFIXES:
         return _read_video(path, max_frames, max_bytes)
+    if suffix in IMAGE_SUFFIXES:
+        return _read_image_file(path, max_bytes)
     if suffix in DICOM_SUFFIXES:
         return _read_dicom_file(path, max_frames, max_bytes)
     if suffix in NIFTI_SUFFIXES:
@@ -213,6 +224,34 @@ def _stream_fps(stream: Any) -> float | None:
         if rate is not None and 0 < float(rate) <= _MAX_PLAUSIBLE_FPS:
             return float(rate)
     return None
+
+
+def _read_image_file(path: Path, max_bytes: int) -> Scan:
+    """A PNG / JPEG still, decoded by FFmpeg's image demuxer (PyAV: no extra dependency)."""
+    try:
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0), None) if container.streams.video else None
+            if frame is None:
+                raise DataError(
+                    f"{path}: holds no decodable image; re-export it as PNG or JPEG "
+                    "or remove the row"
+                )
+            _check_bytes(path, (frame.height, frame.width, 3), 1, max_bytes)
+            pixels = _frame_pixels(frame)
+    except (av.FFmpegError, OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(
+            f"{path}: cannot be decoded as an image ({_reason(exc)}); re-export it as PNG or "
+            "JPEG or remove the row"
+        ) from None
+    return _as_image(pixels, None, (*pixels.shape[:2], 3))
+
+
+def _as_image(
+    pixels: np.ndarray, spacing: tuple[float, ...] | None, original: tuple[int, ...]
+) -> Scan:
+    """uint8 ``(H, W)`` / ``(H, W, 3)`` (equal channels collapsed to grey) as an image Scan."""
+    image = _collapse_grey(_to_uint8(pixels[None]))[0]
+    return Scan(array=image, kind="image", fps=None, spacing=spacing, original_shape=original)
 
 
 def _read_video(path: Path, max_frames: int, max_bytes: int) -> Scan:
@@ -414,10 +453,20 @@ def _read_dicom_file(path: Path, max_frames: int, max_bytes: int) -> Scan:
             "use a folder of slices for a 3D volume"
         )
     original = tuple(int(s) for s in array.shape)
+    if n_frames == 1:
+        return _as_image(array[0], _pixel_spacing(ds), original[1:])
     video = _collapse_grey(_to_uint8(array))
     return Scan(
         array=video, kind="video", fps=_dicom_fps(ds), spacing=None, original_shape=original
     )
+
+
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, ...] | None:
+    """(between rows, between columns) in mm, i.e. along H then W, when the file says."""
+    spacing = ds.get("PixelSpacing")
+    if spacing is None or len(spacing) != 2:
+        return None
+    return (float(spacing[0]), float(spacing[1]))
 
 
 def _slice_normal(ds: pydicom.Dataset) -> np.ndarray | None:
@@ -481,15 +530,14 @@ def _read_dicom_series(folder: Path, max_bytes: int) -> Scan:
 
     first = found[0][1]
     spacing: tuple[float, ...] | None = None
-    pixel_spacing = first.get("PixelSpacing")
+    pixel_spacing = _pixel_spacing(first)
     if slice_step is None:
         for key in ("SpacingBetweenSlices", "SliceThickness"):
             if first.get(key) is not None and float(first.get(key)) > 0:
                 slice_step = float(first.get(key))
                 break
-    if pixel_spacing is not None and len(pixel_spacing) == 2 and slice_step is not None:
-        # PixelSpacing is (between rows, between columns), i.e. along H then W.
-        spacing = (slice_step, float(pixel_spacing[0]), float(pixel_spacing[1]))
+    if pixel_spacing is not None and slice_step is not None:
+        spacing = (slice_step, *pixel_spacing)
     return Scan(
         array=volume,
         kind="volume",
@@ -541,8 +589,13 @@ def _read_nifti(path: Path, max_bytes: int) -> Scan:
         if not isinstance(image, nib.spatialimages.SpatialImage):
             raise DataError(f"{path}: is not a NIfTI image; save the volume as NIfTI")
         shape = tuple(int(s) for s in image.shape)
-        if len(shape) < 3:
-            raise DataError(f"{path}: NIfTI of shape {shape} is not a volume; save a 3D volume")
+        if len(shape) == 2:
+            return _nifti_slice(path, image, shape, max_bytes)
+        if len(shape) < 2:
+            raise DataError(
+                f"{path}: NIfTI of shape {shape} is neither a 2-D slice nor a 3-D volume; "
+                "save an image or a volume"
+            )
         if any(s != 1 for s in shape[3:]):
             raise DataError(
                 f"{path}: NIfTI of shape {shape} holds {math.prod(shape[3:])} volumes; "
@@ -575,6 +628,27 @@ def _read_nifti(path: Path, max_bytes: int) -> Scan:
     )
 
 
+def _nifti_slice(
+    path: Path, image: nib.spatialimages.SpatialImage, shape: tuple[int, ...], max_bytes: int
+) -> Scan:
+    """A 2-D NIfTI (one slice) as an image, in the display order of a volume's slices.
+
+    A slice has no third axis to reorient along, so only its two in-plane axes are flipped
+    to point along +x / +y (as ``as_closest_canonical`` would), then shown like an axial slice
+    of :func:`_read_nifti` (rows along -y, columns along -x): every slice of one data set
+    comes out in one orientation.
+    """
+    _check_bytes(path, shape, 4, max_bytes)
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    _check_finite(path, data)
+    for axis in (0, 1):
+        if image.affine[axis, axis] < 0:
+            data = np.flip(data, axis)
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:2])
+    pixels = np.ascontiguousarray(data.T[::-1, ::-1])
+    return _as_image(pixels, (zooms[1], zooms[0]), shape)
+
+
 # --------------------------------------------------------------------------- numpy
 
 
@@ -596,6 +670,10 @@ def _read_npy(path: Path, max_frames: int, max_bytes: int) -> Scan:
     # float32 is the largest array this reader makes from a .npy.
     _check_bytes(path, shape, 4, max_bytes)
     ndim = len(shape)
+    if ndim == 2:
+        if stored.dtype != np.uint8:
+            _check_finite(path, stored)
+        return _as_image(np.array(stored), None, shape)
     if ndim == 1:
         vector = np.array(stored, dtype=np.float32)
         _check_finite(path, vector)

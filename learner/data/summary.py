@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,4 +188,23 @@ def render_summary(summary: ManifestSummary, console: Console) -> None:
     for label in LABELS:
         table.add_row(f"pairs {label}", str(summary.pairs[label]))
     table.add_row("pairs total", str(sum(summary.pairs.values())))
+    console.print(table)
+
+
+def render_scan_kinds(kinds: Counter[tuple[str, str]], console: Console, limit: int = 6) -> None:
+    """Print decoded files per kind and shape (from :func:`~learner.data.manifest.check_scans`).
+
+    Shapes are the decoded arrays' (e.g. ``image 256x207``: H x W of a still; ``video
+    120x350x350``: T x H x W); the ``limit`` most common shapes of each kind are listed.
+    """
+    table = Table(title="scan files by kind and shape", show_header=True, header_style="bold")
+    table.add_column("kind")
+    table.add_column("files", justify="right")
+    table.add_column("shapes (files)")
+    for kind in sorted({k for k, _ in kinds}):
+        shapes = Counter({shape: n for (k, shape), n in kinds.items() if k == kind})
+        listed = [f"{shape} ({n})" for shape, n in shapes.most_common(limit)]
+        if len(shapes) > limit:
+            listed.append(f"and {len(shapes) - limit} more")
+        table.add_row(kind, str(sum(shapes.values())), ", ".join(listed))
     console.print(table)

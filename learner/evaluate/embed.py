@@ -93,7 +93,7 @@ def embed_frame(
 
 def data_rank(data: PreparedData) -> int:
     """Rank of one item's ``x`` without the batch axis."""
-    return {"video": 4, "slices": 4, "volume": 4, "tabular": 1}[data.input.kind]
+    return {"video": 4, "image": 3, "slices": 4, "volume": 4, "tabular": 1}[data.input.kind]
 
 
 def prepared_for_model(

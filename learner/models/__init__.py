@@ -3,6 +3,7 @@
 from learner.models.encoders import (
     ENCODERS,
     FeatureMLP,
+    ResNet2D18,
     ResNet3D18,
     TSMResNet18,
     build_encoder,
@@ -16,6 +17,7 @@ __all__ = [
     "FeatureMLP",
     "ProjectionHead",
     "RegressionHead",
+    "ResNet2D18",
     "ResNet3D18",
     "ShiftedConv",
     "TSMResNet18",

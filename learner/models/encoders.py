@@ -3,6 +3,7 @@
 - ``tsm_resnet18``: clips ``(B, T, C, H, W)``, a 2D ResNet-18 with residual temporal shifts,
   per-frame features averaged over the ``T`` segments (TSN consensus).
 - ``tsm_slices``: the same class for volumes read as ``T`` slices (the data side slices).
+- ``resnet2d_18``: stills ``(B, C, H, W)``, the same 2D ResNet-18 without temporal shift.
 - ``resnet3d_18``: volumes ``(B, C, D, H, W)``, a 3D ResNet-18.
 - ``mlp``: tabular rows ``(B, F)``.
 
@@ -120,6 +121,39 @@ class TSMResNet18(nn.Module):
         return self.frame_features(x).mean(dim=1)
 
 
+class ResNet2D18(nn.Module):
+    """2D ResNet-18 for stills: the backbone of :class:`TSMResNet18` without temporal shift.
+
+    Args:
+        in_channels: channels per image ``C`` (1 grey, 3 RGB or three views stacked).
+        width: stem width; 64 is standard (``embed_dim`` 512).
+
+    Shape:
+        input ``(B, C, H, W)`` float -> output ``(B, embed_dim)``.
+
+    Example:
+        >>> enc = ResNet2D18(in_channels=1, width=8)
+        >>> enc(torch.randn(2, 1, 32, 32)).shape
+        torch.Size([2, 64])
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.width = width
+        self.backbone = _monai_resnet18(spatial_dims=2, in_channels=in_channels, width=width)
+        self.embed_dim = 8 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed images: ``(B, C, H, W)`` -> ``(B, embed_dim)``."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"ResNet2D18 expects (B, C={self.in_channels}, H, W), got shape {tuple(x.shape)}"
+            )
+        out: torch.Tensor = self.backbone(x)
+        return out
+
+
 class ResNet3D18(nn.Module):
     """3D ResNet-18 for volumes.
 
@@ -212,6 +246,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "tsm_resnet18": TSMResNet18,
     # Paper-faithful volume encoder: T slices of a volume read as the frames of a clip.
     "tsm_slices": TSMResNet18,
+    "resnet2d_18": ResNet2D18,
     "resnet3d_18": ResNet3D18,
     "mlp": FeatureMLP,
 }

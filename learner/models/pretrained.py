@@ -20,7 +20,7 @@ from monai.networks.nets.resnet import ResNet
 from torch import nn
 
 from learner.errors import ConfigError
-from learner.models.encoders import TSMResNet18
+from learner.models.encoders import ResNet2D18, TSMResNet18
 from learner.models.tsm import ShiftedConv
 
 _IGNORED_PREFIX = "fc."
@@ -60,12 +60,13 @@ def torchvision_key_map(backbone: nn.Module) -> dict[str, str]:
 
 
 def _backbone_of(encoder: nn.Module) -> nn.Module:
-    if isinstance(encoder, TSMResNet18):
+    if isinstance(encoder, TSMResNet18 | ResNet2D18):
         return encoder.backbone
     if isinstance(encoder, ResNet) and isinstance(encoder.conv1, nn.Conv2d):
         return encoder
     raise ConfigError(
-        f"torchvision resnet18 weights fit only the 2D encoders (tsm_resnet18, tsm_slices), "
+        f"torchvision resnet18 weights fit only the 2D encoders (tsm_resnet18, tsm_slices, "
+        f"resnet2d_18), "
         f"not {type(encoder).__name__}; remove the pretrained weights option or change "
         f"model.encoder"
     )

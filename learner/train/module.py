@@ -34,6 +34,8 @@ def build_encoder_from_config(cfg: Config) -> nn.Module:
         return build_encoder(
             m.encoder, in_channels=inp.channels, n_segment=inp.frames, width=m.width
         )
+    if m.encoder == "resnet2d_18":
+        return build_encoder(m.encoder, in_channels=inp.channels, width=m.width)
     if m.encoder == "resnet3d_18":
         return build_encoder(m.encoder, in_channels=1, width=m.width)
     # Feature columns, or (F,) vectors read from the path column (F recorded in input.features).

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from learner.data.augment import ClipAugment, VolumeAugment, augment_clip, augment_volume
+from learner.data.augment import (
+    ClipAugment,
+    VolumeAugment,
+    augment_clip,
+    augment_image,
+    augment_volume,
+)
 
 
 def gradient_clip(frames: int = 4, channels: int = 1, size: int = 32) -> torch.Tensor:
@@ -144,3 +150,14 @@ def test_spec_validation() -> None:
         ClipAugment(crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match="scale"):
         VolumeAugment(scale=(1.1, 1.0))
+
+
+def test_image_is_augmented_as_a_one_frame_clip() -> None:
+    image = torch.randn(3, 24, 20)
+    out = augment_image(image, np.random.default_rng(5))
+    assert out.shape == image.shape
+    expected = augment_clip(image[None], np.random.default_rng(5))[0]
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, image)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        augment_image(torch.randn(1, 3, 8, 8), np.random.default_rng(0))

@@ -9,6 +9,7 @@ import pytest
 
 from learner.data.clips import (
     normalize_intensity,
+    pad_square,
     prepare_clip,
     resample_volume,
     resize_frames,
@@ -207,3 +208,15 @@ def test_normalize_intensity_clips_outliers_and_standardises() -> None:
     assert np.all(normalize_intensity(np.full((3, 3, 3), 5.0)) == 0.0)
     with pytest.raises(ValueError, match="NaN"):
         normalize_intensity(np.array([1.0, np.nan]))
+
+
+def test_pad_square_centres_the_image_on_its_minimum() -> None:
+    image = np.arange(2 * 4, dtype=np.uint8).reshape(2, 4) + 5
+    out = pad_square(image)
+    assert out.shape == (4, 4) and out.dtype == np.uint8
+    assert np.array_equal(out[1:3], image) and (out[[0, 3]] == 5).all()
+    rgb = np.ones((5, 3, 3), np.float32)
+    assert pad_square(rgb).shape == (5, 5, 3)
+    assert np.array_equal(pad_square(image.T.copy()), out.T)  # tall images pad the columns
+    with pytest.raises(ValueError, match="image must be"):
+        pad_square(np.zeros((2, 3, 4, 5)))

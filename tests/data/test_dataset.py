@@ -286,6 +286,59 @@ def test_tabular_errors_name_column_and_row() -> None:
         make(frame, InputSpec(kind="tabular", feature_columns=("f1",)), train=False)
 
 
+def test_image_items_are_padded_resized_stills_cached_as_uint8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tall = np.zeros((40, 20), np.uint8)
+    tall[:, :10] = 200  # left half bright: after padding to 40 x 40, columns 10-20 are bright
+    np.save(tmp_path / "tall.npy", tall)
+    frame = frame_of([tmp_path / "tall.npy"], [12.0])
+    spec = InputSpec(kind="image", size=20, channels=1)
+    reader = CountingReader()
+    monkeypatch.setattr(dataset_module, "read_scan", reader)
+    cache = DecodeCache(tmp_path / "cache")
+    ds = make(frame, spec, train=False, cache=cache)
+    x = ds[0]["x"]
+    assert x.shape == (1, 20, 20) and x.dtype == torch.float32
+    assert abs(float(x.mean())) < 1e-5  # standardised like a clip
+    column = x[0].mean(dim=0)
+    assert column[6:9].min() > column[:4].max() and column[6:9].min() > column[12:].max()
+    assert ds[0]["y"] == pytest.approx(0.4)
+    stored = [np.load(p, mmap_mode="r") for p in sorted((tmp_path / "cache").rglob("*.npy"))]
+    assert [(a.shape, a.dtype) for a in stored] == [((20, 20), np.uint8)]
+    torch.testing.assert_close(make(frame, spec, train=False, cache=cache)[0]["x"], x)
+    assert reader.calls == 1  # the second dataset read the cache
+    # Training items: augmented, reproducible per (seed, epoch, index), new each epoch.
+    train = make(frame, spec, train=True, cache=cache)
+    train.set_epoch(0)
+    first = train[0]["x"]
+    torch.testing.assert_close(train[0]["x"], first)
+    train.set_epoch(1)
+    assert first.shape == (1, 20, 20) and not torch.allclose(train[0]["x"], first)
+    # Three channels keep an RGB still's colours (a PNG whose channels are three views).
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 250, np.arange(8, dtype=np.uint8)[None] * 30
+    with av.open(str(tmp_path / "rgb.png"), "w", format="image2") as container:
+        stream = container.add_stream("png")
+        stream.width = stream.height = 8
+        stream.pix_fmt = "rgb24"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24"))]:
+            container.mux(packet)
+    spec3 = InputSpec(kind="image", size=8, channels=3)
+    x3 = make(frame_of([tmp_path / "rgb.png"], [1.0]), spec3, train=False)[0]["x"]
+    assert x3.shape == (3, 8, 8)
+    assert torch.equal(x3[0], x3[0, :1].expand(8, 8))  # flat red channel
+    assert (x3[2, 0].diff() > 0).all()  # blue rises along the columns
+    assert float(x3[1].max()) < float(x3[0].min())  # no green at all
+
+
+def test_a_still_where_clips_are_expected_is_a_one_frame_clip(tmp_path: Path) -> None:
+    np.save(tmp_path / "still.npy", np.arange(64, dtype=np.uint8).reshape(8, 8))
+    x = make(frame_of([tmp_path / "still.npy"], [1.0]), VIDEO, train=False)[0]["x"]
+    assert x.shape[1:] == (1, 32, 32)
+    assert all(torch.equal(x[0], frame) for frame in x)  # the one frame, repeated
+
+
 def test_wrong_scan_kind_is_a_data_error(scans: dict[str, Path]) -> None:
     frame = frame_of([scans["vol_a"]], [1.0])
     with pytest.raises(DataError, match=r"vol_a\.npy: read as a volume"):

@@ -11,6 +11,7 @@ from learner.models import (
     FeatureMLP,
     ProjectionHead,
     RegressionHead,
+    ResNet2D18,
     ResNet3D18,
     ShiftedConv,
     TSMResNet18,
@@ -172,3 +173,21 @@ def test_registry_errors_name_the_problem() -> None:
         build_encoder("mlp")
     with pytest.raises(ConfigError, match="width"):
         build_encoder("resnet3d_18", width=0)
+
+
+def test_resnet2d18_is_the_tsm_backbone_without_shift() -> None:
+    still = ResNet2D18(in_channels=3, width=8)
+    assert build_encoder("resnet2d_18", in_channels=3, width=8).embed_dim == still.embed_dim == 64
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = still(x)
+    assert out.shape == (2, 64)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # The same ResNet-18 as the clip encoder: its weights load one to one into a TSM encoder
+    # (whose shifted convolutions sit one module deeper), strictly, shapes and all.
+    clip = TSMResNet18(in_channels=3, n_segment=4, width=8)
+    shifted = {k.replace(".conv.", "."): k for k in clip.state_dict()}
+    clip.load_state_dict({shifted[k]: v for k, v in still.state_dict().items()}, strict=True)
+    assert n_params(clip) == n_params(still)
+    with pytest.raises(ValueError, match=r"ResNet2D18 expects \(B, C=3, H, W\)"):
+        still(torch.randn(2, 1, 32, 32))

@@ -131,7 +131,7 @@ def truncated_nifti(target: Path, frame: pd.DataFrame, write_dicom: Writer) -> N
 
 
 def npy_wrong_rank(target: Path, frame: pd.DataFrame, write_dicom: Writer) -> None:
-    np.save(target, np.zeros((3, 4), dtype=np.float32))
+    np.save(target, np.zeros((2, 3, 4, 5), dtype=np.float32))
 
 
 def npy_feature_vector(target: Path, frame: pd.DataFrame, write_dicom: Writer) -> None:
@@ -208,7 +208,7 @@ FILE_CASES = [
     Case(
         "npy_wrong_rank",
         on_row_2("flat.npy", npy_wrong_rank),
-        same(on_row_2_error("flat.npy", "shape (3, 4) is not accepted")),
+        same(on_row_2_error("flat.npy", "shape (2, 3, 4, 5) is not accepted")),
     ),
     Case(
         "feature_vector_among_clips",
