@@ -197,10 +197,18 @@ def synth(
     preview: Annotated[
         bool, typer.Option("--preview", help="Also write preview.png (a grid of scans).")
     ] = False,
+    pool: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Add N single-visit patients (Q000 ...) marked split=pretrain: a "
+            "cross-sectional pool used for pretraining only, never for change pairs.",
+        ),
+    ] = 0,
 ) -> None:
     """Write a synthetic longitudinal cohort as real files (mp4 / NIfTI) plus manifest.csv.
 
-    Example: learner synth lus --out cohort --patients 40 --seed 0 --preview
+    Example: learner synth lus --out cohort --patients 40 --pool 200 --seed 0 --preview
     """
     from learner.data.synthetic import write_cohort
     from learner.errors import ConfigError
@@ -215,10 +223,13 @@ def synth(
         preset=preset.value,
         null=null,
         preview=preview,
+        pool=pool,
     )
     kind = "null-control " if null else ""
     lines = [
-        f"wrote a {kind}{modality.value} cohort: {files.patients} patients, {files.scans} scans",
+        f"wrote a {kind}{modality.value} cohort: {files.patients} patients"
+        + (f" ({pool} of them a single-visit pretraining pool)" if pool else "")
+        + f", {files.scans} scans",
         f"manifest: {files.manifest}",
         f"truth:    {files.truth}",
     ]

@@ -44,7 +44,7 @@ SCAN_EXTENSIONS = (
     ".nii.gz",
     ".npy",
 )
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "pretrain")
 OPTIONAL_COLUMNS = ("zone", "split")
 STANDARD_COLUMNS = ("patient_id", "visit", "path", "score", *OPTIONAL_COLUMNS)
 
@@ -693,13 +693,17 @@ def _splits(
     values = np.array([text.lower() for text in column.tolist()], dtype=object)
     seen: dict[str, tuple[str, int]] = {}
     patients = frame["patient_id"].tolist() if "patient_id" in frame else [None] * len(values)
+    pool_only = all(v in ("", "pretrain") for v in values)
     for row, value, patient in zip(rows, values, patients, strict=True):
+        if value == "" and pool_only:
+            continue  # beside a pretraining pool, other patients are drawn from the seed
         if value not in SPLITS:
             shown = repr(value) if value else "empty"
             problems.cell(
                 row,
                 "split",
-                f"{shown} is not a split; write train, val or test in every row, or delete "
+                f"{shown} is not a split; write train, val or test in every row (pretrain "
+                "for a pretraining pool, the other rows then may stay empty), or delete "
                 "the split column to assign splits by patient from the seed",
             )
             continue

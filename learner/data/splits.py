@@ -24,6 +24,12 @@ import pandas as pd
 from learner.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
+# Patients marked `pretrain` (a cross-sectional pool, typically one visit each) only ever
+# train the encoder: never validation, never a change pair, never a test patient.
+PRETRAIN = "pretrain"
+GIVEN_SPLITS = (*SPLITS, PRETRAIN)
+# Splits whose scans train the encoder.
+TRAINING_SPLITS = ("train", PRETRAIN)
 DEFAULT_RATIOS = (0.7, 0.15, 0.15)
 
 
@@ -128,7 +134,8 @@ def assign_splits(
     """Return a copy of ``frame`` with a ``split`` column, by patient.
 
     A ``split`` column already in the frame (e.g. from the manifest) is kept when every row has
-    one; otherwise splits are drawn with :func:`split_patients`.
+    one; otherwise splits are drawn with :func:`split_patients`, except for patients marked
+    ``pretrain`` (a pretraining pool), who keep that mark.
 
     Args:
         frame: one row per scan with ``patient_id`` (and optionally ``split``).
@@ -139,31 +146,46 @@ def assign_splits(
         A copy with ``split`` filled.
 
     Raises:
-        DataError: a given split column is partly empty, holds unknown values, or puts a
-            patient in two splits.
+        DataError: a given split column is partly empty (other than beside ``pretrain``
+            rows), holds unknown values, or puts a patient in two splits.
         ConfigError: bad ratios.
     """
     out = frame.copy()
     given = out["split"] if "split" in out.columns else None
-    if given is not None and given.notna().any() and (given.astype(str) != "").any():
-        empty = given.isna() | (given.astype(str) == "")
-        if empty.any():
-            raise DataError(
-                f"the split column is empty in {int(empty.sum())} of {len(out)} rows "
-                f"({_where(out, empty)}); fill it with train, val or test everywhere or "
-                "delete the column to assign splits from the seed"
-            )
-        unknown = ~given.isin(SPLITS)
-        if unknown.any():
-            raise DataError(
-                f"the split column holds {sorted(set(given[unknown].astype(str)))} "
-                f"({_where(out, unknown)}); use only train, val or test"
-            )
-        check_no_leakage(out)
+    if given is None or not (given.notna() & (given.astype(str) != "")).any():
+        assignment = split_patients(out["patient_id"].astype(str), seed=seed, ratios=ratios)
+        out["split"] = out["patient_id"].astype(str).map(assignment)
         return out
-    assignment = split_patients(out["patient_id"].astype(str), seed=seed, ratios=ratios)
-    out["split"] = out["patient_id"].astype(str).map(assignment)
+    text = given.fillna("").astype(str)
+    unknown = ~text.isin([*GIVEN_SPLITS, ""])
+    if unknown.any():
+        raise DataError(
+            f"the split column holds {sorted(set(text[unknown]))} ({_where(out, unknown)}); "
+            f"use only {', '.join(GIVEN_SPLITS)}"
+        )
+    empty = text == ""
+    if empty.any() and not (text[~empty] == PRETRAIN).all():
+        raise DataError(
+            f"the split column is empty in {int(empty.sum())} of {len(out)} rows "
+            f"({_where(out, empty)}); fill it with train, val or test everywhere, mark only "
+            "a pretraining pool (pretrain) and leave the rest empty, or delete the column to "
+            "assign splits from the seed"
+        )
+    out["split"] = text
+    check_no_leakage(out)
+    if empty.any():
+        # The pool keeps its mark; every other patient is drawn from the seed.
+        drawn = split_patients(out.loc[empty, "patient_id"].astype(str), seed=seed, ratios=ratios)
+        out.loc[empty, "split"] = out.loc[empty, "patient_id"].astype(str).map(drawn)
     return out
+
+
+def pool_patients(frame: pd.DataFrame) -> list[str]:
+    """Sorted ids of the patients a manifest marks ``pretrain`` (none without a split column)."""
+    if "split" not in frame.columns:
+        return []
+    marked = frame.loc[frame["split"].astype(str) == PRETRAIN, "patient_id"]
+    return sorted(set(marked.astype(str)))
 
 
 def split_assignment(frame: pd.DataFrame) -> dict[str, str]:

@@ -43,7 +43,9 @@ class ManifestSummary:
         labelled_scans: rows with a score.
         score_min, score_max, score_mean: over labelled scans; None when none is labelled.
         zones: distinct zones, sorted; empty without a zone column.
-        splits: patients per split (train / val / test), empty without a split column.
+        splits: patients per split (train / val / test, and pretrain for a pretraining pool;
+            "drawn from the seed" counts the patients left empty beside a pool), empty without
+            a split column.
         single_visit_patients: patients with one visit (no change pairs).
         features: number of feature columns (tabular), or None.
         pairs: change pairs per label of ``LABELS``, zone-matched when zones exist.
@@ -108,7 +110,11 @@ def summarize_manifest(
     splits: dict[str, int] = {}
     if "split" in frame.columns:
         per_split = frame.drop_duplicates("patient_id")["split"].value_counts()
-        splits = {s: int(per_split.get(s, 0)) for s in ("train", "val", "test")}
+        named = ("train", "val", "test", "pretrain")
+        splits = {s: int(per_split.get(s, 0)) for s in named if s != "pretrain" or s in per_split}
+        drawn = int(per_split.get("", 0))
+        if drawn:  # beside a pretraining pool, the others are split from the run's seed
+            splits = {"pretrain": splits.get("pretrain", 0), "drawn from the seed": drawn}
     return ManifestSummary(
         source=manifest.source.name,
         patients=int(frame["patient_id"].nunique()),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from learner.config import Config, RunVariant
 from learner.data.manifest import Manifest, load_manifest
-from learner.data.splits import kfold_patients
+from learner.data.splits import kfold_patients, pool_patients
 from learner.errors import ConfigError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
 from learner.evaluate.ceilings import (
@@ -516,7 +516,8 @@ def plan_cells(
     """Every cell of the grid with its key and its folder ``out/cells/<label>/<tag>``:
     seeds -> folds -> cells, and the splits used."""
     manifest_digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
-    patients = sorted(manifest.frame["patient_id"].unique())
+    pool = set(pool_patients(manifest.frame))  # pretraining only: never in a fold's test
+    patients = sorted(set(manifest.frame["patient_id"].unique()) - pool)
     grid: list[list[list[Cell]]] = []
     splits: list[dict[str, Any]] = []
     for seed in cfg.run.seeds:

@@ -30,7 +30,14 @@ from learner.data.cache import DecodeCache
 from learner.data.dataset import InputSpec, ScanDataset, read_vectors
 from learner.data.manifest import Manifest, load_manifest
 from learner.data.samplers import PatientBatchSampler
-from learner.data.splits import assign_splits, check_no_leakage, split_hash
+from learner.data.splits import (
+    PRETRAIN,
+    TRAINING_SPLITS,
+    assign_splits,
+    check_no_leakage,
+    pool_patients,
+    split_hash,
+)
 from learner.errors import ConfigError, DataError
 from learner.io import atomic_path, write_json
 from learner.train.module import LearnerModule
@@ -169,13 +176,16 @@ def prepare_data(
     if assignment is None:
         frame = assign_splits(frame, seed=split_seed, ratios=cfg.data.split.ratios)
     else:
+        # A pretraining pool marked in the manifest stays out of the folds.
+        pool = pool_patients(frame)
+        assignment = {**dict.fromkeys(pool, PRETRAIN), **assignment}
         missing = sorted(set(frame["patient_id"]) - set(assignment))
         if missing:
             raise DataError(f"patient {missing[0]} has no split assignment; rerun without folds")
         frame["split"] = frame["patient_id"].map(assignment)
     check_no_leakage(frame)
     assign = dict(frame.groupby("patient_id")["split"].first())
-    train_scores = frame.loc[frame["split"] == "train", "score"].dropna()
+    train_scores = frame.loc[frame["split"].isin(TRAINING_SPLITS), "score"].dropna()
     if cfg.data.score_range is not None:
         score_range = (float(cfg.data.score_range[0]), float(cfg.data.score_range[1]))
     else:
@@ -204,7 +214,7 @@ def training_feature_stats(
     (tabular input only)."""
     if cfg.data.input.kind != "tabular":
         return None
-    train = frame[frame["split"] == "train"]
+    train = frame[frame["split"].isin(TRAINING_SPLITS)]
     if cfg.data.feature_columns:
         values = train[list(cfg.data.feature_columns)].to_numpy(dtype=np.float64)
     else:
@@ -281,7 +291,7 @@ def pretrain(
     seed = cfg.train.seed
     L.seed_everything(seed, workers=True, verbose=False)
     frame = data.frame
-    train_frame = frame[frame["split"] == "train"].reset_index(drop=True)
+    train_frame = frame[frame["split"].isin(TRAINING_SPLITS)].reset_index(drop=True)
     val_frame = frame[frame["split"] == "val"].reset_index(drop=True)
     if train_frame.empty or val_frame.empty:
         raise DataError(

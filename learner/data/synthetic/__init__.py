@@ -28,6 +28,7 @@ from learner.data.synthetic.common import (
     check_modality,
     cohort_table,
     resolve_preset,
+    with_pool,
     write_bytes_atomic,
 )
 from learner.data.synthetic.video_io import write_mp4
@@ -135,6 +136,7 @@ def write_cohort(
     preset: str = "demo",
     null: bool = False,
     preview: bool = False,
+    pool: int = 0,
 ) -> CohortFiles:
     """Simulate a longitudinal cohort and write it as real files plus a manifest.
 
@@ -154,6 +156,9 @@ def write_cohort(
         null: Control cohort whose images carry no within-patient change (see
             :func:`learner.data.synthetic.common.cohort_table`).
         preview: Also write ``out/preview.png``.
+        pool: Add this many single-visit patients (``Q000`` ...) marked ``split = pretrain``
+            in the manifest: a cross-sectional pool that only ever enters pretraining (see
+            :func:`learner.data.synthetic.common.with_pool`).
 
     Returns:
         The paths written and the patient and scan counts.
@@ -166,7 +171,7 @@ def write_cohort(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the cohort")
-    table = cohort_table(modality, patients=patients, seed=seed, preset=preset, null=null)
+    table = with_pool(modality, patients=patients, pool=pool, seed=seed, preset=preset, null=null)
 
     preview_rows = set(_preview_patients(table)) if preview else set()
     images: dict[tuple[int, int], np.ndarray] = {}
@@ -205,6 +210,7 @@ def write_cohort(
 
     table = table.assign(path=paths, null=null)
     columns = ["patient_id", "visit", "path", "score"] + (["zone"] if modality == "lus" else [])
+    columns += ["split"] if pool else []
     manifest = out / "manifest.csv"
     truth = out / "truth.csv"
     write_bytes_atomic(manifest, _csv_bytes(table[columns]))

@@ -157,6 +157,7 @@ STREAM_LATENT = 0
 STREAM_NUISANCE = 1
 STREAM_ZONE = 2
 STREAM_ACQUISITION = 3
+STREAM_POOL = 4  # which visit a pretraining-pool patient keeps
 
 
 def keyed_rng(
@@ -189,6 +190,49 @@ def check_modality(modality: str) -> None:
     """Raise :class:`ConfigError` unless ``modality`` is ``lus`` or ``mri``."""
     if modality not in MODALITIES:
         raise ConfigError(f"modality '{modality}' is unknown; use one of {', '.join(MODALITIES)}")
+
+
+def with_pool(
+    modality: str,
+    *,
+    patients: int | None = None,
+    pool: int = 0,
+    seed: int = 0,
+    preset: str = "demo",
+    null: bool = False,
+) -> pd.DataFrame:
+    """:func:`cohort_table` plus a cross-sectional pretraining pool of ``pool`` patients.
+
+    The pool comes from the same generator: patients ``n .. n + pool - 1`` of the same seed
+    (latents are keyed by patient index, so the ``n`` longitudinal patients are identical with
+    and without a pool). Each pool patient keeps one visit, drawn at random, and is named
+    ``Q000, Q001, ...``; a ``split`` column marks the pool ``pretrain`` and is empty for the
+    longitudinal patients (drawn from the run's seed later). Without a pool the table is
+    exactly :func:`cohort_table`'s.
+    """
+    if pool < 0:
+        raise ConfigError(f"--pool {pool}: the pool size must be 0 or larger")
+    n = resolve_preset(preset).patients if patients is None else int(patients)
+    if pool == 0:
+        return cohort_table(modality, patients=n, seed=seed, preset=preset, null=null)
+    table = cohort_table(modality, patients=n + pool, seed=seed, preset=preset, null=null)
+    longitudinal = table[table["patient_index"] < n].copy()
+    longitudinal["patient_id"] = longitudinal["patient_index"].map(dict(enumerate(patient_ids(n))))
+    rest = table[table["patient_index"] >= n]
+    rng = keyed_rng(seed, modality, n, STREAM_POOL)
+    visits = rest.groupby("patient_index")["visit"].max()
+    chosen = {
+        int(i): int(rng.integers(0, int(last) + 1))
+        for i, last in zip(visits.index.to_numpy(), visits.to_numpy(), strict=True)
+    }
+    keep = rest["visit"].to_numpy() == rest["patient_index"].map(chosen).to_numpy()
+    pooled = rest[keep].copy()
+    width = max(3, len(str(pool - 1)))
+    pooled["patient_id"] = [f"Q{i - n:0{width}d}" for i in pooled["patient_index"]]
+    pooled["visit"] = 0  # their one visit
+    longitudinal["split"] = ""
+    pooled["split"] = "pretrain"
+    return pd.concat([longitudinal, pooled], ignore_index=True)
 
 
 def patient_ids(n: int) -> list[str]:
