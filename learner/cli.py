@@ -5,19 +5,16 @@ library, and turns :class:`learner.errors.LearnerError` into one line and an exi
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import threading
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from learner import signals
 from learner.errors import LearnerError
 
 app = typer.Typer(
@@ -53,8 +50,9 @@ def handle_errors(func: F) -> F:
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: 128 + the signal's number.
             err_console.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(signals.exit_code()) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
@@ -356,31 +354,19 @@ def _run_and_report(cfg: Any, out: Path) -> None:
     console.print(f"report: {page} (and {md.name})")
 
 
-# Seconds a command may take to shut down after Ctrl-C before the process ends hard.
-INTERRUPT_GRACE_S = 20.0
-
-
-def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C: raise KeyboardInterrupt as Python does, and bound the shutdown that follows.
-
-    Lightning's graceful shutdown can block for minutes in a logger's writer thread; every
-    file the package writes is atomic (temp file + rename), so ending hard loses nothing.
-    """
-    watchdog = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
-    watchdog.daemon = True
-    watchdog.start()
-    raise KeyboardInterrupt
-
-
-def _exit_interrupted() -> None:
-    err_console.print("interrupted", markup=False)
-    os._exit(130)
-
-
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGINT, _on_interrupt)
-    app(prog_name="learner")
+    signals.install()
+    try:
+        app(prog_name="learner")
+    except SystemExit as exc:
+        if signals.received() is None:
+            raise
+        # Interrupted: every file is written (atomically). End now: interpreter shutdown
+        # (freeing torch's state) can take a niced process under load tens of seconds,
+        # beyond the watchdog, whose daemon thread stops at shutdown. A signal outside a
+        # command's body (Click's "Aborted!", exit 1) also gets 128 + signal.
+        signals.exit_now(0 if exc.code in (0, None) else signals.exit_code())
 
 
 if __name__ == "__main__":
