@@ -283,6 +283,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
 
 
+def _on_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting resolves to CUDA GPUs here."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def pretrain(
     cfg: Config,
     out: Path,
@@ -336,12 +341,15 @@ def pretrain(
         cfg.train.batch_size,
         seed=seed,
     )
-    distributed = cfg.train.devices * cfg.train.num_nodes > 1
+    world = cfg.train.devices * cfg.train.num_nodes
+    distributed = world > 1
     workers = cfg.data.num_workers
     train_loader = DataLoader(
         train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False
     )
-    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size, num_workers=workers)
+    # Every rank validates on the whole validation set in batches of the global batch size:
+    # the pair terms depend on the batch, and this keeps val/loss that of one process.
+    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size * world, num_workers=workers)
 
     run_info = {
         "seed": seed,
@@ -376,8 +384,9 @@ def pretrain(
         devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes,
         strategy="ddp" if distributed else "auto",
-        # Batch statistics over the global batch, as one process would compute them.
-        sync_batchnorm=distributed,
+        # Batch statistics over the global batch, as one process would compute them;
+        # torch's SyncBatchNorm runs on GPUs only (on CPU each rank keeps its own).
+        sync_batchnorm=distributed and _on_gpu(cfg.train.accelerator),
         default_root_dir=str(out),
         precision=cfg.train.precision,
         gradient_clip_val=cfg.train.grad_clip,
