@@ -259,7 +259,8 @@ def embed(
         typer.Option(min=1, help="Clip samplings averaged per scan (default: the config's)."),
     ] = None,
 ) -> None:
-    """Embed every scan of a manifest with a pretrained encoder.
+    """Embed every scan of a manifest with a pretrained encoder (one process, on the CPU,
+    whatever train.devices the checkpoint was trained with).
 
     Example: learner embed --checkpoint run/checkpoints/best.ckpt --manifest m.csv --out e.parquet
     """
@@ -346,6 +347,19 @@ def _run_and_report(cfg: Any, out: Path) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
     from learner.evaluate.ablation import run_ablation
     from learner.evaluate.report import comparison_table, write_reports
+
+    if cfg.train.devices * cfg.train.num_nodes > 1:
+        # Lightning's DDP launcher would rerun the whole grid in every process.
+        err_console.print(
+            "note: `learner run` trains each cell in one process on one device "
+            f"(train.devices={cfg.train.devices}, train.num_nodes={cfg.train.num_nodes} "
+            "ignored); for multi-device training use `learner pretrain`, then `learner embed` "
+            "and `learner evaluate` (docs/scale.md)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        cfg.train.devices = cfg.train.num_nodes = 1
 
     ablation = run_ablation(cfg, out, log=lambda line: console.print(line, highlight=False))
     md, page = write_reports(ablation, out)
