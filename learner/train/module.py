@@ -128,7 +128,13 @@ class LearnerModule(L.LightningModule):
         :mod:`learner.dist`). Validation ranks all see the full validation set: no gather.
         """
         x, y, pid = batch["x"], batch["y"].float(), batch["pid"].long()
-        u, pred = self(x)
+        if x.ndim == 6:  # (B, K, T, C, H, W): K clip samplings per scan (input.clips_per_scan)
+            # at validation, averaged per scan as `learner embed` does.
+            b, k = x.shape[:2]
+            u, pred = self(x.flatten(0, 1))
+            u, pred = u.view(b, k, -1).mean(1), pred.view(b, k).mean(1)
+        else:
+            u, pred = self(x)
         gather = gather and dist.world_size() > 1
         pred_all, y_all, pid_all = pred, y, pid
         if gather:
