@@ -93,7 +93,10 @@ class StopOnSignal(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         signals.training_started()
-        if trainer.ckpt_path is None and not self.last.exists():
+        # A fresh run (pretrain refuses a folder holding last.ckpt without --resume). Every
+        # rank calls save_checkpoint (it holds a barrier) and rank 0 writes; a per-rank
+        # last.exists() test here would race with that write.
+        if trainer.ckpt_path is None:
             trainer.save_checkpoint(self.last)
         self._check()
 
