@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     result: dict[str, Any] = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "command": " ".join(["benchmarks/large_batch.py", *(argv or sys.argv[1:])]),
         "machine": speed.machine_info(),
         "load_average": speed.load_average(),
         "dim": DIM,
