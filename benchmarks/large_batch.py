@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per batch size")
     parser.add_argument(
+        "--no-peaks", action="store_true", help="skip the peak RSS (one process per objective)"
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "large_batch.json"
     )
     args = parser.parse_args(argv)
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for batch in args.batches:
         row = time_all(batch, args.rounds)
-        row["peak_rise_mib"] = {label: peak_of(batch, label) for label in losses()}
+        if not args.no_peaks:
+            row["peak_rise_mib"] = {label: peak_of(batch, label) for label in losses()}
         t = row["median_s"]
         row["rnc_over_contrastive"] = t["rnc"] / t["contrastive"]
         row["before_over_contrastive"] = t[BEFORE] / t["contrastive"]
