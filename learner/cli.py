@@ -56,6 +56,11 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
+            if signals.received() is not None:
+                # The interrupt raised inside a C extension's callback comes back wrapped
+                # (seen: pydantic's PydanticSerializationError around KeyboardInterrupt).
+                err_console.print("interrupted", markup=False)
+                raise typer.Exit(signals.exit_code()) from None
             if _STATE["debug"]:
                 traceback.print_exc()
             else:

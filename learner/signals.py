@@ -16,6 +16,8 @@ own Ctrl-C) sets up three parts:
   counts even when the main thread is stuck in a long native call (a niced process under
   load), and ends the process hard after :data:`GRACE_S` seconds. Every file the package
   writes is atomic (temp file + rename), so ending hard loses nothing that was complete.
+- An interrupt that Python drops (raised inside ``__del__``: "Exception ignored") is
+  delivered again 50 ms later through ``sys.unraisablehook``.
 - :func:`exit_code`: ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM), the shell's
   convention, used for the clean and the hard exit alike. After a clean interrupt the CLI
   ends with :func:`exit_now`, skipping interpreter shutdown: freeing torch's state took a
@@ -89,6 +91,23 @@ def install(grace: float = GRACE_S) -> None:
     threading.Thread(target=_watchdog, args=(read_fd, grace), daemon=True, name="stop").start()
     for signum in SIGNALS:
         signal.signal(signum, _handler)
+    previous_hook = sys.unraisablehook
+
+    def redeliver(unraisable: Any) -> None:
+        # An interrupt raised inside __del__ (or another place Python cannot raise from) is
+        # printed as "Exception ignored" and dropped: deliver it again a moment later, from
+        # another thread, once the main thread has left that place.
+        signum = received()
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and signum is not None:
+            main = threading.main_thread().ident
+            # A real signal (not _thread.interrupt_main): it also ends a sleeping system call.
+            timer = threading.Timer(0.05, signal.pthread_kill, args=(main, signum))
+            timer.daemon = True
+            timer.start()
+            return
+        previous_hook(unraisable)
+
+    sys.unraisablehook = redeliver
     _state["installed"] = True
 
 

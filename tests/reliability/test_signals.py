@@ -42,6 +42,16 @@ def cpu_load(processes: int = 2) -> Iterator[None]:
             proc.wait()
 
 
+@contextmanager
+def killed_at_exit(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kill ``proc`` when the block ends, also when a check in it fails."""
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def niced() -> None:
     os.nice(5)
 
@@ -124,12 +134,13 @@ def test_signal_during_pretrain_under_load_then_resume_is_exact(
     )
     # The start-of-training last.ckpt, then its replacement at the end of epoch 0: the signal
     # arrives in a later epoch, so the resume starts from a trained state.
-    wait_until(last.exists, proc, "the first last.ckpt")
-    first = last.stat().st_ino
-    wait_until(lambda: last.exists() and last.stat().st_ino != first, proc, "epoch 0's end")
-    with cpu_load():
-        time.sleep(0.2)
-        elapsed, err = stop(proc, signum)
+    with killed_at_exit(proc):
+        wait_until(last.exists, proc, "the first last.ckpt")
+        first = last.stat().st_ino
+        wait_until(lambda: last.exists() and last.stat().st_ino != first, proc, "epoch 0's end")
+        with cpu_load():
+            time.sleep(0.2)
+            elapsed, err = stop(proc, signum)
     assert_interrupted(proc, signum, elapsed, err)
 
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
@@ -159,8 +170,9 @@ def test_stopped_run_continues_to_the_uninterrupted_results(
         [*LEARNER, *args], env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     mse = out / "cells" / "mse" / "seed0" / "eval-diff" / "metrics.json"
-    wait_until(mse.exists, proc, "the mse cell's metrics")
-    elapsed, err = stop(proc, signum)
+    with killed_at_exit(proc):
+        wait_until(mse.exists, proc, "the mse cell's metrics")
+        elapsed, err = stop(proc, signum)
     if signum == signal.SIGTERM:
         assert_interrupted(proc, signum, elapsed, err)
     assert not (out / "results.json").exists(), "the run finished before it could be stopped"
@@ -228,11 +240,42 @@ def test_a_blocked_command_ends_within_the_limit(
         stderr=subprocess.PIPE,
         preexec_fn=niced,
     )
-    assert proc.stdout is not None
-    lines = iter(proc.stdout.readline, b"")
-    assert b"ready\n" in lines, "the command ended before blocking"
-    time.sleep(0.5)  # from print('ready') into the blocking call
-    elapsed, err = stop(proc, signum)
+    with killed_at_exit(proc):
+        assert proc.stdout is not None
+        lines = iter(proc.stdout.readline, b"")
+        assert b"ready\n" in lines, "the command ended before blocking"
+        time.sleep(0.5)  # from print('ready') into the blocking call
+        elapsed, err = stop(proc, signum)
     assert_interrupted(proc, signum, elapsed, err)
     if blocking == "native":
         assert elapsed >= GRACE_S - 0.5, "ended before the grace period: not by the watchdog"
+
+
+def test_an_interrupt_swallowed_in_a_finaliser_is_delivered_again(
+    subprocess_env: dict[str, str],
+) -> None:
+    """Python drops an exception raised in ``__del__`` ("Exception ignored"): seen when
+    SIGTERM landed in a Lightning object's finaliser during `learner run`."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from learner import signals\n"
+        "signals.install()\n"
+        "class Finaliser:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        for _ in range(200):\n"
+        "            time.sleep(0.001)  # the handler runs in here\n"
+        "try:\n"
+        "    Finaliser()\n"
+        "    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', file=sys.stderr)\n"
+        "    signals.exit_now(signals.exit_code())\n"
+    )
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert time.monotonic() - start < GRACE_S, "ended by the watchdog, not by the interrupt"
+    assert result.stderr.strip() == "interrupted", result.stderr[-2000:]
