@@ -5,22 +5,19 @@ library, and turns :class:`learner.errors.LearnerError` into one line and an exi
 from __future__ import annotations
 
 import functools
-import os
 import re
-import signal
 import tempfile
-import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from learner import signals
 from learner.errors import LearnerError
 
 app = typer.Typer(
@@ -56,11 +53,17 @@ def handle_errors(func: F) -> F:
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
+            # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: 128 + the signal's number.
             err_console.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(signals.exit_code()) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
+            if signals.received() is not None:
+                # The interrupt raised inside a C extension's callback comes back wrapped
+                # (seen: pydantic's PydanticSerializationError around KeyboardInterrupt).
+                err_console.print("interrupted", markup=False)
+                raise typer.Exit(signals.exit_code()) from None
             if _STATE["debug"]:
                 traceback.print_exc()
             else:
@@ -369,7 +372,8 @@ def embed(
         typer.Option(min=1, help="Clip samplings averaged per scan (default: the config's)."),
     ] = None,
 ) -> None:
-    """Embed every scan of a manifest with a pretrained encoder.
+    """Embed every scan of a manifest with a pretrained encoder (one process, on the CPU,
+    whatever train.devices the checkpoint was trained with).
 
     Example: learner embed --checkpoint run/checkpoints/best.ckpt --manifest m.csv --out e.parquet
     """
@@ -622,6 +626,19 @@ def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> No
     from learner.pipeline.report import comparison_table, verdict_text, write_reports
     from learner.pipeline.run import run_ablation
 
+    if cfg.train.devices * cfg.train.num_nodes > 1:
+        # Lightning's DDP launcher would rerun the whole grid in every process.
+        err_console.print(
+            "note: `learner run` trains each cell in one process on one device "
+            f"(train.devices={cfg.train.devices}, train.num_nodes={cfg.train.num_nodes} "
+            "ignored); for multi-device training use `learner pretrain`, then `learner embed` "
+            "and `learner evaluate` (docs/scale.md)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        cfg.train.devices = cfg.train.num_nodes = 1
+
     log = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
     ablation = run_ablation(cfg, out, log=log, replace_changed=replace_changed)
     if ablation.results.get("task") != "interpatient":  # one visit each: no change to predict
@@ -644,31 +661,19 @@ def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> No
     console.print(f"report: {page} (and {md.name})")
 
 
-# Seconds a command may take to shut down after Ctrl-C before the process ends hard.
-INTERRUPT_GRACE_S = 20.0
-
-
-def _on_interrupt(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C: raise KeyboardInterrupt as Python does, and bound the shutdown that follows.
-
-    Lightning's graceful shutdown can block for minutes in a logger's writer thread; every
-    file the package writes is atomic (temp file + rename), so ending hard loses nothing.
-    """
-    watchdog = threading.Timer(INTERRUPT_GRACE_S, _exit_interrupted)
-    watchdog.daemon = True
-    watchdog.start()
-    raise KeyboardInterrupt
-
-
-def _exit_interrupted() -> None:
-    err_console.print("interrupted", markup=False)
-    os._exit(130)
-
-
 def main() -> None:
     """Console-script entry point."""
-    signal.signal(signal.SIGINT, _on_interrupt)
-    app(prog_name="learner")
+    signals.install()
+    try:
+        app(prog_name="learner")
+    except SystemExit as exc:
+        if signals.received() is None:
+            raise
+        # Interrupted: every file is written (atomically). End now: interpreter shutdown
+        # (freeing torch's state) can take a niced process under load tens of seconds,
+        # beyond the watchdog, whose daemon thread stops at shutdown. A signal outside a
+        # command's body (Click's "Aborted!", exit 1) also gets 128 + signal.
+        signals.exit_now(0 if exc.code in (0, None) else signals.exit_code())
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ class TrainConfig(_Section):
     seed: int = 0
     accelerator: str = "auto"
     devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
     deterministic: bool = True
     out: Path = Path("runs/pretrain")
 

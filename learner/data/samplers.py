@@ -94,21 +94,26 @@ class PatientBatchSampler(Sampler[list[int]]):
     def _rank_batches(self) -> list[list[int]]:
         """Under DDP: global batches of ``batch_size * world`` scans (one per patient where
         possible), each rank taking every world-th scan, so the pair losses, which gather
-        across ranks, see exactly the global batch. Global batches too small to give every
-        rank a scan are dropped so that all ranks run the same number of steps."""
+        across ranks, see exactly the global batch. The global batches are those one process
+        with ``batch_size * world`` would cut (same stream, same strata), so a DDP run and a
+        single-process run of the global batch size train on the same batches. Global
+        batches too small to give every rank a scan are dropped so that all ranks run the
+        same number of steps."""
         world, rank = _replicas()
-        rng = np.random.default_rng([self.seed, self.epoch])
-        stream = self._stream(rng)
-        batches = _cut_batches(stream, self.patient_codes, self.batch_size * world)
+        batches = self.batches(self.epoch, self.batch_size * world)
         return [b[rank::world] for b in batches if len(b) >= world]
 
-    def batches(self, epoch: int) -> list[list[int]]:
-        """Every batch of ``epoch`` (the last may be short; ``drop_last`` is not applied)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        stream = self._stream(rng)
-        return _cut_batches(stream, self.patient_codes, self.batch_size)
+    def batches(self, epoch: int, batch_size: int | None = None) -> list[list[int]]:
+        """Every batch of ``epoch`` (the last may be short; ``drop_last`` is not applied).
 
-    def _stream(self, rng: np.random.Generator) -> list[int]:
+        ``batch_size`` defaults to the sampler's; the global batch size under DDP.
+        """
+        size = self.batch_size if batch_size is None else batch_size
+        rng = np.random.default_rng([self.seed, epoch])
+        stream = self._stream(rng, size)
+        return _cut_batches(stream, self.patient_codes, size)
+
+    def _stream(self, rng: np.random.Generator, batch_size: int) -> list[int]:
         """All scan indices in round order, each round stratified by score."""
         n = self.scores.size
         if n == 0:
@@ -129,7 +134,7 @@ class PatientBatchSampler(Sampler[list[int]]):
         stream: list[int] = []
         for r in np.unique(round_of):
             members = np.flatnonzero(round_of == r)
-            stream.extend(members[_stratified_order(quantile[members], self.batch_size, rng)])
+            stream.extend(members[_stratified_order(quantile[members], batch_size, rng)])
         return stream
 
     def _score_quantiles(self, rng: np.random.Generator) -> np.ndarray:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,16 +126,57 @@ def _cosine_distance(x: Tensor) -> Tensor:
 
 
 def _euclidean_distance(x: Tensor) -> Tensor:
-    """(B, D) -> (B, B) L2 distances, exact, with a zero gradient at coincident points.
+    """(B, D) -> (B, B) L2 distances, to the rounding of ``x``'s dtype, with a zero gradient
+    at coincident points (the diagonal, duplicate embeddings).
 
-    ``torch.cdist`` without the matmul shortcut: O(B^2) memory (no (B, B, D) difference
-    tensor, 2 GB at B = 1024, D = 512), no cancellation error from ``|a|^2 + |b|^2 - 2ab``,
-    and its backward returns 0 where the distance is 0 (the diagonal, duplicate embeddings)
-    where a plain ``sqrt`` would give NaN. The matmul form is ~10x faster on a CPU at large
-    B * D, but its cancellation noise makes near-duplicate distances, and their gradients
-    ``(x_i - x_j) / d``, unreliable in float32.
+    See :class:`_EuclideanDistance`: matrix products in float64 instead of ``torch.cdist``'s
+    exact per-pair differences, which cost 10x more at B = 1024, D = 512 (rnc's bottleneck).
     """
-    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    out: Tensor = _EuclideanDistance.apply(x)
+    return out
+
+
+# Pairs whose squared distance is below this fraction of |x_i|^2 + |x_j|^2 are recomputed
+# from their difference: there the float64 matmul form's cancellation error (~1e-16 of the
+# norms) would reach float32's resolution of the distance.
+_CANCELLATION_GUARD = 1e-6
+# Above this many such pairs per row (collapsed embeddings), the exact form for all pairs.
+_MAX_CLOSE_PER_ROW = 8
+
+
+class _EuclideanDistance(torch.autograd.Function):
+    """L2 distances via ``|a|^2 + |b|^2 - 2 a.b`` in float64, with exact fix-ups.
+
+    Forward: the Gram matrix in float64 keeps the cancellation error near 1e-16 of the
+    squared norms, far below a float32 distance except for near-coincident pairs, which are
+    recomputed from ``x_i - x_j`` (the diagonal at least). No (B, B, D) tensor: O(B^2)
+    memory. Backward: ``grad_i = sum_j W_ij (x_i - x_j)`` with ``W = (G + G^T) / d`` (0 where
+    ``d == 0``, as ``torch.cdist``), evaluated as ``x_i sum_j W_ij - (W x)_i`` in float64.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x64 = x.double()
+        sq = x64.square().sum(dim=1)
+        norms = sq[:, None] + sq[None, :]
+        d2 = (norms - 2.0 * (x64 @ x64.T)).clamp_min_(0.0)
+        close = d2 <= _CANCELLATION_GUARD * norms
+        i, j = close.nonzero(as_tuple=True)
+        if i.numel() <= _MAX_CLOSE_PER_ROW * x.shape[0]:
+            d2[i, j] = (x64[i] - x64[j]).square().sum(dim=1)
+            d64 = d2.sqrt_()
+        else:
+            d64 = torch.cdist(x64, x64, compute_mode="donot_use_mm_for_euclid_dist")
+        ctx.save_for_backward(x, d64)
+        return d64.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        x, d64 = ctx.saved_tensors
+        w = torch.where(d64 > 0, grad.double() / torch.where(d64 > 0, d64, 1.0), 0.0)
+        w = w + w.T
+        x64 = x.double()
+        return (x64 * w.sum(dim=1, keepdim=True) - w @ x64).to(x.dtype)
 
 
 def _count(mask: Tensor) -> Tensor:
@@ -344,8 +385,8 @@ def rnc_loss(
 
     Vectorised without the (B, B, B) mask (1 GB at B = 1024): each anchor's candidates are
     sorted by ``Delta`` descending, so the denominator of ``j`` is a prefix log-sum-exp
-    (``torch.logcumsumexp``) read at the last position whose ``Delta`` ties with
-    ``Delta_ij`` (found with ``searchsorted``). Invalid candidates get ``Delta = -1`` and sort
+    (:func:`_prefix_logsumexp`) read at the last position whose ``Delta`` ties with
+    ``Delta_ij`` (:func:`_last_of_tie`). Invalid candidates get ``Delta = -1`` and sort
     after every valid one, so no valid prefix contains them.
 
     Args:
@@ -362,18 +403,56 @@ def rnc_loss(
         pairs = _pairs(scores, patient_ids, x.dtype)
         sim = -_euclidean_distance(x) / temperature
         key = torch.where(pairs.valid, pairs.delta, -1.0)
-        key_sorted, order = key.sort(dim=1, descending=True)
+        # Sorted as the integers of the same bits: for floats >= 0 their order is the value's,
+        # -1 sorts below them all (sign bit), ties stay ties, and integer sorts are ~1.5x faster.
+        bits = torch.int32 if key.dtype == torch.float32 else torch.int64
+        key_sorted, order = key.view(bits).sort(dim=1, descending=True)
         sim_sorted = sim.gather(1, order)
-        prefix_lse = torch.logcumsumexp(sim_sorted, dim=1)
-        # -key_sorted is ascending per row: n_ge[i, p] = #{k : Delta_ik >= Delta_i,order[p]}.
-        ascending = (-key_sorted).contiguous()
-        n_ge = torch.searchsorted(ascending, ascending, right=True)
-        denom = prefix_lse.gather(1, (n_ge - 1).clamp_min(0))
+        prefix_lse = _prefix_logsumexp(sim_sorted)
+        denom = prefix_lse.gather(1, _last_of_tie(key_sorted))
         valid_sorted = key_sorted >= 0
         per_pair = torch.where(valid_sorted, denom - sim_sorted, 0.0)
         loss = _safe_div(per_pair.sum(), valid_sorted.sum())
         n_valid = _count(pairs.valid)
     return PairLoss(loss, n_valid, n_valid.clone())
+
+
+# exp() of float64 is normal down to -708: rows whose similarities spread wider than this
+# fall back to torch.logcumsumexp (exact at any spread, 5x slower on a CPU).
+_MAX_EXP_SPREAD = 700.0
+
+
+def _prefix_logsumexp(values: Tensor) -> Tensor:
+    """Row-wise ``log(cumsum(exp(values)))`` of a (B, N) tensor, in ``values``' dtype.
+
+    ``log(cumsum(exp(v - max)))`` in float64: the terms are positive (no cancellation) and
+    their sum's relative rounding is ~N * 1e-16, far below float32's; used unless a row's
+    values spread beyond :data:`_MAX_EXP_SPREAD`, where a term could underflow.
+    """
+    if values.numel() == 0:
+        return values
+    top = values.detach().amax(dim=1, keepdim=True)
+    if (top - values.detach().amin(dim=1, keepdim=True)).max() > _MAX_EXP_SPREAD:
+        return torch.logcumsumexp(values, dim=1)
+    v64 = values.double() - top.double()
+    return (v64.exp().cumsum(dim=1).log() + top.double()).to(values.dtype)
+
+
+def _last_of_tie(sorted_rows: Tensor) -> Tensor:
+    """For rows sorted (either way), the index of the last entry equal to each entry.
+
+    Args:
+        sorted_rows: (B, N), each row sorted.
+
+    Returns:
+        (B, N) int64: ``last[i, p] = max{q : sorted_rows[i, q] == sorted_rows[i, p]}``.
+    """
+    n = sorted_rows.shape[1]
+    positions = torch.arange(n, device=sorted_rows.device).expand_as(sorted_rows)
+    ends = torch.ones_like(sorted_rows, dtype=torch.bool)
+    ends[:, :-1] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
+    marked = torch.where(ends, positions, n)
+    return marked.flip(1).cummin(dim=1).values.flip(1)
 
 
 def no_pair_loss(embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from learner import dist
 from learner.config import Config
 from learner.errors import ConfigError
 from learner.losses import build_objective
+from learner.losses.modules import PairObjective
 from learner.models import ProjectionHead, RegressionHead, build_encoder
 
 # Validation pairs for the online Spearman are subsampled to bound the O(n^2) cost.
@@ -50,7 +52,7 @@ def build_encoder_from_config(cfg: Config) -> nn.Module:
     )
 
 
-def objective_from_config(cfg: Config) -> nn.Module:
+def objective_from_config(cfg: Config) -> PairObjective:
     """Build the named objective, passing only the hyperparameters it accepts."""
     from learner.losses import OBJECTIVES
 
@@ -126,18 +128,38 @@ class LearnerModule(L.LightningModule):
         lo, hi = self.score_range
         return pred * (hi - lo) + lo
 
-    def _losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _losses(self, batch: dict[str, Tensor], *, gather: bool) -> dict[str, Tensor]:
+        """Loss terms of ``batch``; with ``gather`` (training under DDP) over the global batch.
+
+        Training ranks hold disjoint slices of one global batch: the MSE and the pair term
+        are computed on the gathered predictions and embeddings, so every rank's loss is
+        the loss one process would compute on the whole batch (even when the slices differ
+        in size) and DDP's gradient average gives that process's gradient (see
+        :mod:`learner.dist`). Validation ranks all see the full validation set: no gather.
+        """
         x, y, pid = batch["x"], batch["y"].float(), batch["pid"].long()
-        u, pred = self(x)
-        labelled = ~torch.isnan(y)
-        if labelled.any():
-            mse = F.mse_loss(pred[labelled].float(), y[labelled])
+        if x.ndim == 6:  # (B, K, T, C, H, W): K clip samplings per scan (input.clips_per_scan)
+            # at validation, averaged per scan as `learner embed` does.
+            b, k = x.shape[:2]
+            u, pred = self(x.flatten(0, 1))
+            u, pred = u.view(b, k, -1).mean(1), pred.view(b, k).mean(1)
         else:
-            mse = pred.sum() * 0.0
-        out = {"mse": mse, "u": u, "pred": pred}
+            u, pred = self(x)
+        gather = gather and dist.world_size() > 1
+        pred_all, y_all, pid_all = pred, y, pid
+        if gather:
+            pred_all = dist.gather_with_grad(pred)
+            y_all, pid_all = dist.gather_no_grad(y), dist.gather_no_grad(pid)
+        labelled = ~torch.isnan(y_all)
+        if labelled.any():
+            mse = F.mse_loss(pred_all[labelled].float(), y_all[labelled])
+        else:
+            mse = pred_all.sum() * 0.0
+        out = {"mse": mse, "u": u, "pred": pred, "n": torch.tensor(y_all.shape[0])}
         if self.lam > 0:
             z = self.projection(u) if self.projection is not None else u
-            pair = self.objective(z.float(), y, pid)
+            z = dist.gather_with_grad(z) if gather else z
+            pair = self.objective.pair_loss(z.float(), y_all, pid_all)
             out.update(pair=pair.loss, n_pos=pair.n_pos, n_neg=pair.n_neg)
             out["loss"] = mse + self.lam * pair.loss
         else:
@@ -165,8 +187,9 @@ class LearnerModule(L.LightningModule):
                 )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        out = self._losses(batch)
-        self._log_terms("train", out, int(batch["y"].shape[0]))
+        out = self._losses(batch, gather=True)
+        # Weighted by the global batch size: the epoch means equal one process's.
+        self._log_terms("train", out, int(out["n"]))
         if "pair" in out:
             self._pair_batches += 1
             self._no_pos_batches += int(out["n_pos"].item() == 0)
@@ -182,7 +205,7 @@ class LearnerModule(L.LightningModule):
 
     # -- validation ------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        out = self._losses(batch)
+        out = self._losses(batch, gather=False)
         self._log_terms("val", out, int(batch["y"].shape[0]))
         self._val_outputs.append(
             (

@@ -25,6 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 import learner
+from learner import signals
 from learner.config import Config, save_config
 from learner.data.cache import DecodeCache
 from learner.data.dataset import InputSpec, ScanDataset, read_vectors
@@ -81,6 +82,50 @@ class EpochSeeding(L.Callback):
         torch.manual_seed(self.seed * 100_003 + epoch)
         self.sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
+
+
+class StopOnSignal(L.Callback):
+    """Stop training at the first batch boundary after a SIGINT / SIGTERM (see
+    :mod:`learner.signals`), and make sure a resumable ``last.ckpt`` exists from the start.
+
+    Raising ``KeyboardInterrupt`` here, never inside a logger's writer, lets Lightning's
+    interrupt path finalise the loggers (flushing TensorBoard) and tear the trainer down.
+    ``last.ckpt`` then holds the last finished epoch, or the state before the first step; a
+    ``--resume`` from it replays the interrupted epoch exactly (every epoch is seeded from
+    (seed, epoch) by :class:`EpochSeeding`).
+    """
+
+    def __init__(self, last: Path) -> None:
+        self.last = last
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        signals.training_started()
+        # A fresh run (pretrain refuses a folder holding last.ckpt without --resume). Every
+        # rank calls save_checkpoint (it holds a barrier) and rank 0 writes; a per-rank
+        # last.exists() test here would race with that write.
+        if trainer.ckpt_path is None:
+            trainer.save_checkpoint(self.last)
+        self._check()
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        signals.training_ended()
+        self._check()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        signals.training_ended()
+
+    @staticmethod
+    def _check() -> None:
+        if signals.received() is not None:
+            raise KeyboardInterrupt
 
 
 @dataclass
@@ -264,6 +309,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
 
 
+def _on_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting resolves to CUDA GPUs here."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def pretrain(
     cfg: Config,
     out: Path,
@@ -317,11 +367,15 @@ def pretrain(
         cfg.train.batch_size,
         seed=seed,
     )
+    world = cfg.train.devices * cfg.train.num_nodes
+    distributed = world > 1
     workers = cfg.data.num_workers
     train_loader = DataLoader(
         train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False
     )
-    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size, num_workers=workers)
+    # Every rank validates on the whole validation set in batches of the global batch size:
+    # the pair terms depend on the batch, and this keeps val/loss that of one process.
+    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size * world, num_workers=workers)
 
     run_info = {
         "seed": seed,
@@ -354,11 +408,16 @@ def pretrain(
         max_epochs=cfg.train.epochs,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
-        strategy="ddp" if cfg.train.devices > 1 else "auto",
+        num_nodes=cfg.train.num_nodes,
+        strategy="ddp" if distributed else "auto",
+        # Batch statistics over the global batch, as one process would compute them;
+        # torch's SyncBatchNorm runs on GPUs only (on CPU each rank keeps its own).
+        sync_batchnorm=distributed and _on_gpu(cfg.train.accelerator),
+        default_root_dir=str(out),
         precision=cfg.train.precision,
         gradient_clip_val=cfg.train.grad_clip,
         deterministic=cfg.train.deterministic,
-        callbacks=[checkpoint_cb, EpochSeeding(seed, sampler, train_ds)]
+        callbacks=[checkpoint_cb, EpochSeeding(seed, sampler, train_ds), StopOnSignal(last)]
         + ([RichProgressBar()] if progress else [])
         + list(callbacks or []),
         logger=[
@@ -380,5 +439,7 @@ def pretrain(
         if trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
+    if signals.received() is not None:  # arrived after the last batch
+        raise KeyboardInterrupt
     best = ckpt_dir / "best.ckpt"
     return PretrainResult(run_dir=out, best=best if best.exists() else last, last=last, data=data)

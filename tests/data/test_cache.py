@@ -148,3 +148,54 @@ def test_concurrent_writers_of_one_key(tmp_path: Path, source: Path) -> None:
         np.testing.assert_array_equal(result, expected)
     files = [p for p in cache_root.rglob("*") if p.is_file()]
     assert len(files) == 1
+
+
+# Two jobs sharing one cache folder (docs/scale.md): each decodes every scan, in opposite
+# orders, and checks each array it reads; builds are slow enough for the writes to overlap.
+TWO_JOBS = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from learner.data.cache import DecodeCache
+
+root, sources, order = Path(sys.argv[1]), sorted(Path(sys.argv[2]).glob("*.npy")), sys.argv[3]
+cache = DecodeCache(root)
+for _ in range(3):
+    for src in (sources if order == "forward" else sources[::-1]):
+        def build(src=src):
+            time.sleep(0.01)
+            return np.load(src).repeat(2000, axis=0)
+        got = cache.get(src, {"repeat": 2000}, build)
+        assert np.array_equal(got, np.load(src).repeat(2000, axis=0)), src
+print(cache.hits, cache.misses)
+"""
+
+
+def test_two_processes_share_one_cache_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    sources = tmp_path / "scans"
+    sources.mkdir()
+    for i in range(12):
+        np.save(sources / f"scan{i:02d}.npy", np.full((4, 64, 64), i, dtype=np.uint8))
+    root = tmp_path / "cache"
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_JOBS, str(root), str(sources), order],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for order in ("forward", "backward")
+    ]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    for job, (_, err) in zip(jobs, outputs, strict=True):
+        assert job.returncode == 0, err[-2000:]
+    hits_misses = [tuple(int(v) for v in out.split()) for out, _ in outputs]
+    # Every lookup ends in a complete array; each scan is built at least once overall and
+    # at most once per job (later rounds hit).
+    assert all(h + m == 36 and 1 <= m <= 12 for h, m in hits_misses), hits_misses
+    assert sum(m for _, m in hits_misses) >= 12
+    files = sorted(p.name for p in root.rglob("*") if p.is_file())
+    assert len(files) == 12 and not [f for f in files if f.endswith(".tmp")], files

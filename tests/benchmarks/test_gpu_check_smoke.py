@@ -1,0 +1,40 @@
+"""benchmarks/gpu_check.py --smoke: the GPU check runs end to end on a CPU in seconds and
+writes every section of its JSON (issue #16), so it works the day a GPU is at hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+
+def test_gpu_check_smoke_writes_every_section(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    gpu_check = load_benchmark("gpu_check.py")
+    out = tmp_path / "gpu_check.json"
+    args = ["--smoke", "--device", "cpu", "--workers", "0", "--workdir", str(tmp_path / "w")]
+    assert gpu_check.main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+
+    assert result["smoke"] is True and result["machine"]["device"] == "cpu"
+    assert result["matmul"]["bf16_tflops"] > 0 and result["matmul"]["fp32_tflops"] > 0
+    variants = {(r["case"].split()[0], r["variant"]) for r in result["encoders"]}
+    assert variants == {
+        (case, variant)
+        for case in ("TSM-R18", "3D")
+        for variant in ("fp32", "bf16", "channels_last", "channels_last+bf16")
+    }
+    for row in result["encoders"]:
+        assert row["items_per_s"] > 0 and 0 < row["fraction_of_bf16_matmul"] < math.inf
+    pipeline = result["pipeline"]
+    assert pipeline["scans"] > 0
+    assert pipeline["data_over_model"] == (
+        pipeline["data_warm_clips_per_s"] / pipeline["model_clips_per_s"]
+    )
+    # The paper-size config (lus.yaml: 3 clips per scan at validation) trains and validates.
+    pretrain = result["pretrain"]
+    assert len(pretrain["seconds_per_epoch"]) == pretrain["epochs"] == 1
+    assert (tmp_path / "w" / "run" / "checkpoints" / "last.ckpt").is_file()
