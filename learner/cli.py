@@ -348,10 +348,10 @@ def pretrain(
 def _pretrain_warnings(cfg: Any, run_dir: Path) -> list[str]:
     """What makes a finished pretraining suspect: a score range that does not fit the scores,
     a pair term that saw no negative (or positive) pair in most batches."""
-    from learner.data.manifest import load_manifest
     from learner.evaluate.verdict import pair_batch_counts, pair_term_warning, score_range_warnings
+    from learner.train.pretrain import config_manifest
 
-    manifest = load_manifest(cfg.data.manifest, feature_columns=cfg.data.feature_columns)
+    manifest = config_manifest(cfg)
     scores = manifest.frame["score"].to_numpy(dtype=float)
     lines = score_range_warnings(scores, cfg.data.score_range)
     counts = pair_batch_counts(run_dir)

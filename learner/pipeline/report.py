@@ -32,13 +32,15 @@ HEADERS = {
 }
 
 
-def _fmt(entry: dict[str, Any] | None, digits: int = 3, ci: bool = True) -> str:
+def _fmt(entry: dict[str, Any] | None, digits: int = 3, ci: bool = True, spec: str = "") -> str:
+    """``mean [lo, hi]`` of a metric entry (``spec`` overrides the number format), or "-"."""
     if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
         return "-"
-    text = f"{entry['mean']:.{digits}f}"
+    spec = spec or f".{digits}f"
+    text = format(entry["mean"], spec)
     lo, hi = entry.get("ci95", [None, None])
     if ci and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
-        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        text += f" [{format(lo, spec)}, {format(hi, spec)}]"
     return text
 
 
@@ -51,13 +53,7 @@ def _primary(results: dict[str, Any]) -> str:
 
 
 def _percent(entry: dict[str, Any] | None, ci: bool = True) -> str:
-    if not entry or entry.get("mean") is None or not math.isfinite(entry["mean"]):
-        return "-"
-    text = f"{entry['mean']:.0%}"
-    lo, hi = entry.get("ci95", [None, None])
-    if ci and lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
-        text += f" [{lo:.0%}, {hi:.0%}]"
-    return text
+    return _fmt(entry, ci=ci, spec=".0%")
 
 
 def comparison_rows(results: dict[str, Any], compact: bool = False) -> list[list[str]]:

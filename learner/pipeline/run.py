@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from learner.config import Config, RunVariant
-from learner.data.manifest import Manifest, load_manifest
+from learner.data.manifest import Manifest
 from learner.data.splits import kfold_patients, pool_patients
 from learner.errors import ConfigError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
@@ -70,6 +70,7 @@ from learner.provenance import (
 from learner.train.module import LearnerModule
 from learner.train.pretrain import (
     PreparedData,
+    config_manifest,
     model_config,
     package_versions,
     prepare_data,
@@ -572,13 +573,7 @@ def run_ablation(
     variants = objective_variants(cfg)
     features = list(dict.fromkeys(cfg.run.features))
     if manifest is None:
-        if cfg.data.manifest is None:
-            raise ConfigError(
-                "data.manifest is not set; pass --set data.manifest=PATH/manifest.csv"
-            )
-        manifest = load_manifest(
-            cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
-        )
+        manifest = config_manifest(cfg)
 
     grid, splits = plan_cells(cfg, manifest, variants, out)
     every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]

@@ -204,18 +204,21 @@ def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
     return DecodeCache(root)
 
 
+def config_manifest(cfg: Config) -> Manifest:
+    """The manifest ``data.manifest`` names, read with the config's columns."""
+    if cfg.data.manifest is None:
+        raise ConfigError("data.manifest is not set; pass --set data.manifest=PATH/manifest.csv")
+    return load_manifest(
+        cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
+    )
+
+
 def prepare_data(
     cfg: Config, manifest: Manifest | None = None, assignment: dict[str, str] | None = None
 ) -> PreparedData:
     """Load the manifest, assign patient-level splits and derive the score range."""
     if manifest is None:
-        if cfg.data.manifest is None:
-            raise ConfigError(
-                "data.manifest is not set; pass --set data.manifest=PATH/manifest.csv"
-            )
-        manifest = load_manifest(
-            cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
-        )
+        manifest = config_manifest(cfg)
     frame = manifest.frame.copy()
     split_seed = cfg.data.split.seed if cfg.data.split.seed is not None else cfg.train.seed
     if assignment is None:
