@@ -200,15 +200,21 @@ def build_pocus(out: Path, root: Path | None = None) -> Path:
 
 
 def build_synthetic(
-    out: Path, *, modality: str, preset: str, null: bool = False, seed: int = 0
+    out: Path, *, modality: str, preset: str, null: bool = False, seed: int = 0, pool: int = 0
 ) -> Path:
-    """A synthetic cohort (written once: an existing manifest is reused)."""
+    """A synthetic cohort (written once: an existing manifest is reused); ``pool`` adds that
+    many single-visit pretraining-only patients (`learner synth --pool`)."""
     manifest = out / "manifest.csv"
     if manifest.is_file():
         return manifest
     from learner.data.synthetic import write_cohort
 
-    return write_cohort(modality, out, seed=seed, preset=preset, null=null).manifest
+    return write_cohort(modality, out, seed=seed, preset=preset, null=null, pool=pool).manifest
+
+
+# Pool sizes of the pretraining-pool learning curve (issue 12): the same 60 longitudinal
+# patients (and test splits) as synth-lus, plus N single-visit patients for pretraining.
+POOL_SIZES = (100, 300, 600)
 
 
 OASIS2_FOLDER = "oasis2-slices"
@@ -374,6 +380,12 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "covid-blues-sf": build_covid_sf,
     "pocus": build_pocus,
     "synth-lus": lambda out: build_synthetic(out, modality="lus", preset="demo"),
+    **{
+        f"synth-lus-pool{n}": (
+            lambda out, n=n: build_synthetic(out, modality="lus", preset="demo", pool=n)
+        )
+        for n in POOL_SIZES
+    },
     "synth-lus-null": lambda out: build_synthetic(out, modality="lus", preset="demo", null=True),
     "synth-lus-bench": lambda out: build_synthetic(out, modality="lus", preset="bench"),
     "synth-lus-bench-null": lambda out: build_synthetic(
