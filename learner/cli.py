@@ -641,8 +641,7 @@ def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> No
 
     log = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
     ablation = run_ablation(cfg, out, log=log, replace_changed=replace_changed)
-    if ablation.results.get("task") != "interpatient":  # one visit each: no change to predict
-        save_run_change_models(ablation, cfg, out, log=log)
+    save_run_change_models(ablation, cfg, out, log=log)
     md, page = write_reports(ablation, out)
     console.print(comparison_table(ablation.results))
     ds = ablation.results["dataset"]

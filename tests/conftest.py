@@ -3,9 +3,11 @@ config that trains on it in seconds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from learner.config import Config, build_config
 
@@ -38,3 +40,14 @@ def tiny_config(tiny_cohort: Path) -> Config:
 
     tree = yaml.safe_load(demo.read_text())
     return build_config(tree, [f"data.manifest={tiny_cohort}", *TINY_OVERRIDES])
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: the machine is shared, and in-process runs match subprocesses."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

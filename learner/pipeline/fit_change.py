@@ -282,7 +282,10 @@ def save_run_change_models(
     ablation: AblationResult, cfg: Config, out: Path, *, log: Log = print
 ) -> dict[str, Any]:
     """A change model per objective and seed, the validation-best one copied to
-    ``out/change-model``; adds ``change_model`` to ``results.json`` and returns it."""
+    ``out/change-model``; adds ``change_model`` to ``results.json`` and returns it (empty for
+    one-visit data: there is no change to predict)."""
+    if ablation.results.get("task") == "interpatient":
+        return {}
     out = Path(out)
     feature = cfg.run.features[0]
     candidates: dict[str, dict[str, Any]] = {}

@@ -289,18 +289,23 @@ def run_cell(
     cell: Cell, *, features: Sequence[str], progress: bool, log: Log = print
 ) -> dict[str, CellResult]:
     """Pretrain (or resume), embed and evaluate one objective x seed (x fold)."""
+    embed_cell(cell, progress=progress)
+    return _evaluate_cell(cell, features, log)
+
+
+def embed_cell(cell: Cell, *, progress: bool) -> Path:
+    """The cell's embeddings (trained, resumed, or the untrained baseline's), its key written
+    first so that even an interrupted cell says what it was made from."""
     write_key(cell.folder / KEY_FILE, cell.key)
     if cell.untrained:
-        embed_untrained(cell)
-    else:
-        pretrain_and_embed(
-            cell.cfg,
-            cell.data,
-            cell.folder,
-            metadata={"objective": cell.cfg.objective.name, "seed": cell.cfg.train.seed},
-            progress=progress,
-        )
-    return _evaluate_cell(cell, features, log)
+        return embed_untrained(cell)
+    return pretrain_and_embed(
+        cell.cfg,
+        cell.data,
+        cell.folder,
+        metadata={"objective": cell.cfg.objective.name, "seed": cell.cfg.train.seed},
+        progress=progress,
+    )
 
 
 def pretrain_and_embed(
@@ -643,34 +648,24 @@ def run_interpatient(
     on held-out patients whether the embedding orders *patients* by score (Figure 1 across
     patients) and the head's score MAE, with patient-bootstrap CIs and paired differences to
     mse. The unit is the scan where scores differ within a patient, else the patient."""
-    by_tag: dict[str, dict[str, pd.DataFrame]] = {}
+    frames_by_tag: dict[str, dict[str, pd.DataFrame]] = {}
+    seed_of_tag: dict[str, int] = {}
     keys: dict[str, Any] = {}
     for cell in cells:
         state = "cached" if (cell.folder / "embeddings.parquet").exists() else "running"
         log(f"[{cell.tag}] {cell.label}: {state}")
-        write_key(cell.folder / KEY_FILE, cell.key)
-        if cell.untrained:
-            emb = embed_untrained(cell)
-        else:
-            emb = pretrain_and_embed(
-                cell.cfg,
-                cell.data,
-                cell.folder,
-                metadata={"objective": cell.label, "seed": cell.cfg.train.seed},
-                progress=progress,
-            )
-        by_tag.setdefault(cell.tag, {})[cell.label], _ = read_embeddings(emb)
+        emb = embed_cell(cell, progress=progress)
+        frames_by_tag.setdefault(cell.tag, {})[cell.label], _ = read_embeddings(emb)
+        seed_of_tag[cell.tag] = cell.cfg.train.seed
         keys[cell.name] = {"pretrain": cell.digest}
     frame = manifest.frame
     spread = frame.groupby(["patient_id", "visit_order"])["score"].nunique(dropna=True)
     unit: Literal["scan", "patient"] = "scan" if bool((spread > 1).any()) else "patient"
     per_tag = [
         evaluate_interpatient(
-            frames, reference=REFERENCE, unit=unit, n_boot=cfg.eval.n_boot, seed=seed
+            frames, reference=REFERENCE, unit=unit, n_boot=cfg.eval.n_boot, seed=seed_of_tag[tag]
         )
-        for seed, frames in zip(
-            [c.cfg.train.seed for c in cells if c.label == REFERENCE], by_tag.values(), strict=True
-        )
+        for tag, frames in frames_by_tag.items()
     ]
     pooled = pool_interpatient(per_tag)
     for name in pooled["objectives"]:

@@ -6,14 +6,13 @@ Skips with a reason when ``../shared/data/oasis2-slices`` is absent (a fresh clo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from learner.config import load_config
 from learner.data.manifest import load_manifest
@@ -45,17 +44,6 @@ def subset(tmp_path: Path) -> Path:
     table = "oasis_longitudinal_demographic.csv"
     (folder / table).symlink_to((SOURCE / table).resolve())
     return root
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine a second thread mostly waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

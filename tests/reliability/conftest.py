@@ -66,14 +66,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the machine is shared, and in-process runs match subprocesses."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _one_thread_everywhere(one_thread: None) -> None:
+    """Every reliability test runs with tests/conftest.py's ``one_thread``."""
 
 
 @dataclass(frozen=True)
