@@ -58,6 +58,16 @@ from learner.pipeline.run import (  # noqa: E402
     paired_difference,
     run_ablation,
 )
+from learner.provenance import (  # noqa: E402
+    KEY_FILE,
+    claim_folder,
+    digest_file,
+    key_changes,
+    manifest_fingerprint,
+    pretrain_key,
+    read_key,
+    write_key,
+)
 
 CONFIGS = REPO / "benchmarks" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
@@ -303,15 +313,17 @@ def _embed_cells(
 
     base = cell_config(cfg, {"name": REFERENCE}, seed)
     data = prepare_data(base, manifest)
+    digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
     frames: dict[str, Any] = {}
     checkpoints: dict[str, Path] = {}
     for label, overrides in objective_variants(cfg):
         cell = out / "cells" / label / f"seed{seed}"
         emb = cell / "embeddings.parquet"
         best = cell / "run" / "checkpoints" / "best.ckpt"
+        ccfg = cell_config(cfg, overrides, seed)
+        claim_folder(cell, pretrain_key(ccfg, digest, data.split_hash))
         if not emb.exists():
             log(f"[seed{seed}] {label}: running")
-            ccfg = cell_config(cfg, overrides, seed)
             last = cell / "run" / "checkpoints" / "last.ckpt"
             result = pretrain(ccfg, cell / "run", resume=last.exists(), data=data, progress=False)
             best = result.best
@@ -326,6 +338,7 @@ def _embed_cells(
         checkpoints[label] = best
     if cfg.run.baselines:
         emb = out / "cells" / UNTRAINED / f"seed{seed}" / "embeddings.parquet"
+        claim_folder(emb.parent, pretrain_key(base, digest, data.split_hash, untrained=True))
         if not emb.exists():
             L.seed_everything(seed, verbose=False)
             model = LearnerModule(base.to_plain(), data.score_range, {"seed": seed})
@@ -554,7 +567,16 @@ def run_cdr_change(cfg: Config, manifest: Any, out: Path) -> dict[str, Any]:
         per_seed: dict[int, list[Any]] = {}
         for seed, tag in _cells_of(cfg, out):
             folder = out / "cells" / label / tag / "eval-cdr"
-            if (folder / "metrics.json").exists():
+            key = {
+                "target": "cdr",
+                "band": CDR_BAND,
+                "classifier": cfg.eval.classifier,
+                "n_boot": cfg.eval.n_boot,
+                "seed": seed,
+                "visits.csv": digest_file(Path(manifest.source).parent / "visits.csv"),
+                "pretrain": read_key(out / "cells" / label / tag / KEY_FILE),
+            }
+            if (folder / "metrics.json").exists() and not key_changes(folder, key):
                 cell = CellResult.load(folder)
             else:
                 frame, _ = read_embeddings(out / "cells" / label / tag / "embeddings.parquet")
@@ -571,6 +593,7 @@ def run_cdr_change(cfg: Config, manifest: Any, out: Path) -> dict[str, Any]:
                         seed=seed,
                     )
                 )
+                write_key(folder / KEY_FILE, key)
                 cell.save(folder)
             per_seed.setdefault(seed, []).append(cell)
         units[label] = list(per_seed.values())
@@ -734,11 +757,12 @@ def _val_scores(
 
     cell = folder / f"seed{seed}"
     emb = cell / "embeddings.parquet"
+    data = prepare_data(ccfg, manifest)
+    digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
+    claim_folder(cell, pretrain_key(ccfg, digest, data.split_hash))
     if not emb.exists():
         log(f"[val seed{seed}] {label}: running")
-        pretrain_and_embed(
-            ccfg, prepare_data(ccfg, manifest), cell, metadata={"objective": label, "seed": seed}
-        )
+        pretrain_and_embed(ccfg, data, cell, metadata={"objective": label, "seed": seed})
     frame, _ = read_embeddings(emb)
     res = evaluate_change(
         frame,

@@ -38,6 +38,9 @@ _PRETRAIN_SECTIONS = ("data", "model", "objective", "train")
 # An untrained encoder depends on its architecture, the data and the seed, not on training.
 _UNTRAINED_SECTIONS = ("data", "model")
 
+# The key of what a folder holds (a run cell, an evaluation, a change model).
+KEY_FILE = "key.json"
+
 # Manifest columns whose values shape training and evaluation (``row`` is only the position).
 _MANIFEST_COLUMNS = ("patient_id", "visit", "visit_order", "path", "score", "zone", "split")
 
@@ -83,6 +86,11 @@ def manifest_fingerprint(frame: pd.DataFrame, feature_columns: list[str] | None 
         for path in frame["path"].astype(str):
             hasher.update(_file_identity(path).encode("utf-8"))
     return hasher.hexdigest()
+
+
+def digest_file(path: Path) -> str:
+    """SHA-256 of a small file's bytes (a side table, not a scan)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _file_identity(path: str) -> str:
@@ -167,3 +175,39 @@ def read_key(path: Path) -> dict[str, Any] | None:
         return None
     parts = loaded.get("parts") if isinstance(loaded, dict) else None
     return parts if isinstance(parts, dict) else None
+
+
+def normalised(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """``parts`` as they read back from JSON, so that stored and fresh keys compare equal."""
+    return dict(json.loads(json.dumps(parts, default=str)))
+
+
+def key_changes(folder: Path, parts: Mapping[str, Any]) -> list[str]:
+    """Why ``folder``'s artefacts are not what ``parts`` would make: [] when the folder is
+    empty or missing, or was made under ``parts``; else one line per changed key. A folder
+    with artefacts but no key file (an older learner, or by hand) is never trusted."""
+    if not (folder.is_dir() and any(folder.iterdir())):
+        return []
+    stored = read_key(folder / KEY_FILE)
+    if stored is None:
+        return ["(no key: made by an older learner or by hand)"]
+    return changed_keys(stored, normalised(parts))
+
+
+def claim_folder(folder: Path, parts: Mapping[str, Any]) -> None:
+    """Use ``folder`` as the cache of what ``parts`` describes: refuse when it holds
+    artefacts made from other inputs, else write the key (before any artefact).
+
+    Raises:
+        ConfigError: naming the folder and the changed keys.
+    """
+    from learner.errors import ConfigError
+
+    changes = key_changes(folder, parts)
+    if changes:
+        raise ConfigError(
+            f"{folder} was made with other settings ({'; '.join(changes)}); delete it or "
+            "write to another folder"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_key(folder / KEY_FILE, parts)

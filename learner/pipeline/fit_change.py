@@ -48,8 +48,8 @@ from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
 from learner.io import write_json
 from learner.pipeline.change_model import MODEL_FILE, save_change_model
-from learner.pipeline.run import KEY_FILE, AblationResult
-from learner.provenance import read_key, write_key
+from learner.pipeline.run import AblationResult
+from learner.provenance import KEY_FILE, read_key, write_key
 
 CHANGE_MODEL_DIR = "change-model"
 SELECTION_METRIC = "balanced_accuracy"

@@ -59,10 +59,13 @@ from learner.evaluate.verdict import (
 )
 from learner.io import atomic_path, write_json
 from learner.provenance import (
+    KEY_FILE,
     changed_keys,
     digest,
     evaluation_key,
+    key_changes,
     manifest_fingerprint,
+    normalised,
     pretrain_key,
     read_key,
     write_key,
@@ -81,8 +84,6 @@ Log = Callable[[str], None]
 HEAD_DELTA = "head_delta"
 UNTRAINED = "untrained"
 REFERENCE = "mse"
-# The key of what a cell folder (or an evaluation folder) holds: learner.provenance.
-KEY_FILE = "key.json"
 
 
 @dataclass
@@ -174,11 +175,6 @@ def result_name(label: str, feature: str, features: Sequence[str]) -> str:
     return label if feature == features[0] else f"{label}+{feature}"
 
 
-def _normalised(parts: dict[str, Any]) -> dict[str, Any]:
-    """``parts`` as they read back from JSON, so that stored and fresh keys compare equal."""
-    return dict(json.loads(json.dumps(parts, default=str)))
-
-
 @dataclass
 class Cell:
     """One cell of the grid: an objective (or the untrained baseline) x seed (x fold)."""
@@ -200,10 +196,6 @@ class Cell:
         return digest(self.key)
 
 
-def _has_artefacts(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
-
-
 def stale_cells(cells: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
     """Cells whose folder holds artefacts made from other inputs, with the keys that differ.
 
@@ -212,13 +204,9 @@ def stale_cells(cells: Sequence[Cell]) -> list[tuple[Cell, list[str]]]:
     """
     stale = []
     for cell in cells:
-        if not _has_artefacts(cell.folder):
-            continue
-        stored = read_key(cell.folder / KEY_FILE)
-        if stored is None:
-            stale.append((cell, ["(no key: made by an older learner or by hand)"]))
-        elif stored != cell.key:
-            stale.append((cell, changed_keys(stored, cell.key)))
+        changes = key_changes(cell.folder, cell.key)
+        if changes:
+            stale.append((cell, changes))
     return stale
 
 
@@ -250,7 +238,7 @@ def _evaluate_cell(cell: Cell, features: Sequence[str], log: Log) -> dict[str, C
     out: dict[str, CellResult] = {}
     for feature in features:
         folder = cell.folder / f"eval-{feature}"
-        key = _normalised(evaluation_key(cell.cfg, cell.digest, feature))
+        key = normalised(evaluation_key(cell.cfg, cell.digest, feature))
         stored = read_key(folder / KEY_FILE)
         if (folder / "metrics.json").exists():
             if stored == key:
@@ -545,11 +533,11 @@ def plan_cells(
                 ccfg = cell_config(cfg, overrides, seed)
                 key = pretrain_key(ccfg, manifest_digest, data.split_hash)
                 folder = out / "cells" / label / tag
-                cells.append(Cell(label, tag, ccfg, data, folder, _normalised(key)))
+                cells.append(Cell(label, tag, ccfg, data, folder, normalised(key)))
             if cfg.run.baselines:
                 key = pretrain_key(base, manifest_digest, data.split_hash, untrained=True)
                 folder = out / "cells" / UNTRAINED / tag
-                cells.append(Cell(UNTRAINED, tag, base, data, folder, _normalised(key), True))
+                cells.append(Cell(UNTRAINED, tag, base, data, folder, normalised(key), True))
             seed_cells.append(cells)
         grid.append(seed_cells)
     return grid, splits

@@ -181,3 +181,18 @@ def test_saved_change_models_follow_the_evaluation_key(tmp_path: Path) -> None:
         for folder in (out / "cells" / "mse" / "seed0" / "change-model", out / "change-model"):
             info = json.loads((folder / "model.json").read_text())
             assert info["band"] == delta, folder
+
+
+def test_claim_folder_refuses_artefacts_of_other_inputs(tmp_path: Path) -> None:
+    from learner.provenance import claim_folder, key_changes
+
+    folder = tmp_path / "cell"
+    claim_folder(folder, {"train.epochs": 2})  # empty: claimed, key written
+    (folder / "embeddings.parquet").write_bytes(b"x")
+    claim_folder(folder, {"train.epochs": 2})  # same inputs: reused
+    assert key_changes(folder, {"train.epochs": 3}) == ["train.epochs: 2 -> 3"]
+    with pytest.raises(ConfigError, match=r"train\.epochs: 2 -> 3"):
+        claim_folder(folder, {"train.epochs": 3})
+    (folder / "key.json").unlink()
+    with pytest.raises(ConfigError, match="no key"):
+        claim_folder(folder, {"train.epochs": 2})
