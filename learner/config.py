@@ -30,6 +30,13 @@ class InputConfig(_Section):
     size: int = Field(112, ge=8, description="Frame edge (clips) or grid edge (volumes).")
     channels: Literal[1, 3] = 1
     clips_per_scan: int = Field(1, ge=1, description="Eval-time clip samplings averaged per scan.")
+    augment: float = Field(
+        1.0,
+        ge=0.0,
+        le=4.0,
+        description="Training augmentation strength: 1 = default ranges (crop, rotation, "
+        "intensity), 2 = twice as wide, 0 = none.",
+    )
     features: int | None = Field(
         None,
         ge=1,
@@ -91,6 +98,9 @@ class ModelConfig(_Section):
     mlp_hidden: list[int] = [128, 128]
     mlp_embed_dim: int = Field(64, ge=2)
     pair_on: Literal["embedding", "projection"] = "embedding"
+    head_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout on u before the score head (training only)."
+    )
     pretrained: Path | None = Field(None, description="Local torchvision resnet18 state dict.")
 
 

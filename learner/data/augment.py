@@ -60,6 +60,26 @@ class ClipAugment:
                 f"{self.rotation_deg}, {self.brightness}, {self.contrast}"
             )
 
+    def scaled(self, strength: float) -> ClipAugment:
+        """These ranges widened (strength > 1) or narrowed (< 1) about no change; 0 = off.
+
+        Every range grows linearly with ``strength``; the crop's area floor stops at 0.25
+        and the contrast at 0.9, beyond which a clip would no longer show its lung.
+        """
+        if strength < 0:
+            raise ValueError(f"augmentation strength must be >= 0, got {strength}")
+        if strength == 1.0:  # exactly these ranges (no rounding through the arithmetic below)
+            return self
+        low_aspect = math.exp(strength * math.log(self.crop_aspect[0]))
+        high_aspect = math.exp(strength * math.log(self.crop_aspect[1]))
+        return ClipAugment(
+            crop_scale=(max(0.25, 1.0 - strength * (1.0 - self.crop_scale[0])), 1.0),
+            crop_aspect=(low_aspect, high_aspect),
+            rotation_deg=strength * self.rotation_deg,
+            brightness=strength * self.brightness,
+            contrast=min(0.9, strength * self.contrast),
+        )
+
 
 @dataclass(frozen=True)
 class VolumeAugment:
@@ -85,6 +105,25 @@ class VolumeAugment:
                 "rotation_deg and intensity_shift must be >= 0 and intensity_scale in [0, 1), "
                 f"got {self.rotation_deg}, {self.intensity_shift}, {self.intensity_scale}"
             )
+
+    def scaled(self, strength: float) -> VolumeAugment:
+        """These ranges widened (strength > 1) or narrowed (< 1) about no change; 0 = off.
+
+        The zoom range stops at 0.5-1.5 and the intensity scale at 0.9.
+        """
+        if strength < 0:
+            raise ValueError(f"augmentation strength must be >= 0, got {strength}")
+        if strength == 1.0:
+            return self
+        return VolumeAugment(
+            rotation_deg=strength * self.rotation_deg,
+            scale=(
+                max(0.5, 1.0 - strength * (1.0 - self.scale[0])),
+                min(1.5, 1.0 + strength * (self.scale[1] - 1.0)),
+            ),
+            intensity_scale=min(0.9, strength * self.intensity_scale),
+            intensity_shift=strength * self.intensity_shift,
+        )
 
 
 def augment_clip(

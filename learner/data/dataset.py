@@ -37,7 +37,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from learner.data.augment import augment_clip, augment_image, augment_volume
+from learner.data.augment import (
+    ClipAugment,
+    VolumeAugment,
+    augment_clip,
+    augment_image,
+    augment_volume,
+)
 from learner.data.cache import DecodeCache
 from learner.data.clips import (
     grey_frames,
@@ -74,6 +80,8 @@ class InputSpec:
             scan is a (F,) ``.npy`` vector named in the ``path`` column.
         clips_per_scan: K clip samplings per scan at evaluation (video only); items then hold
             x of shape (K, T, C, H, W), to be averaged after the encoder.
+        augment: strength of the training augmentation (:meth:`ClipAugment.scaled`,
+            :meth:`VolumeAugment.scaled`): 1 = the default ranges, 0 = none.
     """
 
     kind: InputKind
@@ -82,6 +90,7 @@ class InputSpec:
     channels: int = 1
     feature_columns: tuple[str, ...] = ()
     clips_per_scan: int = 1
+    augment: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -90,6 +99,8 @@ class InputSpec:
             raise ConfigError(
                 f"input.frames must be >= 1 and input.size >= 8, got {self.frames} and {self.size}"
             )
+        if not self.augment >= 0:
+            raise ConfigError(f"input.augment: {self.augment} must be >= 0 (0 = no augmentation)")
         if self.channels not in (1, 3):
             raise ConfigError(f"input.channels: {self.channels} is not 1 (grey) or 3 (RGB)")
         if self.clips_per_scan < 1 or (self.clips_per_scan > 1 and self.kind != "video"):
@@ -137,6 +148,8 @@ class ScanDataset(Dataset[dict[str, Any]]):
             raise ConfigError(f"score range {score_range}: needs finite low < high")
         self.input = input
         self.train = train
+        self._clip_augment = ClipAugment().scaled(input.augment)
+        self._volume_augment = VolumeAugment().scaled(input.augment)
         self.cache = cache
         self.seed = int(seed)
         self.score_range = (low, high)
@@ -253,7 +266,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
             clip = self._clip(
                 frames, sample_frame_indices(len(frames), spec.frames, train=True, rng=rng)
             )
-            return augment_clip(torch.from_numpy(clip), rng)
+            return augment_clip(torch.from_numpy(clip), rng, self._clip_augment)
         clips = [
             self._clip(frames, indices)
             for indices in _eval_frame_indices(len(frames), spec.frames, spec.clips_per_scan)
@@ -322,7 +335,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
         )
         image = torch.from_numpy(clip[0])
         if self.train:
-            return augment_image(image, self._rng(index))
+            return augment_image(image, self._rng(index), self._clip_augment)
         return image
 
     def _decode_image(self, path: Path) -> np.ndarray:
@@ -350,7 +363,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
     def _volume_item(self, index: int) -> torch.Tensor:
         volume = torch.from_numpy(np.asarray(self._volume_grid(index), dtype=np.float32))[None]
         if self.train:
-            return augment_volume(volume, self._rng(index))
+            return augment_volume(volume, self._rng(index), self._volume_augment)
         return volume
 
     def _slices_item(self, index: int) -> torch.Tensor:
@@ -359,7 +372,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
         clip = torch.from_numpy(np.ascontiguousarray(frames))[:, None]
         clip = clip.expand(-1, self.input.channels, -1, -1).contiguous()
         if self.train:
-            return augment_clip(clip, self._rng(index))
+            return augment_clip(clip, self._rng(index), self._clip_augment)
         return clip
 
     # -- reading -------------------------------------------------------------------------

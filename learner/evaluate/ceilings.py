@@ -119,6 +119,27 @@ def fraction_of_achievable(balanced_accuracy: float, oracle: float) -> float:
     return float((balanced_accuracy - CHANCE_BALANCED) / headroom)
 
 
+def score_noise_mae(frame: pd.DataFrame, truth: pd.DataFrame, split: str = "val") -> float:
+    """The score regressor's floor set by the labels themselves: the MAE of the recorded
+    score against truth's noise-free ``score_clean`` over the labelled scans of ``split``
+    (NaN when truth has no ``score_clean`` or the split has no labelled scan). A regressor
+    cannot be expected to beat it: the rest of the score is per-visit noise.
+
+    Args:
+        frame: an embeddings or manifest frame (``split``, ``score``; ``path`` or patient and
+            visit to match truth's rows).
+        truth: from :func:`load_truth`.
+    """
+    clean = _truth_values(frame, truth, "score_clean")
+    if clean is None:
+        return float("nan")
+    score = frame["score"].to_numpy(dtype=np.float64)
+    rows = (frame["split"].astype(str).to_numpy() == split) & np.isfinite(score)
+    if not rows.any():
+        return float("nan")
+    return float(np.abs(score[rows] - clean[rows]).mean())
+
+
 def regressor_against_mean(frame: pd.DataFrame) -> tuple[float, float]:
     """The floor of the score regressor: its MAE on labelled validation scans, and the MAE
     there of predicting the training scans' mean score (NaN when either split is empty).

@@ -108,6 +108,8 @@ class LearnerModule(L.LightningModule):
         self.encoder = build_encoder_from_config(self.cfg)
         embed_dim = int(self.encoder.embed_dim)  # type: ignore[arg-type]
         self.head = RegressionHead(embed_dim)
+        # Regularises the score head against memorising patients; identity at evaluation.
+        self.head_dropout = nn.Dropout(self.cfg.model.head_dropout)
         self.projection: nn.Module | None = (
             ProjectionHead(embed_dim) if self.cfg.model.pair_on == "projection" else None
         )
@@ -122,7 +124,7 @@ class LearnerModule(L.LightningModule):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return (u (B, D), normalised score prediction (B,))."""
         u = self.encoder(x)
-        return u, self.head(u)
+        return u, self.head(self.head_dropout(u))
 
     def to_raw_score(self, pred: Tensor) -> Tensor:
         lo, hi = self.score_range

@@ -185,6 +185,7 @@ def input_spec(cfg: Config) -> InputSpec:
         channels=inp.channels,
         feature_columns=tuple(cfg.data.feature_columns or ()),
         clips_per_scan=inp.clips_per_scan,
+        augment=inp.augment,
     )
 
 

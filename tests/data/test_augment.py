@@ -161,3 +161,32 @@ def test_image_is_augmented_as_a_one_frame_clip() -> None:
     assert not torch.allclose(out, image)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         augment_image(torch.randn(1, 3, 8, 8), np.random.default_rng(0))
+
+
+def test_strength_scales_every_range_and_zero_is_identity() -> None:
+    base = ClipAugment()
+    assert base.scaled(1.0) is base
+    wide = base.scaled(2.0)
+    assert wide.rotation_deg == 2 * base.rotation_deg
+    assert wide.brightness == 2 * base.brightness and wide.contrast == 2 * base.contrast
+    assert wide.crop_scale[0] < base.crop_scale[0] and wide.crop_aspect[0] < base.crop_aspect[0]
+    assert base.scaled(10.0).crop_scale[0] == 0.25 and base.scaled(10.0).contrast == 0.9
+    clip = torch.randn(3, 1, 16, 16)
+    torch.testing.assert_close(
+        augment_clip(clip, np.random.default_rng(0), base.scaled(0.0)), clip, atol=1e-5, rtol=0
+    )
+    volume = torch.randn(1, 8, 8, 8)
+    torch.testing.assert_close(
+        augment_volume(volume, np.random.default_rng(0), VolumeAugment().scaled(0.0)),
+        volume,
+        atol=1e-5,
+        rtol=0,
+    )
+    # Stronger augmentation moves a clip further from the original, on the same draws.
+    gentle, strong = (
+        float((augment_clip(clip, np.random.default_rng(1), base.scaled(k)) - clip).abs().mean())
+        for k in (0.5, 2.0)
+    )
+    assert strong > gentle
+    with pytest.raises(ValueError, match="strength"):
+        base.scaled(-1.0)

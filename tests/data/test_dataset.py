@@ -150,6 +150,25 @@ def test_eval_items_deterministic_train_items_vary_by_epoch(video_frame: pd.Data
     assert not torch.allclose(other_seed[0]["x"], epoch1)
 
 
+def test_augment_strength_reaches_training_items(video_frame: pd.DataFrame) -> None:
+    """``augment`` changes training items only: 0 gives the evaluation clip's pixels on the
+    training frame sampling, and a stronger setting moves further from them."""
+    spec = dict(kind="video", frames=8, size=32)
+    items = {}
+    for strength in (0.0, 1.0, 3.0):
+        ds = make(video_frame, InputSpec(**spec, augment=strength), train=True, seed=1)
+        ds.set_epoch(0)
+        items[strength] = ds[0]["x"]
+    plain = items[0.0]
+    assert abs(float(plain.mean())) < 1e-4  # standardised, then untouched
+    gap = {k: float((v - plain).abs().mean()) for k, v in items.items() if k}
+    assert 0 < gap[1.0] < gap[3.0]
+    evaluation = make(video_frame, InputSpec(**spec, augment=3.0), train=False)[0]["x"]
+    torch.testing.assert_close(
+        evaluation, make(video_frame, InputSpec(**spec), train=False)[0]["x"], rtol=0, atol=0
+    )
+
+
 def test_cached_and_uncached_items_agree(video_frame: pd.DataFrame, tmp_path: Path) -> None:
     plain = make(video_frame, VIDEO, train=True)
     cached = make(video_frame, VIDEO, train=True, cache=DecodeCache(tmp_path))
@@ -352,6 +371,7 @@ def test_wrong_scan_kind_is_a_data_error(scans: dict[str, Path]) -> None:
         {"kind": "video", "channels": 2},
         {"kind": "volume", "clips_per_scan": 2},
         {"kind": "video", "frames": 0},
+        {"kind": "video", "augment": -0.5},
     ],
 )
 def test_input_spec_validation(kwargs: dict[str, Any]) -> None:

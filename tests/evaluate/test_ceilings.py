@@ -17,6 +17,7 @@ from learner.evaluate.ceilings import (
     fraction_of_achievable,
     load_truth,
     regressor_against_mean,
+    score_noise_mae,
 )
 from learner.evaluate.verdict import (
     class_table_warnings,
@@ -90,6 +91,19 @@ def test_regressor_floor() -> None:
     assert regressor_warning(1.0, 5.0) is None
     line = regressor_warning(6.0, 5.0)
     assert line is not None and "no better on validation patients" in line
+
+
+def test_score_noise_floor_is_the_label_noise() -> None:
+    """On the synthetic LUS mapping the per-visit offset (sd 20) and noise (sd 12) set the
+    floor: the mean |N(0, sqrt(20^2 + 12^2))| is about 18.6 S/F units."""
+    frame, truth = _cohort()
+    floor = score_noise_mae(frame, truth, "val")
+    assert 12.0 < floor < 26.0
+    assert math.isnan(score_noise_mae(frame, truth.drop(columns=["score_clean"]), "val"))
+    assert math.isnan(score_noise_mae(frame, truth, "nowhere"))
+    # A truth whose clean score equals the recorded one has no floor.
+    exact = truth.assign(score_clean=truth["score"])
+    assert score_noise_mae(frame, exact, "val") == pytest.approx(0.0)
 
 
 def _summary(test: dict[str, int], train: dict[str, int] | None = None, patients: int = 8) -> dict:

@@ -1,0 +1,268 @@
+"""Recipe search of issue 12: which training settings make the encoder learn, on validation
+patients only.
+
+Each variant is the synthetic LUS benchmark config (``benchmarks/configs/synth_lus.yaml``)
+with a few ``--set``-style overrides, pretrained with the ``mse`` objective (the regressor is
+what has to stop memorising patients) for each seed, embedded from its best checkpoint, and
+scored on the seed's **validation** patients:
+
+- ``val_mae``: the score head's MAE on validation scans, beside ``mean_mae`` (predicting the
+  training mean) and ``noise_mae`` (the recorded score against truth's ``score_clean``: what
+  no regressor can beat);
+- ``probe`` / ``head_delta``: balanced accuracy of change classification on validation
+  patients' pairs (classifier fit on training patients' pairs) from ``d`` and from the head's
+  predicted change; ``oracle``: the same protocol on the true severity change, so
+  ``fraction`` = (x - 1/3) / (oracle - 1/3) reads each against what the pairs allow;
+- ``train_s``: wall seconds of the pretraining.
+
+Test patients are never read. Finished cells are cached under
+``benchmarks/work/recipe/<dataset>/<variant>/seed<S>`` (keyed like every other cache), so a
+rerun only trains what is new.
+
+Usage:
+    .venv/bin/python benchmarks/recipe.py --seeds 0 1
+    .venv/bin/python benchmarks/recipe.py --dataset synth-lus-pool300 --variants base wd0.05
+    .venv/bin/python benchmarks/recipe.py --render
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import datasets  # noqa: E402
+from benchmarks.quality import CHANGE_CONFIGS, CONFIGS, RESULTS  # noqa: E402
+from learner.config import Config, load_config  # noqa: E402
+from learner.data.manifest import Manifest, load_manifest  # noqa: E402
+from learner.evaluate.ceilings import (  # noqa: E402
+    fraction_of_achievable,
+    load_truth,
+    regressor_against_mean,
+    score_noise_mae,
+)
+from learner.io import write_json  # noqa: E402
+
+# Variant label -> overrides of the benchmark config. "base" is the config as it stands.
+GRID: dict[str, list[str]] = {
+    "base": [],
+    "wd0.05": ["train.weight_decay=0.05"],
+    "aug2": ["data.input.augment=2.0"],
+    "aug0": ["data.input.augment=0.0"],
+    "dropout0.5": ["model.head_dropout=0.5"],
+    "lr5e-4": ["train.lr=0.0005"],
+    "epochs24": ["train.epochs=24"],
+    "batch16": ["train.batch_size=16"],
+    "size96": ["data.input.size=96"],
+    "width32": ["model.width=32"],
+}
+METRICS = ("val_mae", "mean_mae", "noise_mae", "probe", "head_delta", "oracle", "train_s")
+
+
+def variant_config(dataset: str, overrides: list[str], seed: int) -> Config:
+    cfg = load_config(CONFIGS / CHANGE_CONFIGS[dataset], [*overrides, "objective.name=mse"])
+    cfg.train.seed = seed
+    return cfg
+
+
+def _balanced(frame: Any, cfg: Config, seed: int) -> tuple[float, float]:
+    """(probe on d, head_delta) balanced accuracy on validation pairs."""
+    from learner.evaluate.change import evaluate_change
+
+    res = evaluate_change(
+        frame,
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        feature="diff",
+        classifier=cfg.eval.classifier,
+        train_splits=("train",),
+        test_split="val",
+        n_boot=0,
+        seed=seed,
+    )
+    return res.metrics["balanced_accuracy"], res.head_delta["balanced_accuracy"]
+
+
+def _oracle(frame: Any, truth: Any, cfg: Config, seed: int) -> float:
+    """The true severity change under the same protocol and validation pairs."""
+    from learner.evaluate.ceilings import _truth_values
+    from learner.evaluate.change import evaluate_change
+
+    values = _truth_values(frame, truth, "severity")
+    if values is None:
+        return math.nan
+    oracle = frame.reset_index(drop=True).assign(
+        embedding=list(values[:, None].astype(np.float32)), pred_score=np.nan
+    )
+    res = evaluate_change(
+        oracle,
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        feature="diff",
+        classifier=cfg.eval.classifier,
+        train_splits=("train",),
+        test_split="val",
+        n_boot=0,
+        seed=seed,
+    )
+    return res.metrics["balanced_accuracy"]
+
+
+def val_cell(
+    cfg: Config, manifest: Manifest, truth: Any, folder: Path, *, untrained: bool = False
+) -> dict[str, float]:
+    """Pretrain (or load) one cell and score it on validation patients."""
+    from learner.evaluate.embeddings_io import read_embeddings
+    from learner.pipeline.run import pretrain_and_embed
+    from learner.provenance import claim_folder, manifest_fingerprint, pretrain_key
+    from learner.train.pretrain import prepare_data
+
+    data = prepare_data(cfg, manifest)
+    digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
+    key = pretrain_key(cfg, digest, data.split_hash)
+    if untrained:
+        key = {**key, "untrained": True}
+    claim_folder(folder, key)
+    emb = folder / "embeddings.parquet"
+    timing = folder / "train_s.json"
+    if not emb.exists():
+        start = time.perf_counter()
+        if untrained:
+            from learner.pipeline.run import Cell, embed_untrained
+
+            embed_untrained(
+                Cell("untrained", f"seed{cfg.train.seed}", cfg, data, folder, key, untrained=True)
+            )
+        else:
+            pretrain_and_embed(cfg, data, folder, metadata={"objective": "mse"})
+        timing.write_text(json.dumps({"train_s": round(time.perf_counter() - start, 1)}))
+    frame, _ = read_embeddings(emb)
+    val_mae, mean_mae = regressor_against_mean(frame)
+    probe, head = _balanced(frame, cfg, cfg.train.seed)
+    return {
+        "val_mae": val_mae,
+        "mean_mae": mean_mae,
+        "noise_mae": score_noise_mae(frame, truth, "val") if truth is not None else math.nan,
+        "probe": probe,
+        "head_delta": math.nan if untrained else head,
+        "oracle": _oracle(frame, truth, cfg, cfg.train.seed) if truth is not None else math.nan,
+        "train_s": json.loads(timing.read_text())["train_s"] if timing.exists() else math.nan,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else math.nan
+
+
+def summarise(per_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
+    seeds = list(per_seed)
+    means = {m: _mean([per_seed[s][m] for s in seeds]) for m in METRICS}
+    for name in ("probe", "head_delta"):
+        means[f"{name}_fraction"] = _mean(
+            [fraction_of_achievable(per_seed[s][name], per_seed[s]["oracle"]) for s in seeds]
+        )
+    return {"per_seed": per_seed, "mean": means}
+
+
+def run(dataset: str, variants: list[str], seeds: list[int], log: Any = print) -> dict[str, Any]:
+    manifest_path = datasets.build(dataset)
+    manifest = load_manifest(manifest_path)
+    truth = load_truth(manifest.source)
+    work = datasets.WORK / "recipe" / dataset
+    table: dict[str, Any] = {}
+    for label in ["untrained", *variants]:
+        overrides = [] if label == "untrained" else GRID[label]
+        per_seed = {}
+        for seed in seeds:
+            cfg = variant_config(dataset, [*overrides, f"data.manifest={manifest_path}"], seed)
+            log(f"[{dataset} seed{seed}] {label}")
+            per_seed[str(seed)] = val_cell(
+                cfg, manifest, truth, work / label / f"seed{seed}", untrained=label == "untrained"
+            )
+        table[label] = {"overrides": overrides, **summarise(per_seed)}
+    return {
+        "dataset": dataset,
+        "objective": "mse",
+        "seeds": seeds,
+        "metric": "validation patients only (test patients never read): score MAE of the "
+        "head, change balanced accuracy of the probe on d and of head_delta (classifier fit "
+        "on training patients' pairs), the oracle on the true severity change of the same "
+        "pairs, and fraction = (x - 1/3) / (oracle - 1/3) per seed, averaged",
+        "variants": table,
+        "torch": torch.__version__,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['dataset']}, objective mse, seeds {result['seeds']} (validation patients)",
+        "",
+        "| variant | val MAE | mean-predictor MAE | noise floor | probe on d | head_delta "
+        "| oracle | probe fraction | head_delta fraction | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, row in result["variants"].items():
+        m = row["mean"]
+        cells = [
+            f"{m['val_mae']:.1f}",
+            f"{m['mean_mae']:.1f}",
+            f"{m['noise_mae']:.1f}",
+            f"{m['probe']:.3f}",
+            "-" if not math.isfinite(m["head_delta"]) else f"{m['head_delta']:.3f}",
+            f"{m['oracle']:.3f}",
+            f"{m['probe_fraction']:.0%}",
+            "-"
+            if not math.isfinite(m["head_delta_fraction"])
+            else f"{m['head_delta_fraction']:.0%}",
+            f"{m['train_s']:.0f}",
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dataset",
+        default="synth-lus",
+        choices=sorted(k for k in CHANGE_CONFIGS if k.startswith("synth-lus")),
+    )
+    parser.add_argument("--variants", nargs="+", default=list(GRID), choices=list(GRID))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--render", action="store_true", help="re-print the saved table")
+    args = parser.parse_args(argv)
+    out = RESULTS / f"recipe_{args.dataset}.json"
+    if args.render:
+        print(markdown(json.loads(out.read_text())))
+        return 0
+    start = time.perf_counter()
+    result = run(args.dataset, args.variants, args.seeds)
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    if out.exists():  # keep variants of earlier invocations (other --variants)
+        earlier = json.loads(out.read_text())
+        if earlier.get("seeds") == result["seeds"]:
+            result["variants"] = {**earlier["variants"], **result["variants"]}
+    write_json(out, result)
+    (out.with_suffix(".md")).write_text(markdown(result) + "\n")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The recipe search scores a cell on validation patients only, and caches it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from learner.data.manifest import load_manifest
+from learner.data.synthetic import write_cohort
+from learner.evaluate.ceilings import load_truth
+
+
+def test_val_cell_on_a_tiny_cohort(
+    tmp_path: Path, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    recipe = load_benchmark("recipe.py")
+    path = write_cohort("lus", tmp_path / "cohort", patients=24, seed=0, preset="tiny").manifest
+    manifest = load_manifest(path)
+    truth = load_truth(manifest.source)
+    tiny = [
+        f"data.manifest={path}",
+        "data.input.size=32",
+        "data.input.frames=4",
+        "model.width=8",
+        "train.epochs=1",
+        "data.input.augment=2.0",
+    ]
+    cfg = recipe.variant_config("synth-lus", tiny, seed=0)
+    assert cfg.objective.name == "mse" and cfg.data.input.augment == 2.0
+    folder = tmp_path / "cell"
+    first = recipe.val_cell(cfg, manifest, truth, folder)
+    assert set(first) == set(recipe.METRICS)
+    assert all(math.isfinite(v) for v in first.values())
+    assert 0.0 <= first["probe"] <= 1.0 and first["oracle"] > 0.0
+    assert first["noise_mae"] > 0 and first["mean_mae"] > 0
+    # Cached: the second call trains nothing and reads the same numbers.
+    stamp = (folder / "embeddings.parquet").stat().st_mtime_ns
+    assert recipe.val_cell(cfg, manifest, truth, folder) == first
+    assert (folder / "embeddings.parquet").stat().st_mtime_ns == stamp
+    untrained = recipe.val_cell(cfg, manifest, truth, tmp_path / "untrained", untrained=True)
+    assert math.isnan(untrained["head_delta"]) and untrained["oracle"] == first["oracle"]
+    summary = recipe.summarise({"0": first})
+    assert summary["mean"]["val_mae"] == first["val_mae"]
