@@ -851,6 +851,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V")
     parser.add_argument("--out", type=Path, help="run folder (default benchmarks/work/runs/NAME)")
     parser.add_argument(
+        "--tag",
+        help="name of the results files, benchmarks/results/quality_TAG.{json,md} (default: "
+        "the data set name); use one for a partial grid so it cannot overwrite a full one",
+    )
+    parser.add_argument(
         "--render", action="store_true", help="only re-print the tables of a saved results file"
     )
     parser.add_argument(
@@ -873,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_for(name, overrides, quick=args.quick)
         out = args.out or RUNS / (name + ("-quick" if args.quick else ""))
-        saved = RESULTS / f"quality_{name}{'-quick' if args.quick else ''}.json"
+        tag = (args.tag or name) + ("-quick" if args.quick else "")
+        saved = RESULTS / f"quality_{tag}.json"
         if args.render:
             results = json.loads(saved.read_text(encoding="utf-8"))
         elif name in INTERPATIENT_CONFIGS:
@@ -892,7 +898,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tag = name + ("-quick" if args.quick else "")
     write_json(RESULTS / f"quality_{tag}.json", results)
     text = table + "\n\nVerdict:\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     (RESULTS / f"quality_{tag}.md").write_text(text, encoding="utf-8")

@@ -7,8 +7,11 @@ what has to stop memorising patients) for each seed, embedded from its best chec
 scored on the seed's **validation** patients:
 
 - ``val_mae``: the score head's MAE on validation scans, beside ``mean_mae`` (predicting the
-  training mean) and ``noise_mae`` (the recorded score against truth's ``score_clean``: what
-  no regressor can beat);
+  training mean), ``noise_mae`` (the recorded score against truth's ``score_clean``: the
+  label noise) and ``reader_mae`` (a line from each clip's true rendered severity to the
+  score, fitted on training scans: what a perfect reader of the image achieves; above the
+  noise floor because each zone's offset from the patient's severity is in the clip, not in
+  the visit's score);
 - ``probe`` / ``head_delta``: balanced accuracy of change classification on validation
   patients' pairs (classifier fit on training patients' pairs) from ``d`` and from the head's
   predicted change; ``oracle``: the same protocol on the true severity change, so
@@ -54,6 +57,7 @@ from learner.evaluate.ceilings import (  # noqa: E402
     fraction_of_achievable,
     load_truth,
     regressor_against_mean,
+    render_regressor_mae,
     score_noise_mae,
 )
 from learner.io import write_json  # noqa: E402
@@ -68,10 +72,22 @@ GRID: dict[str, list[str]] = {
     "lr5e-4": ["train.lr=0.0005"],
     "epochs24": ["train.epochs=24"],
     "batch16": ["train.batch_size=16"],
+    "aug3": ["data.input.augment=3.0"],
+    "aug2+wd0.05": ["data.input.augment=2.0", "train.weight_decay=0.05"],
+    "aug2+epochs24": ["data.input.augment=2.0", "train.epochs=24"],
     "size96": ["data.input.size=96"],
     "width32": ["model.width=32"],
 }
-METRICS = ("val_mae", "mean_mae", "noise_mae", "probe", "head_delta", "oracle", "train_s")
+METRICS = (
+    "val_mae",
+    "mean_mae",
+    "noise_mae",
+    "reader_mae",
+    "probe",
+    "head_delta",
+    "oracle",
+    "train_s",
+)
 
 
 def variant_config(dataset: str, overrides: list[str], seed: int) -> Config:
@@ -152,16 +168,26 @@ def val_cell(
             pretrain_and_embed(cfg, data, folder, metadata={"objective": "mse"})
         timing.write_text(json.dumps({"train_s": round(time.perf_counter() - start, 1)}))
     frame, _ = read_embeddings(emb)
+    train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else math.nan
+    return val_metrics(frame, cfg, truth, untrained=untrained, train_s=train_s)
+
+
+def val_metrics(
+    frame: Any, cfg: Config, truth: Any, *, untrained: bool = False, train_s: float = math.nan
+) -> dict[str, float]:
+    """The validation numbers of one embeddings frame (see the module docstring)."""
     val_mae, mean_mae = regressor_against_mean(frame)
     probe, head = _balanced(frame, cfg, cfg.train.seed)
+    known = truth is not None
     return {
         "val_mae": val_mae,
         "mean_mae": mean_mae,
-        "noise_mae": score_noise_mae(frame, truth, "val") if truth is not None else math.nan,
+        "noise_mae": score_noise_mae(frame, truth, "val") if known else math.nan,
+        "reader_mae": render_regressor_mae(frame, truth, "val") if known else math.nan,
         "probe": probe,
         "head_delta": math.nan if untrained else head,
-        "oracle": _oracle(frame, truth, cfg, cfg.train.seed) if truth is not None else math.nan,
-        "train_s": json.loads(timing.read_text())["train_s"] if timing.exists() else math.nan,
+        "oracle": _oracle(frame, truth, cfg, cfg.train.seed) if known else math.nan,
+        "train_s": train_s,
     }
 
 
@@ -209,13 +235,39 @@ def run(dataset: str, variants: list[str], seeds: list[int], log: Any = print) -
     }
 
 
+def score_run(
+    dataset: str, seeds: list[int], labels: tuple[str, ...] = ("mse",), run: str | None = None
+) -> dict:
+    """Validation numbers of a ``benchmarks/quality.py`` run's cached cells (read only: the
+    run's own key says how each was made; nothing is trained here). ``{label: summary}``
+    for ``untrained`` and ``labels`` whose cells exist for every seed; ``run`` names the run
+    folder under ``benchmarks/work/runs`` when it is not the data set's name."""
+    from learner.evaluate.embeddings_io import read_embeddings
+
+    manifest_path = datasets.build(dataset)
+    truth = load_truth(manifest_path)
+    cells = datasets.WORK / "runs" / (run or dataset) / "cells"
+    table: dict[str, Any] = {}
+    for label in ("untrained", *labels):
+        paths = [cells / label / f"seed{seed}" / "embeddings.parquet" for seed in seeds]
+        if not all(p.exists() for p in paths):
+            continue
+        per_seed = {}
+        for seed, path in zip(seeds, paths, strict=True):
+            cfg = variant_config(dataset, [f"data.manifest={manifest_path}"], seed)
+            frame, _ = read_embeddings(path)
+            per_seed[str(seed)] = val_metrics(frame, cfg, truth, untrained=label == "untrained")
+        table[label] = {"source": str(cells / label), **summarise(per_seed)}
+    return table
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"{result['dataset']}, objective mse, seeds {result['seeds']} (validation patients)",
         "",
-        "| variant | val MAE | mean-predictor MAE | noise floor | probe on d | head_delta "
-        "| oracle | probe fraction | head_delta fraction | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | val MAE | mean-predictor MAE | noise floor | perfect reader | probe on d "
+        "| head_delta | oracle | probe fraction | head_delta fraction | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in result["variants"].items():
         m = row["mean"]
@@ -223,6 +275,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{m['val_mae']:.1f}",
             f"{m['mean_mae']:.1f}",
             f"{m['noise_mae']:.1f}",
+            f"{m['reader_mae']:.1f}",
             f"{m['probe']:.3f}",
             "-" if not math.isfinite(m["head_delta"]) else f"{m['head_delta']:.3f}",
             f"{m['oracle']:.3f}",
@@ -246,7 +299,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(GRID), choices=list(GRID))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--render", action="store_true", help="re-print the saved table")
+    parser.add_argument(
+        "--score-runs",
+        nargs="+",
+        metavar="RUN[=DATASET]",
+        help="score the cached mse cells of these quality.py runs (folders under "
+        "benchmarks/work/runs; =DATASET when the folder is not named after its data set) on "
+        "validation patients, instead of training variants: the pool learning curve",
+    )
     args = parser.parse_args(argv)
+    if args.score_runs:
+        curve = {
+            "metric": "validation patients of benchmarks/quality.py runs (cached cells)",
+            "seeds": args.seeds,
+            "runs": {
+                run: score_run(dataset or run, args.seeds, run=run)
+                for run, _, dataset in (arg.partition("=") for arg in args.score_runs)
+            },
+        }
+        write_json(RESULTS / "recipe_pool_curve.json", curve)
+        for name, table in curve["runs"].items():
+            print(markdown({"dataset": name, "seeds": args.seeds, "variants": table}), "\n")
+        return 0
     out = RESULTS / f"recipe_{args.dataset}.json"
     if args.render:
         print(markdown(json.loads(out.read_text())))

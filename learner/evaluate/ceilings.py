@@ -140,6 +140,27 @@ def score_noise_mae(frame: pd.DataFrame, truth: pd.DataFrame, split: str = "val"
     return float(np.abs(score[rows] - clean[rows]).mean())
 
 
+def render_regressor_mae(frame: pd.DataFrame, truth: pd.DataFrame, split: str = "val") -> float:
+    """The MAE on ``split``'s labelled scans of a straight line from the severity each image
+    was rendered with (truth column ``render_severity``) to the score, fitted on the training
+    scans: what a regressor that read every image perfectly would achieve. It sits above
+    :func:`score_noise_mae` wherever the image and the score disagree beyond the label noise
+    (synthetic LUS: each zone's own offset from the patient's severity is in the clip but not
+    in the visit's score). NaN when truth lacks the column or a split has no labelled scan.
+    """
+    render = _truth_values(frame, truth, "render_severity")
+    if render is None:
+        return float("nan")
+    score = frame["score"].to_numpy(dtype=np.float64)
+    split_of = frame["split"].astype(str).to_numpy()
+    train = (split_of == "train") & np.isfinite(score)
+    rows = (split_of == split) & np.isfinite(score)
+    if train.sum() < 2 or not rows.any():
+        return float("nan")
+    slope, intercept = np.polyfit(render[train], score[train], 1)
+    return float(np.abs(intercept + slope * render[rows] - score[rows]).mean())
+
+
 def regressor_against_mean(frame: pd.DataFrame) -> tuple[float, float]:
     """The floor of the score regressor: its MAE on labelled validation scans, and the MAE
     there of predicting the training scans' mean score (NaN when either split is empty).

@@ -17,6 +17,7 @@ from learner.evaluate.ceilings import (
     fraction_of_achievable,
     load_truth,
     regressor_against_mean,
+    render_regressor_mae,
     score_noise_mae,
 )
 from learner.evaluate.verdict import (
@@ -104,6 +105,21 @@ def test_score_noise_floor_is_the_label_noise() -> None:
     # A truth whose clean score equals the recorded one has no floor.
     exact = truth.assign(score_clean=truth["score"])
     assert score_noise_mae(frame, exact, "val") == pytest.approx(0.0)
+
+
+def test_a_perfect_image_reader_sits_between_the_noise_floor_and_the_mean() -> None:
+    """Zone offsets (sd 0.08 severity, 28 S/F units) are in the clip but not in the score,
+    so even the rendered severity predicts the score worse than the label noise allows."""
+    frame, truth = _cohort()
+    floor = score_noise_mae(frame, truth, "val")
+    reader = render_regressor_mae(frame, truth, "val")
+    train_mean = frame.loc[frame["split"] == "train", "score"].mean()
+    mean_mae = float((frame.loc[frame["split"] == "val", "score"] - train_mean).abs().mean())
+    assert floor < reader < mean_mae
+    # On the patient's visit severity (no zone offset) the line reaches the noise floor.
+    visit = truth.assign(render_severity=truth["severity"])
+    assert render_regressor_mae(frame, visit, "val") == pytest.approx(floor, rel=0.25)
+    assert math.isnan(render_regressor_mae(frame, truth.drop(columns=["render_severity"])))
 
 
 def _summary(test: dict[str, int], train: dict[str, int] | None = None, patients: int = 8) -> dict:
