@@ -387,6 +387,13 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
         for n in POOL_SIZES
     },
     "synth-lus-null": lambda out: build_synthetic(out, modality="lus", preset="demo", null=True),
+    # The null control of a pool run: the pool is drawn from the null generator too.
+    **{
+        f"synth-lus-null-pool{n}": (
+            lambda out, n=n: build_synthetic(out, modality="lus", preset="demo", null=True, pool=n)
+        )
+        for n in POOL_SIZES
+    },
     "synth-lus-bench": lambda out: build_synthetic(out, modality="lus", preset="bench"),
     "synth-lus-bench-null": lambda out: build_synthetic(
         out, modality="lus", preset="bench", null=True

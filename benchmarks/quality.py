@@ -78,6 +78,7 @@ CHANGE_CONFIGS = {
     "parkinsons": "parkinsons.yaml",
     "synth-lus": "synth_lus.yaml",
     **{f"synth-lus-pool{n}": "synth_lus.yaml" for n in datasets.POOL_SIZES},
+    **{f"synth-lus-null-pool{n}": "synth_lus.yaml" for n in datasets.POOL_SIZES},
     "synth-lus-null": "synth_lus.yaml",
     "synth-lus-bench": "synth_lus_bench.yaml",
     "synth-lus-bench-null": "synth_lus_bench.yaml",
