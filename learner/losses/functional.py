@@ -388,15 +388,16 @@ def _rnc_plan(scores: Tensor, patient_ids: Tensor, dtype: torch.dtype) -> _RncPl
     n = int((~torch.isnan(y)).sum())
     rows = y.argsort(stable=True)[:n]  # NaN sorts last
     y, pid = y[rows], patient_ids[rows]
-    valid = pid[:, None] != pid[None, :]
-    key = torch.where(valid, (y[:, None] - y[None, :]).abs(), -1.0)
+    key = (y[:, None] - y[None, :]).abs_().masked_fill_(pid[:, None] == pid[None, :], -1.0)
     bits = torch.int32 if dtype == torch.float32 else torch.int64
     key_sorted, order = key.view(bits).sort(dim=1, descending=True, stable=True)
     is_end = torch.ones_like(key_sorted, dtype=torch.bool)
     torch.ne(key_sorted[:, 1:], key_sorted[:, :-1], out=is_end[:, :-1])
     ends = is_end.view(-1).nonzero().squeeze(1)
-    size = torch.diff(ends, prepend=ends.new_full((1,), -1)).to(torch.float64)
+    size = torch.empty(ends.shape, dtype=torch.float64, device=ends.device)
+    torch.sub(ends[1:], ends[:-1], out=size[1:])
     if n:
+        size[0] = ends[0] + 1
         # A row's invalid candidates are its last group.
         last_group = is_end.sum(dim=1).cumsum(0) - 1
         size[last_group[key_sorted[:, -1] < 0]] = 0.0
@@ -420,9 +421,9 @@ class _RankNContrast(torch.autograd.Function):
     distances, ``dL/dx_i = sum_j W_ij (x_i - x_j)`` with ``W = (dL/dd + dL/dd^T) / d``
     (0 where ``d == 0``, as ``torch.cdist``).
 
-    Everything runs in float64 (sums of positive terms: relative rounding ~n * 1e-16), and
-    the few (B, B) passes that autograd would add through a sort, a gather and a cumulative
-    sum are not needed.
+    Everything runs in float64 (sums of positive terms: relative rounding ~n * 1e-16). By
+    hand rather than by autograd so that the backward needs no (B, B) passes through the
+    sort's gather and the cumulative sum beyond these, and reuses its (B, B) buffers.
     """
 
     @staticmethod
@@ -438,16 +439,20 @@ class _RankNContrast(torch.autograd.Function):
         valid_sum = dist_sorted.sum() - dist_sorted.view(-1)[plan.invalid].sum()
         ctx.log_domain = not bool(dist.max() <= _MAX_EXP_SPREAD * temperature)
         sim_sorted = dist_sorted.mul_(-1.0 / temperature)
+        ends = plan.ends
         if ctx.log_domain:
             terms = sim_sorted
-            at_ends = torch.logcumsumexp(terms, dim=1).view(-1).index_select(0, plan.ends)
-            log_den = at_ends
+            log_den = torch.logcumsumexp(terms, dim=1).view(-1).index_select(0, ends)
+            total = torch.dot(plan.size, log_den)
+            weights = plan.size.log().sub_(log_den)  # log(size_G / P_G)
         else:  # s <= 0: exp(s) in (exp(-700), 1]
             terms = sim_sorted.exp_()
-            at_ends = terms.cumsum(dim=1).view(-1).index_select(0, plan.ends)
-            log_den = at_ends.log()
-        total = torch.dot(plan.size, log_den) + valid_sum / temperature
-        ctx.save_for_backward(x64, dist, terms, at_ends, zero_i, zero_j)
+            prefix = terms.cumsum(dim=1).view(-1)
+            den = prefix.index_select(0, ends)
+            total = torch.dot(plan.size, torch.log(den, out=prefix[: ends.numel()]))
+            weights = den.reciprocal_().mul_(plan.size)  # size_G / P_G
+        total = total + valid_sum / temperature
+        ctx.save_for_backward(x64, dist, terms, weights, zero_i, zero_j)
         return (total / plan.n_valid).to(x.dtype)
 
     @staticmethod
@@ -456,25 +461,27 @@ class _RankNContrast(torch.autograd.Function):
         plan: _RncPlan = ctx.plan
         if plan.n_valid == 0:
             return grad.new_zeros(ctx.shape, dtype=ctx.dtype), None, None
-        x64, dist, terms, at_ends, zero_i, zero_j = ctx.saved_tensors
+        x64, dist, terms, weights, zero_i, zero_j = ctx.saved_tensors
         n = dist.shape[0]
-        # Written back to front (rows and positions reversed): a prefix sum along these
-        # rows is the suffix sum along the sorted ones.
-        reversed_ends = (n * n - 1) - plan.ends
+        # The gradient in s_p: terms_p times the suffix sum of the group weights from p on,
+        # a prefix sum along the reversed rows. Two (n, n) buffers take turns (fresh ones
+        # cost page faults); gather with a reversed column index reverses a row.
+        backwards = torch.arange(n - 1, -1, -1, device=dist.device).expand(n, n)
+        a = torch.full_like(dist, -math.inf if ctx.log_domain else 0.0)
+        b = torch.empty_like(dist)
         if ctx.log_domain:
-            per_group = torch.full((n * n,), -math.inf, dtype=dist.dtype, device=dist.device)
-            per_group.index_copy_(0, reversed_ends, plan.size.log() - at_ends)
-            suffix = torch.logcumsumexp(per_group.view(n, n), dim=1).view(-1).flip(0)
-            grad_sorted = suffix.view(n, n).add_(terms).exp_()
+            a.view(-1).index_copy_(0, plan.ends, weights)
+            torch.logcumsumexp(torch.gather(a, 1, backwards, out=b), dim=1, out=a)
+            grad_sorted = torch.gather(a, 1, backwards, out=b).add_(terms).exp_()
         else:
-            per_group = torch.zeros(n * n, dtype=dist.dtype, device=dist.device)
-            per_group.index_copy_(0, reversed_ends, plan.size / at_ends)
-            suffix = per_group.view(n, n).cumsum(dim=1).view(-1).flip(0)
-            grad_sorted = suffix.view(n, n).mul_(terms)
+            a.view(-1).index_copy_(0, plan.ends, weights)
+            torch.cumsum(torch.gather(a, 1, backwards, out=b), dim=1, out=a)
+            grad_sorted = torch.gather(a, 1, backwards, out=b).mul_(terms)
         # -1 for the -s of each valid term; invalid candidates (suffix 0) get no gradient.
         grad_sorted.sub_(1.0).view(-1).index_fill_(0, plan.invalid, 0.0)
-        grad_sim = torch.empty_like(grad_sorted).scatter_(1, plan.order, grad_sorted)
-        w = grad_sim.T.contiguous().add_(grad_sim).div_(dist)
+        grad_sim = a.scatter_(1, plan.order, grad_sorted)
+        w = b.copy_(grad_sim.T).add_(grad_sim).div_(dist)
+        del a, grad_sim
         w.diagonal().zero_()
         w[zero_i, zero_j] = 0.0
         out = (x64 * w.sum(dim=1, keepdim=True)).sub_(w @ x64)
