@@ -281,6 +281,57 @@ def test_rnc_matches_dense_cubic_mask_on_a_larger_batch() -> None:
     assert out.loss.item() == pytest.approx(ref.item(), rel=1e-10)
 
 
+def _rnc_autograd_oracle(u: Tensor, y: Tensor, pid: Tensor, temperature: float) -> Tensor:
+    """rnc by autograd through ``torch.cdist`` and an explicit mask per anchor: no sort."""
+    labelled = ~torch.isnan(y)
+    valid = (pid[:, None] != pid[None, :]) & labelled[:, None] & labelled[None, :]
+    delta = (y[:, None] - y[None, :]).abs()
+    sim = -torch.cdist(u, u, compute_mode="donot_use_mm_for_euclid_dist") / temperature
+    terms = []
+    for i in range(u.shape[0]):
+        js = valid[i].nonzero().squeeze(1)
+        # in_den[a, k]: candidate k is in the denominator of the pair (i, js[a])
+        in_den = valid[i][None, :] & (delta[i][None, :] >= delta[i, js][:, None])
+        lse = torch.logsumexp(sim[i][None, :].masked_fill(~in_den, -math.inf), dim=1)
+        terms.append(lse - sim[i, js])
+    return torch.cat(terms).mean()
+
+
+@pytest.mark.parametrize(
+    ("scale", "collapse", "temperature"),
+    [
+        (1.0, False, 2.0),  # the usual path, the distance product in several block rows
+        (300.0, False, 0.5),  # distances / temperature beyond 700: log-sum-exp denominators
+        (1.0, True, 2.0),  # near-coincident embeddings: every distance from its difference
+    ],
+    ids=["exp", "log-domain", "collapsed"],
+)
+def test_rnc_loss_and_gradient_match_autograd_oracle(
+    scale: float, collapse: bool, temperature: float
+) -> None:
+    """Loss and gradient of the analytic backward against autograd, at B = 300 with ties in
+    Delta, unlabelled scans, several scans per patient and two coincident embeddings."""
+    g = torch.Generator().manual_seed(4)
+    n = 300
+    u = torch.randn(n, 8, generator=g, dtype=torch.float64) * scale
+    if collapse:
+        u = u[:1] + 1e-5 * u
+    u[7] = u[3]
+    y = torch.randint(0, 21, (n,), generator=g).double() / 20.0
+    y[::11] = NAN
+    pid = torch.randint(0, 120, (n,), generator=g)
+    ours = u.clone().requires_grad_(True)
+    loss = fn.rnc_loss(ours, y, pid, temperature=temperature).loss
+    loss.backward()
+    oracle = u.clone().requires_grad_(True)
+    expected = _rnc_autograd_oracle(oracle, y, pid, temperature)
+    expected.backward()
+    assert ours.grad is not None and oracle.grad is not None
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-10)
+    scale_of_grad = oracle.grad.abs().max().item()
+    assert torch.allclose(ours.grad, oracle.grad, rtol=1e-8, atol=1e-10 * scale_of_grad)
+
+
 def test_weight_functions_map_unit_interval_monotonically() -> None:
     delta = torch.linspace(0, 1, 11, dtype=torch.float64)
     weightings: tuple[fn.Weighting, ...] = ("linear", "exp", "log")
