@@ -159,6 +159,22 @@ def regressor_warning(val_mae: float, mean_mae: float) -> str | None:
     )
 
 
+def concat_warning(features: Sequence[str]) -> str | None:
+    """``concat`` rows read more than the change: ``[u_t, u_t+1]`` also shows each patient's
+    level, and wherever the level predicts the direction of change (in the synthetic cohorts
+    and, through floor and ceiling effects, in most clinical scores) a probe uses it. On the
+    ``--null`` cohort, whose images carry no change, ``concat`` is above chance while ``diff``
+    is not (tests/evaluate/test_concat_leak.py)."""
+    if "concat" not in features:
+        return None
+    return (
+        "+concat rows are not a change measurement: [u_t, u_t+1] also carries each "
+        "patient's level, which predicts the direction of change in many cohorts (on the "
+        "--null control, whose images carry no change, concat is above chance); read change "
+        "from diff"
+    )
+
+
 def _ci_text(entry: Mapping[str, Any]) -> str:
     lo, hi = entry.get("ci95", [math.nan, math.nan])
     lo = math.nan if lo is None else lo

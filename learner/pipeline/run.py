@@ -50,6 +50,7 @@ from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.interpatient import evaluate_interpatient, pool_interpatient
 from learner.evaluate.verdict import (
     class_table_warnings,
+    concat_warning,
     degenerate_classes,
     pair_batch_counts,
     pair_term_warning,
@@ -749,6 +750,9 @@ def run_warnings(
         line = regressor_warning(float(np.mean(val)), float(np.mean(mean)))
         if line is not None:
             out.append(line)
+    line = concat_warning(cfg.run.features)
+    if line is not None:
+        out.append(line)
     for cells in units.values():
         for note in (n for seed_cells in cells for c in seed_cells for n in c.summary["warnings"]):
             if note not in out:
