@@ -261,6 +261,50 @@ def score_run(
     return table
 
 
+# The pool learning curve: pool size -> (quality.py results tag, run folder under work/runs).
+CURVE = {
+    0: ("synth-lus-pool0-mse", "synth-lus-pool0-mse"),
+    100: ("synth-lus-pool100", "synth-lus-pool100"),
+    300: ("synth-lus-pool300", "synth-lus-pool300"),
+    600: ("synth-lus-pool600", "synth-lus-pool600"),
+}
+
+
+def curve_markdown(curve: dict[str, Any]) -> str:
+    """One row per pool size: test numbers from ``quality_<tag>.json`` beside the validation
+    numbers of :func:`score_run` (``recipe_pool_curve.json``)."""
+    lines = [
+        "| pool | test seeds | test: mse probe | head_delta | untrained | oracle | head_delta "
+        "fraction | mse fraction | test MAE | val MAE (seeds "
+        + ", ".join(str(s) for s in curve["seeds"])
+        + ") | val head_delta fraction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pool, (tag, run) in CURVE.items():
+        path = RESULTS / f"quality_{tag}.json"
+        if not path.exists() or run not in curve["runs"]:
+            continue
+        test = json.loads(path.read_text())
+        rows = test["objectives"]
+
+        def bal(name: str, rows: dict[str, Any] = rows) -> float:
+            return float(rows[name]["balanced_accuracy"]["mean"])
+
+        def frac(name: str, rows: dict[str, Any] = rows) -> str:
+            entry = rows[name].get("fraction_of_achievable") or {}
+            return f"{entry['mean']:.0%}" if entry.get("mean") is not None else "-"
+
+        val = curve["runs"][run]["mse"]["mean"]
+        lines.append(
+            f"| {pool} | {len(rows['mse']['balanced_accuracy']['per_seed'])} "
+            f"| {bal('mse'):.3f} | {bal('head_delta'):.3f} | {bal('untrained'):.3f} "
+            f"| {test['ceilings']['oracle_truth']['balanced_accuracy']['mean']:.3f} | {frac('head_delta')} "
+            f"| {frac('mse')} | {rows['mse']['score_mae']['mean']:.1f} | {val['val_mae']:.1f} "
+            f"| {val['head_delta_fraction']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"{result['dataset']}, objective mse, seeds {result['seeds']} (validation patients)",
@@ -270,7 +314,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in result["variants"].items():
-        m = row["mean"]
+        # JSON keeps an undefined number as null.
+        m = {k: math.nan if v is None else v for k, v in row["mean"].items()}
         cells = [
             f"{m['val_mae']:.1f}",
             f"{m['mean_mae']:.1f}",
@@ -320,10 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         write_json(RESULTS / "recipe_pool_curve.json", curve)
         for name, table in curve["runs"].items():
             print(markdown({"dataset": name, "seeds": args.seeds, "variants": table}), "\n")
+        print(curve_markdown(curve))
         return 0
     out = RESULTS / f"recipe_{args.dataset}.json"
     if args.render:
         print(markdown(json.loads(out.read_text())))
+        curve_file = RESULTS / "recipe_pool_curve.json"
+        if curve_file.exists():
+            print("\n" + curve_markdown(json.loads(curve_file.read_text())))
         return 0
     start = time.perf_counter()
     result = run(args.dataset, args.variants, args.seeds)
