@@ -136,7 +136,7 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     delta: float | Literal["tertiles"] = DEFAULT_DELTA
-    feature: Literal["diff", "concat"] = "diff"
+    feature: Literal["diff", "concat", "hybrid"] = "diff"
     classifier: Literal["logreg", "mlp"] = "logreg"
     n_boot: int = Field(1000, ge=0)
 
@@ -158,7 +158,7 @@ class RunVariant(_Section):
 class RunConfig(_Section):
     objectives: list[str | RunVariant] = ["mse", "contrastive", "weighted"]
     seeds: list[int] = [0]
-    features: list[Literal["diff", "concat"]] = ["diff"]
+    features: list[Literal["diff", "concat", "hybrid"]] = ["diff"]
     baselines: bool = Field(True, description="Also evaluate head_delta and untrained.")
 
 

@@ -53,7 +53,7 @@ from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interv
 from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
 from learner.evaluate.probe import Probe
 
-FEATURES = ("diff", "concat")
+FEATURES = ("diff", "concat", "hybrid")
 CLASSIFIERS = ("logreg", "mlp")
 CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 # Metrics of the embedding probe and its companions, in the order results report them.
@@ -199,7 +199,8 @@ def visit_embeddings(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 def change_features(
     visit_matrix: np.ndarray,
     pairs: pd.DataFrame,
-    feature: Literal["diff", "concat"] | str = "diff",
+    feature: Literal["diff", "concat", "hybrid"] | str = "diff",
+    head: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pair features from visit embeddings.
 
@@ -208,17 +209,36 @@ def change_features(
         pairs: from :func:`learner.data.pairs.consecutive_pairs` (``index_from``,
             ``index_to`` are rows of ``visit_matrix``).
         feature: ``"diff"``: ``u_to - u_from`` (P, D); ``"concat"``: ``[u_from, u_to]``
-            (P, 2D), the ablation.
+            (P, 2D), the ablation; ``"hybrid"``: ``[head_to - head_from, u_to - u_from]``
+            (P, 1 + D), the score head's predicted change beside ``d``, so that a probe can
+            start from ``head_delta`` and add what the embedding knows.
+        head: (V,) the score head's prediction per visit (``pred_score``); ``hybrid`` only.
 
     Returns:
-        float64 array (P, D) or (P, 2D).
+        float64 array (P, D), (P, 2D) or (P, 1 + D).
+
+    Raises:
+        ConfigError: an unknown feature.
+        DataError: ``hybrid`` without a finite head prediction for every visit of a pair.
     """
-    start = visit_matrix[pairs["index_from"].to_numpy(dtype=np.int64)]
-    end = visit_matrix[pairs["index_to"].to_numpy(dtype=np.int64)]
+    index_from = pairs["index_from"].to_numpy(dtype=np.int64)
+    index_to = pairs["index_to"].to_numpy(dtype=np.int64)
+    start, end = visit_matrix[index_from], visit_matrix[index_to]
     if feature == "diff":
         return end - start
     if feature == "concat":
         return np.concatenate([start, end], axis=1)
+    if feature == "hybrid":
+        if head is None:
+            raise DataError("feature 'hybrid' needs pred_score (the score head) for every visit")
+        predicted = np.asarray(head, dtype=np.float64)
+        change = (predicted[index_to] - predicted[index_from])[:, None]
+        if not np.isfinite(change).all():
+            raise DataError(
+                "feature 'hybrid' needs pred_score for every visit of a pair, and some are "
+                "missing (an untrained or head-less model): use feature diff"
+            )
+        return np.concatenate([change, end - start], axis=1)
     raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
 
 
@@ -490,8 +510,9 @@ def evaluate_change(
     true_codes = label_codes(y_test)
 
     # Embedding probe: trained on training-patient pairs only, predicted on test pairs.
-    x_train = change_features(matrix, train, feature)
-    x_test = change_features(matrix, test, feature)
+    head = visits["pred_score"].to_numpy(dtype=np.float64)
+    x_train = change_features(matrix, train, feature, head)
+    x_test = change_features(matrix, test, feature, head)
     model = _fit_classifier(build_classifier(classifier, seed), x_train, y_train, notes)
     predicted = np.asarray(model.predict(x_test)).astype(str)
     pred_codes = label_codes(predicted)

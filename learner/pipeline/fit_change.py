@@ -74,7 +74,8 @@ def _split_features(
     visits, matrix = visit_embeddings(frame)
     pairs = consecutive_pairs(visits)
     chosen = pairs[pairs["split"] == split].reset_index(drop=True)
-    return change_features(matrix, chosen, feature), chosen
+    head = visits["pred_score"].to_numpy(dtype=np.float64)
+    return change_features(matrix, chosen, feature, head), chosen
 
 
 def fit_change_model(

@@ -180,7 +180,7 @@ def predict_change(
     # Every consecutive pair, labelled or not: pair on a placeholder score, read the real one.
     pairs = consecutive_pairs(visits.assign(score=0.0))
     start, end = pairs["index_from"].to_numpy(), pairs["index_to"].to_numpy()
-    x = change_features(matrix, pairs, model.feature)
+    x = change_features(matrix, pairs, model.feature, visits["pred_score"].to_numpy(np.float64))
     proba = model.probe.predict_proba(x) if len(pairs) else np.zeros((0, len(CLASSES)))
     pred = visits["pred_score"].to_numpy(np.float64)
     table = pairs[["patient_id", *zone, "visit_from", "visit_to"]].rename(

@@ -349,6 +349,29 @@ def test_change_features_diff_and_concat() -> None:
         change_features(matrix, pairs, "ratio")
 
 
+def test_hybrid_feature_is_the_head_change_beside_d() -> None:
+    matrix = np.array([[1.0, 2.0], [4.0, 6.0], [0.0, 1.0]])
+    pairs = pd.DataFrame({"index_from": [0, 1], "index_to": [1, 2]})
+    head = np.array([10.0, 12.5, 11.0])
+    np.testing.assert_array_equal(
+        change_features(matrix, pairs, "hybrid", head), [[2.5, 3.0, 4.0], [-1.5, -4.0, -5.0]]
+    )
+    with pytest.raises(DataError, match="pred_score"):
+        change_features(matrix, pairs, "hybrid")
+    with pytest.raises(DataError, match="use feature diff"):
+        change_features(matrix, pairs, "hybrid", np.array([10.0, np.nan, 11.0]))
+
+
+def test_hybrid_probe_reads_the_head_where_the_embedding_is_noise() -> None:
+    """Random embeddings, an exact head: diff is near chance, hybrid near head_delta."""
+    frame = make_cohort(60, seed=6, kind="random", pred="exact")
+    diff = evaluate_change(frame, delta=1.0, n_boot=0)
+    hybrid = evaluate_change(frame, delta=1.0, n_boot=0, feature="hybrid")
+    assert diff.metrics["balanced_accuracy"] < 0.6
+    assert hybrid.metrics["balanced_accuracy"] > 0.9
+    assert hybrid.head_delta == diff.head_delta
+
+
 # ----------------------------------------------------------------- embeddings file
 
 

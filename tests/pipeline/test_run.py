@@ -96,6 +96,17 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
         == json.loads(first)["objectives"]
     )
 
+    # More features on the same cells: only the new ones are evaluated (no retraining).
+    run_config.run.features = ["diff", "hybrid", "concat"]
+    run_ablation(run_config, out, progress=False, log=lambda _: None)
+    assert marker.stat().st_mtime_ns == stamp
+    more = json.loads((out / "results.json").read_text())
+    assert {"mse+hybrid", "weighted+hybrid", "untrained+hybrid", "mse+concat"} <= set(
+        more["objectives"]
+    )
+    assert more["objectives"]["mse"] == json.loads(first)["objectives"]["mse"]
+    assert any("+concat rows are not a change measurement" in w for w in more["warnings"])
+
 
 def test_report_renders_in_headless_browser(run_config: Config, tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
