@@ -295,10 +295,11 @@ def curve_markdown(curve: dict[str, Any]) -> str:
             return f"{entry['mean']:.0%}" if entry.get("mean") is not None else "-"
 
         val = curve["runs"][run]["mse"]["mean"]
+        oracle = test["ceilings"]["oracle_truth"]["balanced_accuracy"]["mean"]
         lines.append(
             f"| {pool} | {len(rows['mse']['balanced_accuracy']['per_seed'])} "
             f"| {bal('mse'):.3f} | {bal('head_delta'):.3f} | {bal('untrained'):.3f} "
-            f"| {test['ceilings']['oracle_truth']['balanced_accuracy']['mean']:.3f} | {frac('head_delta')} "
+            f"| {oracle:.3f} | {frac('head_delta')} "
             f"| {frac('mse')} | {rows['mse']['score_mae']['mean']:.1f} | {val['val_mae']:.1f} "
             f"| {val['head_delta_fraction']:.0%} |"
         )
