@@ -156,9 +156,10 @@ def demo(
         "demo-output"
     ),
 ) -> None:
-    """Run the main job on the embedded synthetic LUS cohort: build the cohort, pretrain
-    mse / contrastive / weighted, evaluate change classification, print the comparison and
-    write a report.
+    """Run the main job on the embedded synthetic LUS cohort: build the cohort (60 patients
+    followed over time plus a pretraining pool of single-visit patients), pretrain mse /
+    contrastive / weighted, evaluate change classification, print the comparison and write
+    a report.
 
     Example: learner demo --out demo-output
     """
@@ -173,8 +174,12 @@ def demo(
     if manifest.exists():
         console.print(f"cohort: reusing {manifest}")
     else:
-        console.print("cohort: writing the synthetic LUS cohort (demo preset) ...")
-        write_cohort("lus", cohort, patients=None, seed=0, preset="demo", preview=True)
+        console.print(
+            f"cohort: writing the synthetic LUS cohort (demo preset, pool of {DEMO_POOL}) ..."
+        )
+        write_cohort(
+            "lus", cohort, patients=None, seed=0, preset="demo", preview=True, pool=DEMO_POOL
+        )
     cfg = load_config(DEMO_CONFIG, [f"data.manifest={manifest}"])
     _run_and_report(cfg, out / "run")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
@@ -618,6 +623,9 @@ def _is_rank_zero() -> bool:
 
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+# Single-visit patients that only pretrain the demo's encoders (`learner synth --pool`): the
+# pool is what makes them learn (BENCHMARKS.md, "Pretraining that learns").
+DEMO_POOL = 100
 
 
 def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:

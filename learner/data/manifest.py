@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from learner.data.splits import PRETRAIN
 from learner.errors import ConfigError, DataError
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -752,5 +753,9 @@ def _check_duplicates(frame: pd.DataFrame, features: list[str] | None, problems:
 
 
 def _single_visit_patients(frame: pd.DataFrame) -> list[str]:
+    """Patients with one visit, except a pretraining pool's (``split = pretrain``): those
+    are single-visit by design and need no warning."""
+    if "split" in frame.columns:
+        frame = frame[frame["split"].astype(str) != PRETRAIN]
     visits = frame.groupby("patient_id", sort=True)["visit_order"].nunique()
     return [str(p) for p in visits.index[visits.to_numpy() == 1]]

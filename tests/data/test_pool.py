@@ -74,3 +74,16 @@ def test_kfold_over_the_longitudinal_patients_only(tmp_path: Path) -> None:
     assert data.assignment["q0"] == data.assignment["q1"] == PRETRAIN
     # The pool counts as training data for the score range and the encoder.
     assert data.score_range[1] == 9.0
+
+
+def test_a_pool_is_single_visit_by_design_and_not_warned_about(tmp_path: Path) -> None:
+    from learner.data.manifest import load_manifest
+
+    rows = ["patient_id,visit,path,score,split"]
+    rows += [f"p{i},{v},p{i}_{v}.npy,{i + v},train" for i in range(3) for v in range(2)]
+    rows += ["p9,0,p9_0.npy,1,test"]  # a longitudinal patient seen once: warned
+    rows += [f"q{i},0,q{i}.npy,{i},pretrain" for i in range(4)]  # the pool: not warned
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    manifest = load_manifest(tmp_path / "manifest.csv", check_files=False)
+    single = [w for w in manifest.warnings if "single visit" in w]
+    assert len(single) == 1 and "1 patient(s)" in single[0] and "'p9'" in single[0]
