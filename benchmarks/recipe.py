@@ -96,11 +96,12 @@ def variant_config(dataset: str, overrides: list[str], seed: int) -> Config:
     return cfg
 
 
-def _balanced(frame: Any, cfg: Config, seed: int) -> tuple[float, float]:
-    """(probe on d, head_delta) balanced accuracy on validation pairs."""
+def _on_validation(frame: Any, cfg: Config) -> Any:
+    """Change classification with the probe fit on training patients' pairs and tested on
+    validation patients' pairs (test patients never enter)."""
     from learner.evaluate.change import evaluate_change
 
-    res = evaluate_change(
+    return evaluate_change(
         frame,
         delta=cfg.eval.delta,
         higher_is_better=cfg.data.higher_is_better,
@@ -109,15 +110,13 @@ def _balanced(frame: Any, cfg: Config, seed: int) -> tuple[float, float]:
         train_splits=("train",),
         test_split="val",
         n_boot=0,
-        seed=seed,
+        seed=cfg.train.seed,
     )
-    return res.metrics["balanced_accuracy"], res.head_delta["balanced_accuracy"]
 
 
-def _oracle(frame: Any, truth: Any, cfg: Config, seed: int) -> float:
+def _oracle(frame: Any, truth: Any, cfg: Config) -> float:
     """The true severity change under the same protocol and validation pairs."""
     from learner.evaluate.ceilings import _truth_values
-    from learner.evaluate.change import evaluate_change
 
     values = _truth_values(frame, truth, "severity")
     if values is None:
@@ -125,18 +124,7 @@ def _oracle(frame: Any, truth: Any, cfg: Config, seed: int) -> float:
     oracle = frame.reset_index(drop=True).assign(
         embedding=list(values[:, None].astype(np.float32)), pred_score=np.nan
     )
-    res = evaluate_change(
-        oracle,
-        delta=cfg.eval.delta,
-        higher_is_better=cfg.data.higher_is_better,
-        feature="diff",
-        classifier=cfg.eval.classifier,
-        train_splits=("train",),
-        test_split="val",
-        n_boot=0,
-        seed=seed,
-    )
-    return res.metrics["balanced_accuracy"]
+    return float(_on_validation(oracle, cfg).metrics["balanced_accuracy"])
 
 
 def val_cell(
@@ -177,7 +165,8 @@ def val_metrics(
 ) -> dict[str, float]:
     """The validation numbers of one embeddings frame (see the module docstring)."""
     val_mae, mean_mae = regressor_against_mean(frame)
-    probe, head = _balanced(frame, cfg, cfg.train.seed)
+    change = _on_validation(frame, cfg)
+    probe, head = change.metrics["balanced_accuracy"], change.head_delta["balanced_accuracy"]
     known = truth is not None
     return {
         "val_mae": val_mae,
@@ -186,7 +175,7 @@ def val_metrics(
         "reader_mae": render_regressor_mae(frame, truth, "val") if known else math.nan,
         "probe": probe,
         "head_delta": math.nan if untrained else head,
-        "oracle": _oracle(frame, truth, cfg, cfg.train.seed) if known else math.nan,
+        "oracle": _oracle(frame, truth, cfg) if known else math.nan,
         "train_s": train_s,
     }
 
