@@ -193,7 +193,25 @@ def _intro(results: dict[str, Any]) -> list[str]:
         "`of achievable` is (balanced accuracy - 1/3) / (oracle - 1/3), where an oracle "
         "(the same probe on the true change, from truth.csv) exists. The last column is the "
         "paired difference in balanced accuracy to `mse` on the same pairs.",
+        *_floors_paragraph(results.get("ceilings", {}).get("score_mae_floors")),
         *_change_model_paragraph(results.get("change_model")),
+    ]
+
+
+def _floors_paragraph(floors: dict[str, Any] | None) -> list[str]:
+    """How far the score regressor is from what the labels allow (truth.csv only)."""
+    if not floors or floors.get("mse_regressor") is None:
+        return []
+
+    def num(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3g}"
+
+    return [
+        f"Score regressor (`mse`) on validation patients: MAE {num(floors['mse_regressor'])}. "
+        f"What the labels allow (truth.csv): {num(floors['perfect_reader'])} for a perfect "
+        "reader of each scan (a line from the severity it was rendered with to the score), "
+        f"{num(floors['label_noise'])} for the label noise alone (score against its "
+        "noise-free value)."
     ]
 
 

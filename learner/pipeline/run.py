@@ -33,6 +33,8 @@ from learner.evaluate.ceilings import (
     fraction_of_achievable,
     load_truth,
     regressor_against_mean,
+    render_regressor_mae,
+    score_noise_mae,
 )
 from learner.evaluate.change import (
     CLASS_METRICS,
@@ -581,6 +583,7 @@ def run_ablation(
     pair_counts: dict[str, list[tuple[float, float, float]]] = {}
     run_dirs: dict[str, list[Path]] = {}
     keys: dict[str, Any] = {}
+    floors: list[dict[str, float]] = []
     for seed_cells in grid:
         by_name: dict[str, list[CellResult]] = {}
         oracle_folds: dict[str, list[CellResult]] = {}
@@ -588,6 +591,7 @@ def run_ablation(
             if truth is not None:
                 for name, result in _oracle_cells(cfg, fold[0], truth).items():
                     oracle_folds.setdefault(name, []).append(result)
+                floors.append(_score_floors(fold[0].data.frame, truth))
             for cell in fold:
                 state = "cached" if _cell_done(cell, features) else "running"
                 log(f"[{cell.tag}] {cell.label}: {state}")
@@ -614,6 +618,8 @@ def run_ablation(
         oracles = {}  # a fold whose truth was incomplete: no ceiling rather than a partial one
 
     results = build_results(cfg, manifest, units, splits, oracles=oracles)
+    if floors:
+        results["ceilings"]["score_mae_floors"] = _mean_floors(floors, units)
     results["warnings"] = run_warnings(cfg, manifest, units, pair_counts)
     results["degenerate"] = _degenerate(units)
     results["verdict"] = verdict(results)
@@ -713,6 +719,40 @@ def _oracle_cells(cfg: Config, cell: Cell, truth: pd.DataFrame) -> dict[str, Cel
         if result is not None:
             out[name] = CellResult.from_change(result)
     return out
+
+
+def _score_floors(frame: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float]:
+    """What the score regressor's validation MAE can reach on one seed's (fold's) split:
+    the label noise (recorded score against truth's ``score_clean``) and a perfect reader of
+    each scan (a line from the severity it was rendered with to the score)."""
+    return {
+        "label_noise": score_noise_mae(frame, truth, "val"),
+        "perfect_reader": render_regressor_mae(frame, truth, "val"),
+    }
+
+
+def _mean_floors(
+    floors: Sequence[dict[str, float]], units: dict[str, list[list[CellResult]]]
+) -> dict[str, Any]:
+    """Means over seeds (folds) of the two floors, beside the mse regressor's own validation
+    MAE, so a reader sees how far the regressor is from what the labels allow (None where
+    undefined)."""
+
+    def mean(values: Sequence[Any]) -> float | None:
+        finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        return float(np.mean(finite)) if finite else None
+
+    regressor = [
+        c.summary.get("regressor", {}).get("val_mae")
+        for cells in units.get(REFERENCE, [])
+        for c in cells
+    ]
+    return {
+        "split": "val",
+        "label_noise": mean([f["label_noise"] for f in floors]),
+        "perfect_reader": mean([f["perfect_reader"] for f in floors]),
+        "mse_regressor": mean(regressor),
+    }
 
 
 def _first_feature_summaries(units: dict[str, list[list[CellResult]]]) -> list[dict[str, Any]]:

@@ -72,6 +72,10 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
             continue
         expected = (block["balanced_accuracy"]["mean"] - 1 / 3) / (oracle - 1 / 3)
         assert fraction == pytest.approx(expected, abs=1e-9), name
+    # The regressor's floors from truth.csv: label noise <= a perfect reader of the scans.
+    floors = ceilings["score_mae_floors"]
+    assert floors["split"] == "val" and floors["mse_regressor"] > 0
+    assert 0 < floors["label_noise"] <= floors["perfect_reader"]
     assert isinstance(results["warnings"], list) and results["verdict"]
     assert results["cells"]["weighted/seed0"]["pretrain"]
 
@@ -84,6 +88,7 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
     assert html.count("data:image/png;base64,") >= 3 and "http" not in html.split("<body>")[1]
     assert "`" not in html and "<code>mse</code>" in html
     assert "Verdict." in text and "oracle_truth" in text
+    assert "Score regressor (`mse`) on validation patients: MAE" in text
 
     # A rerun reuses every finished cell and gives the same results.
     first = (out / "results.json").read_text()
