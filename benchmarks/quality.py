@@ -744,13 +744,31 @@ SWEEP_GRID: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def validation_change(frame: Any, cfg: Config, seed: int) -> Any:
+    """Change classification on validation patients only: the probe (and ``head_delta``)
+    fit on training patients' pairs, tested on validation patients' pairs; test patients
+    never enter. Returns the :class:`~learner.evaluate.change.ChangeResult`."""
+    from learner.evaluate.change import evaluate_change
+
+    return evaluate_change(
+        frame,
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        feature="diff",
+        classifier=cfg.eval.classifier,
+        train_splits=("train",),
+        test_split="val",
+        n_boot=0,
+        seed=seed,
+    )
+
+
 def _val_scores(
     ccfg: Config, manifest: Any, folder: Path, label: str, seed: int, log: Any
 ) -> dict[str, float]:
     """Pretrain + embed one cell (cached in ``folder/seed<S>``) and score it on validation
     patients only: change classification (classifier fit on training patients' pairs) and
     the head's rank correlation with the score over validation patients."""
-    from learner.evaluate.change import evaluate_change
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.evaluate.interpatient import evaluate_interpatient
     from learner.pipeline.run import pretrain_and_embed
@@ -765,17 +783,7 @@ def _val_scores(
         log(f"[val seed{seed}] {label}: running")
         pretrain_and_embed(ccfg, data, cell, metadata={"objective": label, "seed": seed})
     frame, _ = read_embeddings(emb)
-    res = evaluate_change(
-        frame,
-        delta=ccfg.eval.delta,
-        higher_is_better=ccfg.data.higher_is_better,
-        feature="diff",
-        classifier=ccfg.eval.classifier,
-        train_splits=("train",),
-        test_split="val",
-        n_boot=0,
-        seed=seed,
-    )
+    res = validation_change(frame, ccfg, seed)
     ranks = evaluate_interpatient({label: frame}, test_split="val", unit="patient", n_boot=0)
     return {
         "balanced_accuracy": res.metrics["balanced_accuracy"],

@@ -46,14 +46,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import datasets  # noqa: E402
-from benchmarks.quality import CHANGE_CONFIGS, CONFIGS, RESULTS  # noqa: E402
+from benchmarks.quality import (  # noqa: E402
+    CHANGE_CONFIGS,
+    CONFIGS,
+    RESULTS,
+    validation_change,
+)
 from learner.config import Config, load_config  # noqa: E402
 from learner.data.manifest import Manifest, load_manifest  # noqa: E402
 from learner.evaluate.ceilings import (  # noqa: E402
+    evaluate_oracle,
     fraction_of_achievable,
     load_truth,
     regressor_against_mean,
@@ -96,35 +101,20 @@ def variant_config(dataset: str, overrides: list[str], seed: int) -> Config:
     return cfg
 
 
-def _on_validation(frame: Any, cfg: Config) -> Any:
-    """Change classification with the probe fit on training patients' pairs and tested on
-    validation patients' pairs (test patients never enter)."""
-    from learner.evaluate.change import evaluate_change
-
-    return evaluate_change(
-        frame,
-        delta=cfg.eval.delta,
-        higher_is_better=cfg.data.higher_is_better,
-        feature="diff",
-        classifier=cfg.eval.classifier,
-        train_splits=("train",),
-        test_split="val",
-        n_boot=0,
-        seed=cfg.train.seed,
-    )
-
-
 def _oracle(frame: Any, truth: Any, cfg: Config) -> float:
     """The true severity change under the same protocol and validation pairs."""
-    from learner.evaluate.ceilings import _truth_values
-
-    values = _truth_values(frame, truth, "severity")
-    if values is None:
-        return math.nan
-    oracle = frame.reset_index(drop=True).assign(
-        embedding=list(values[:, None].astype(np.float32)), pred_score=np.nan
+    result = evaluate_oracle(
+        frame,
+        truth,
+        "severity",
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        classifier=cfg.eval.classifier,
+        seed=cfg.train.seed,
+        train_splits=("train",),
+        test_split="val",
     )
-    return float(_on_validation(oracle, cfg).metrics["balanced_accuracy"])
+    return math.nan if result is None else float(result.metrics["balanced_accuracy"])
 
 
 def val_cell(
@@ -165,7 +155,7 @@ def val_metrics(
 ) -> dict[str, float]:
     """The validation numbers of one embeddings frame (see the module docstring)."""
     val_mae, mean_mae = regressor_against_mean(frame)
-    change = _on_validation(frame, cfg)
+    change = validation_change(frame, cfg, cfg.train.seed)
     probe, head = change.metrics["balanced_accuracy"], change.head_delta["balanced_accuracy"]
     known = truth is not None
     return {

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,8 @@ def evaluate_oracle(
     higher_is_better: bool = True,
     classifier: str = "logreg",
     seed: int = 0,
+    train_splits: Sequence[str] = ("train", "val"),
+    test_split: str = "test",
 ) -> ChangeResult | None:
     """The change protocol of :func:`evaluate_change` on the true change of ``column``.
 
@@ -86,7 +89,8 @@ def evaluate_oracle(
         frame: the manifest frame of a run cell (one row per scan, with ``split``).
         truth: from :func:`load_truth`.
         column: truth column (``severity`` or ``score_clean``).
-        delta, higher_is_better, classifier, seed: as the objectives' evaluation.
+        delta, higher_is_better, classifier, seed, train_splits, test_split: as the
+            objectives' evaluation.
 
     Returns:
         The oracle's result (pairs and labels identical to the objectives'), or None when
@@ -106,6 +110,8 @@ def evaluate_oracle(
         higher_is_better=higher_is_better,
         feature="diff",
         classifier=classifier,
+        train_splits=train_splits,
+        test_split=test_split,
         n_boot=0,
         seed=seed,
     )

@@ -7,8 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from learner.data.manifest import load_manifest
 from learner.data.synthetic import write_cohort
+from learner.errors import ConfigError
 from learner.evaluate.ceilings import load_truth
 
 
@@ -39,6 +42,10 @@ def test_val_cell_on_a_tiny_cohort(
     stamp = (folder / "embeddings.parquet").stat().st_mtime_ns
     assert recipe.val_cell(cfg, manifest, truth, folder) == first
     assert (folder / "embeddings.parquet").stat().st_mtime_ns == stamp
+    # A changed pretraining input never reuses the cell: it is refused, naming the key.
+    changed = recipe.variant_config("synth-lus", [*tiny, "train.epochs=2"], seed=0)
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        recipe.val_cell(changed, manifest, truth, folder)
     untrained = recipe.val_cell(cfg, manifest, truth, tmp_path / "untrained", untrained=True)
     assert math.isnan(untrained["head_delta"]) and untrained["oracle"] == first["oracle"]
     summary = recipe.summarise({"0": first})
