@@ -590,6 +590,7 @@ def run_cdr_change(cfg: Config, manifest: Any, out: Path) -> dict[str, Any]:
                         higher_is_better=False,
                         feature="diff",
                         classifier=cfg.eval.classifier,
+                        pca=cfg.eval.pca,
                         n_boot=cfg.eval.n_boot,
                         seed=seed,
                     )
@@ -756,6 +757,7 @@ def validation_change(frame: Any, cfg: Config, seed: int) -> Any:
         higher_is_better=cfg.data.higher_is_better,
         feature="diff",
         classifier=cfg.eval.classifier,
+        pca=cfg.eval.pca,
         train_splits=("train",),
         test_split="val",
         n_boot=0,

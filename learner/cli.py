@@ -437,6 +437,7 @@ def evaluate(
         higher_is_better=higher,
         feature=cfg.eval.feature,
         classifier=cfg.eval.classifier,
+        pca=cfg.eval.pca,
         n_boot=cfg.eval.n_boot,
         seed=cfg.train.seed,
     )

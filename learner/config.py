@@ -137,7 +137,8 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     delta: float | Literal["tertiles"] = DEFAULT_DELTA
     feature: Literal["diff", "concat", "hybrid"] = "diff"
-    classifier: Literal["logreg", "mlp"] = "logreg"
+    classifier: Literal["logreg", "logreg-cv", "mlp"] = "logreg"
+    pca: int = Field(0, ge=0)
     n_boot: int = Field(1000, ge=0)
 
     @field_validator("delta")

@@ -34,7 +34,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+from sklearn.model_selection import GroupKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -52,9 +53,13 @@ from learner.errors import ConfigError, DataError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
 from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
 from learner.evaluate.probe import Probe
+from learner.evaluate.reduce import ScanProjection
 
 FEATURES = ("diff", "concat", "hybrid")
-CLASSIFIERS = ("logreg", "mlp")
+CLASSIFIERS = ("logreg", "logreg-cv", "mlp")
+# logreg-cv's grid of inverse regularisation strengths, and its most patient folds.
+CV_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
+CV_FOLDS = 5
 CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 # Metrics of the embedding probe and its companions, in the order results report them.
 METRICS = (
@@ -95,7 +100,10 @@ class ChangeResult:
         train_patients, test_patients: sorted patient ids whose pairs trained / tested.
         model: the fitted classifier pipeline (scaler + classifier) on the embedding feature;
             scikit-learn orders its ``classes_`` alphabetically: use ``probe``.
-        probe: the same classifier as arrays, probabilities in :data:`LABELS` order.
+        probe: the same classifier as arrays, probabilities in :data:`LABELS` order, on raw
+            pair features (a ``pca`` projection folded in).
+        pca: the number of principal axes the probe read (0: the full embedding).
+        chosen_c: ``logreg-cv``'s inverse regularisation strength (None for the others).
         bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
             seeds (see :func:`learner.pipeline.run.metric_block`).
     """
@@ -126,6 +134,8 @@ class ChangeResult:
     model: Pipeline | None = None
     bootstrap: dict[str, np.ndarray] = field(default_factory=dict)
     probe: Probe | None = None
+    pca: int = 0
+    chosen_c: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict (floats, ints, strings, lists; NaN -> None)."""
@@ -147,6 +157,8 @@ class ChangeResult:
             "class_counts_test": self.class_counts_test,
             "feature": self.feature,
             "classifier": self.classifier,
+            "pca": self.pca,
+            "chosen_c": self.chosen_c,
             "n_boot": self.n_boot,
             "seed": self.seed,
             "warnings": self.warnings,
@@ -252,15 +264,19 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- models
 
 
-def build_classifier(name: str, seed: int = 0) -> Pipeline:
+def build_classifier(name: str, seed: int = 0, groups: npt.ArrayLike | None = None) -> Pipeline:
     """Standardisation + classifier, the probe on frozen features.
 
     Args:
         name: ``"logreg"``: multinomial logistic regression (lbfgs fits the multinomial
-            loss for 3 classes) with balanced class weights; ``"mlp"``: one hidden layer of
-            64 units. ``MLPClassifier`` has no ``class_weight``: :func:`evaluate_change`
-            passes balanced per-sample weights instead where scikit-learn supports them.
+            loss for 3 classes) with balanced class weights and C = 1; ``"logreg-cv"``: the
+            same with C chosen from :data:`CV_CS` by balanced accuracy in folds of *patients*
+            (``groups``; at most :data:`CV_FOLDS`), refitted on all rows; ``"mlp"``: one
+            hidden layer of 64 units. ``MLPClassifier`` has no ``class_weight``:
+            :func:`evaluate_change` passes balanced per-sample weights instead where
+            scikit-learn supports them.
         seed: seeds the MLP's initialisation.
+        groups: (N,) the patient of each training row; ``logreg-cv`` only, required there.
 
     Returns:
         An unfitted ``Pipeline(scale, clf)``.
@@ -268,11 +284,42 @@ def build_classifier(name: str, seed: int = 0) -> Pipeline:
     clf: LogisticRegression | MLPClassifier
     if name == "logreg":
         clf = LogisticRegression(class_weight="balanced", max_iter=2000)
+    elif name == "logreg-cv":
+        if groups is None:
+            raise ConfigError("classifier 'logreg-cv' needs the patient of each training pair")
+        patients = np.asarray(groups).ravel()
+        n_folds = min(CV_FOLDS, len(np.unique(patients)))
+        if n_folds < 2:
+            raise DataError(
+                "classifier 'logreg-cv' needs training pairs from at least 2 patients to "
+                "choose C; use classifier logreg"
+            )
+        folds = list(GroupKFold(n_splits=n_folds).split(patients, groups=patients))
+        clf = LogisticRegressionCV(
+            Cs=list(CV_CS),
+            cv=folds,
+            scoring="balanced_accuracy",
+            class_weight="balanced",
+            max_iter=2000,
+            **_cv_quiet_options(),
+        )
     elif name == "mlp":
         clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=1000, random_state=seed)
     else:
         raise ConfigError(f"classifier={name!r} is not known; use one of {list(CLASSIFIERS)}")
     return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+
+
+def _cv_quiet_options() -> dict[str, Any]:
+    """Options newer scikit-learn releases ask for explicitly (an L2 penalty, the simplified
+    fitted attributes); older ones have neither and mean the same by default."""
+    params = inspect.signature(LogisticRegressionCV.__init__).parameters
+    options: dict[str, Any] = {}
+    if "l1_ratios" in params:
+        options["l1_ratios"] = (0.0,)
+    if "use_legacy_attributes" in params:
+        options["use_legacy_attributes"] = False
+    return options
 
 
 def _fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[str]) -> Pipeline:
@@ -443,6 +490,7 @@ def evaluate_change(
     test_split: str = "test",
     n_boot: int = 1000,
     seed: int = 0,
+    pca: int = 0,
 ) -> ChangeResult:
     """Classify worsen / stable / improve between consecutive visits from frozen embeddings.
 
@@ -452,11 +500,16 @@ def evaluate_change(
             over *training* pairs; the resolved band is applied unchanged to test pairs).
         higher_is_better: whether a rising score means better health.
         feature: ``"diff"`` (``u_to - u_from``) or ``"concat"`` (``[u_from, u_to]``).
-        classifier: ``"logreg"`` or ``"mlp"`` (see :func:`build_classifier`).
+        classifier: ``"logreg"``, ``"logreg-cv"`` or ``"mlp"`` (see :func:`build_classifier`).
         train_splits: splits whose patients' pairs train the classifier (and the ridge).
         test_split: the split whose patients' pairs are tested.
         n_boot: patient-bootstrap resamples for the intervals; 0 skips them (NaN).
         seed: seeds the bootstrap and the MLP.
+        pca: 0, or k >= 1: the embedding probe reads visit embeddings projected onto their
+            first k principal axes, fitted on the training splits' visit embeddings
+            (:class:`~learner.evaluate.reduce.ScanProjection`); ``probe`` still takes raw
+            pair features, ``model`` the projected ones. ``head_delta``, Figure 1, the
+            change regression and the temporal rho are unchanged by it.
 
     Returns:
         A :class:`ChangeResult`.
@@ -513,8 +566,19 @@ def evaluate_change(
     head = visits["pred_score"].to_numpy(dtype=np.float64)
     x_train = change_features(matrix, train, feature, head)
     x_test = change_features(matrix, test, feature, head)
-    model = _fit_classifier(build_classifier(classifier, seed), x_train, y_train, notes)
-    predicted = np.asarray(model.predict(x_test)).astype(str)
+    groups = train["patient_id"].astype(str).to_numpy()
+    projection: ScanProjection | None = None
+    probe_matrix = matrix
+    if pca:
+        training_visits = visits["split"].astype(str).isin(list(train_splits)).to_numpy()
+        projection = ScanProjection.fit(matrix[training_visits], pca)
+        if projection.k < pca:
+            notes.append(f"eval.pca={pca} but the training visits allow {projection.k} components")
+        probe_matrix = projection.transform(matrix)
+    probe_train = change_features(probe_matrix, train, feature, head)
+    probe_test = change_features(probe_matrix, test, feature, head)
+    model = _fit_classifier(build_classifier(classifier, seed, groups), probe_train, y_train, notes)
+    predicted = np.asarray(model.predict(probe_test)).astype(str)
     pred_codes = label_codes(predicted)
 
     # head_delta: one feature, the regression head's predicted change.
@@ -523,7 +587,9 @@ def evaluate_change(
     head_train = (pred_visit[train["index_to"]] - pred_visit[train["index_from"]])[:, None]
     head_test = (pred_visit[test["index_to"]] - pred_visit[test["index_from"]])[:, None]
     if np.isfinite(head_train).all() and np.isfinite(head_test).all():
-        head_model = _fit_classifier(build_classifier(classifier, seed), head_train, y_train, [])
+        head_model = _fit_classifier(
+            build_classifier(classifier, seed, groups), head_train, y_train, []
+        )
         head_codes = label_codes(np.asarray(head_model.predict(head_test)).astype(str))
     else:
         notes.append("pred_score is missing for some visits: head_delta not computed")
@@ -657,8 +723,21 @@ def evaluate_change(
         test_patients=sorted(test_patients),
         model=model,
         bootstrap=samples,
-        probe=Probe.from_pipeline(model),
+        probe=(
+            Probe.from_pipeline(model).composed(*projection.feature_map(feature))
+            if projection is not None
+            else Probe.from_pipeline(model)
+        ),
+        pca=projection.k if projection is not None else 0,
+        chosen_c=_chosen_c(model),
     )
+
+
+def _chosen_c(model: Pipeline) -> float | None:
+    clf = model.named_steps["clf"]
+    if not isinstance(clf, LogisticRegressionCV):
+        return None
+    return float(np.ravel(clf.C_)[0])
 
 
 def has_change_pairs(frame: pd.DataFrame) -> bool:

@@ -79,6 +79,24 @@ class Probe:
             layers=layers,
         )
 
+    def composed(self, a: np.ndarray, c: np.ndarray) -> Probe:
+        """The same probe on raw features ``x`` when it was fitted on ``x @ a + c``.
+
+        The affine map and the standardisation fold into the first layer (the new probe's
+        own standardisation is the identity), so a probe fitted after a projection (e.g.
+        :class:`~learner.evaluate.reduce.ScanProjection`) is saved and applied as any other.
+        """
+        a = np.asarray(a, np.float64)
+        weight, bias = self.layers[0]
+        scaled = weight / self.scale[:, None]
+        first = (a @ scaled, (np.asarray(c, np.float64) - self.mean) @ scaled + bias)
+        return Probe(
+            mean=np.zeros(a.shape[0]),
+            scale=np.ones(a.shape[0]),
+            layers=[first, *self.layers[1:]],
+            temperature=self.temperature,
+        )
+
     def logits(self, x: np.ndarray) -> np.ndarray:
         """(N, F) pair features -> (N, 3) uncalibrated logits in :data:`CLASSES` order."""
         h = (np.asarray(x, np.float64) - self.mean) / self.scale

@@ -86,13 +86,14 @@ def fit_change_model(
     feature: str,
     classifier: str,
     seed: int,
+    pca: int = 0,
 ) -> FittedChange:
     """Fit the probe as `run` does, select and calibrate on validation patients, check the
     calibration on test patients.
 
     Args:
         frame: a cell's embeddings frame (``split`` train / val / test).
-        delta, higher_is_better, feature, classifier, seed: as for
+        delta, higher_is_better, feature, classifier, seed, pca: as for
             :func:`learner.evaluate.change.evaluate_change`.
 
     Returns:
@@ -106,6 +107,7 @@ def fit_change_model(
         "classifier": classifier,
         "n_boot": 0,
         "seed": seed,
+        "pca": pca,
     }
     full = evaluate_change(frame, **common)
     assert full.probe is not None
@@ -175,6 +177,7 @@ def save_fitted_change_model(
     classifier: str,
     seed: int,
     source: dict[str, Any],
+    pca: int = 0,
 ) -> dict[str, Any]:
     """Fit (:func:`fit_change_model`) and save a change model with the encoder of
     ``checkpoint``; returns its ``model.json`` content.
@@ -189,6 +192,7 @@ def save_fitted_change_model(
         feature=feature,
         classifier=classifier,
         seed=seed,
+        pca=pca,
     )
     info = {
         **source,
@@ -197,6 +201,7 @@ def save_fitted_change_model(
         "delta": delta,
         "feature": feature,
         "classifier": classifier,
+        "pca": pca,
         "higher_is_better": higher_is_better,
         "selected_on": SELECTION_METRIC,
         "metrics": {"validation": fitted.validation, "test": fitted.test},
@@ -236,6 +241,7 @@ def save_cell_change_model(
         higher_is_better=cfg.data.higher_is_better,
         feature=feature,
         classifier=cfg.eval.classifier,
+        pca=cfg.eval.pca,
         seed=seed,
         source={"objective": objective, "cell": f"{objective}/{cell_dir.name}"},
     )
@@ -268,6 +274,7 @@ def save_evaluated_change_model(
         higher_is_better=higher_is_better,
         feature=cfg.eval.feature,
         classifier=cfg.eval.classifier,
+        pca=cfg.eval.pca,
         seed=cfg.train.seed,
         source={"objective": meta.get("objective"), "checkpoint": str(checkpoint)},
     )

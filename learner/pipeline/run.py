@@ -257,6 +257,7 @@ def _evaluate_cell(cell: Cell, features: Sequence[str], log: Log) -> dict[str, C
             higher_is_better=cell.cfg.data.higher_is_better,
             feature=feature,
             classifier=cell.cfg.eval.classifier,
+            pca=cell.cfg.eval.pca,
             n_boot=cell.cfg.eval.n_boot,
             seed=cell.cfg.train.seed,
         )

@@ -112,6 +112,16 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
     assert more["objectives"]["mse"] == json.loads(first)["objectives"]["mse"]
     assert any("+concat rows are not a change measurement" in w for w in more["warnings"])
 
+    # A low-capacity probe on the same cells: every evaluation is redone, nothing retrained.
+    embeddings = out / "cells" / "weighted" / "seed0" / "embeddings.parquet"
+    trained = embeddings.stat().st_mtime_ns
+    run_config.run.features = ["diff"]
+    run_config.eval.classifier, run_config.eval.pca = "logreg-cv", 2
+    run_ablation(run_config, out, progress=False, log=lambda _: None)
+    assert embeddings.stat().st_mtime_ns == trained and marker.stat().st_mtime_ns != stamp
+    cell = json.loads(marker.read_text())
+    assert (cell["classifier"], cell["pca"]) == ("logreg-cv", 2) and cell["chosen_c"] > 0
+
 
 def test_report_renders_in_headless_browser(run_config: Config, tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
