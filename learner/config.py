@@ -116,6 +116,20 @@ class ObjectiveConfig(_Section):
     alpha: float = Field(3.0, gt=0.0)
     temperature: float | None = Field(None, gt=0.0, description="null = the objective's default.")
     sigma: float = Field(0.1, gt=0.0)
+    pairs: Literal["inter", "intra", "all"] = Field(
+        "inter",
+        description="which pairs the pair term compares: inter-patient (the paper), a "
+        "patient's own scans (intra), or both (all); contrastive, weighted and yaware.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs_supported(self) -> ObjectiveConfig:
+        if self.pairs != "inter" and self.name == "rnc":
+            raise ValueError(
+                "objective.pairs: rnc ranks inter-patient pairs only; use pairs: inter, or "
+                "contrastive / weighted / yaware for intra or all"
+            )
+        return self
 
 
 class TrainConfig(_Section):

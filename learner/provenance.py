@@ -37,6 +37,11 @@ _NEUTRAL = ("data.manifest", "data.cache_dir", "data.num_workers", "train.out")
 _PRETRAIN_SECTIONS = ("data", "model", "objective", "train")
 # An untrained encoder depends on its architecture, the data and the seed, not on training.
 _UNTRAINED_SECTIONS = ("data", "model")
+# Keys added after cells were cached whose default computes exactly what every earlier
+# learner computed: at that default they are left out of the key, so the cells made before
+# them stay valid; set to anything else, they enter it. (Adding a key to this list is only
+# honest when the default reproduces the earlier training bit for bit; a test checks it.)
+_SILENT_DEFAULTS: dict[str, Any] = {"objective.pairs": "inter"}
 
 # The key of what a folder holds (a run cell, an evaluation, a change model).
 KEY_FILE = "key.json"
@@ -107,7 +112,11 @@ def _file_identity(path: str) -> str:
 def _config_parts(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
     plain = cfg.to_plain()
     flat = flatten({name: plain[name] for name in sections})
-    return {k: v for k, v in flat.items() if k not in _NEUTRAL}
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in _NEUTRAL and not (k in _SILENT_DEFAULTS and _SILENT_DEFAULTS[k] == v)
+    }
 
 
 def pretrain_key(

@@ -15,6 +15,12 @@ batch only waste a slot. :class:`PatientBatchSampler` therefore builds each epoc
    deferred to the next batch. Only when every patient with scans left is already in the
    batch does a patient appear twice.
 
+With ``group=k`` > 1 (for ``objective.pairs: intra | all``, whose pair term needs a patient's
+own scans side by side) each patient's scans are dealt, alternating between its visits, into
+units of up to k scans; units, not scans, are stratified by their mean score rank and packed
+whole into batches, so a batch holds about ``batch_size / k`` patients, k scans each, from
+different visits where the patient has them.
+
 Example:
     >>> sampler = PatientBatchSampler(codes, scores, batch_size=32, seed=0)
     >>> loader = DataLoader(dataset, batch_sampler=sampler)  # doctest: +SKIP
@@ -40,6 +46,8 @@ class PatientBatchSampler(Sampler[list[int]]):
         batch_size: scans per batch.
         seed: base seed; the epoch's order depends on (seed, epoch) only.
         drop_last: drop the final incomplete batch.
+        group: scans of one patient kept together in a batch (1: patients distinct).
+        visit_codes: (N,) visit of each scan; with ``group`` > 1 a unit alternates visits.
 
     Raises:
         ValueError: mismatched lengths or a batch size below 1.
@@ -53,6 +61,8 @@ class PatientBatchSampler(Sampler[list[int]]):
         *,
         seed: int,
         drop_last: bool = False,
+        group: int = 1,
+        visit_codes: np.ndarray | None = None,
     ) -> None:
         self.patient_codes = np.asarray(patient_codes).astype(np.int64).ravel()
         self.scores = np.asarray(scores, dtype=np.float64).ravel()
@@ -63,6 +73,16 @@ class PatientBatchSampler(Sampler[list[int]]):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if group < 1 or group > batch_size:
+            raise ValueError(f"group must be in [1, batch_size={batch_size}], got {group}")
+        self.group = int(group)
+        self.visit_codes = (
+            np.zeros(self.scores.size, dtype=np.int64)
+            if visit_codes is None
+            else np.asarray(visit_codes).astype(np.int64).ravel()
+        )
+        if self.visit_codes.shape != self.scores.shape:
+            raise ValueError("visit_codes must have one entry per scan")
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.drop_last = drop_last
@@ -76,6 +96,10 @@ class PatientBatchSampler(Sampler[list[int]]):
         world, _ = _replicas()
         if world > 1:
             return len(self._rank_batches())
+        if self.group > 1:
+            batches = self.batches(self.epoch)
+            short = bool(batches) and len(batches[-1]) < self.batch_size
+            return len(batches) - int(self.drop_last and short)
         n = self.scores.size
         if self.drop_last:
             return n // self.batch_size
@@ -110,8 +134,39 @@ class PatientBatchSampler(Sampler[list[int]]):
         """
         size = self.batch_size if batch_size is None else batch_size
         rng = np.random.default_rng([self.seed, epoch])
+        if self.group > 1:
+            return self._grouped_batches(rng, size)
         stream = self._stream(rng, size)
         return _cut_batches(stream, self.patient_codes, size)
+
+    def _grouped_batches(self, rng: np.random.Generator, batch_size: int) -> list[list[int]]:
+        """Units of up to ``group`` scans of one patient, alternating its visits, stratified
+        by their mean score rank and packed whole into batches."""
+        quantile = self._score_quantiles(rng)
+        units: list[list[int]] = []
+        for code in rng.permutation(np.unique(self.patient_codes)):
+            scans = rng.permutation(np.flatnonzero(self.patient_codes == code))
+            # Round-robin over visits: consecutive scans come from different visits.
+            visits = self.visit_codes[scans]
+            turn = np.empty(scans.size, dtype=np.int64)
+            for v in np.unique(visits):
+                turn[visits == v] = np.arange(int(np.sum(visits == v)))
+            scans = scans[np.lexsort((visits, turn))]
+            units.extend(
+                scans[i : i + self.group].tolist() for i in range(0, scans.size, self.group)
+            )
+        unit_rank = np.array([quantile[u].mean() for u in units])
+        order = _stratified_order(unit_rank, max(1, batch_size // self.group), rng)
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        for k in order:
+            if batch and len(batch) + len(units[k]) > batch_size:
+                batches.append(batch)
+                batch = []
+            batch.extend(units[k])
+        if batch:
+            batches.append(batch)
+        return batches
 
     def _stream(self, rng: np.random.Generator, batch_size: int) -> list[int]:
         """All scan indices in round order, each round stratified by score."""

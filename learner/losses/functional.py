@@ -6,8 +6,11 @@ Every objective has the signature::
 
 and follows the same rules:
 
-- Only inter-patient pairs count: ``(i, j)`` with ``patient_ids[i] != patient_ids[j]`` (hence
-  ``i != j``). A NaN score marks an unlabelled scan, which takes part in no pair.
+- By default only inter-patient pairs count: ``(i, j)`` with ``patient_ids[i] != patient_ids[j]``
+  (hence ``i != j``), as in the paper. ``pairs="intra"`` takes the pairs of one patient's
+  scans instead and ``pairs="all"`` both (``contrastive``, ``weighted`` and ``yaware``; an
+  ablation of the paper's central choice). A NaN score marks an unlabelled scan, which takes
+  part in no pair.
 - ``Delta_ij = |y_i - y_j|`` is the score gap; ``D_ij = 1 - cos(u_i, u_j)`` the cosine distance.
 - A term with no valid pair contributes exactly 0 (never NaN); ``PairLoss.n_pos`` /
   ``PairLoss.n_neg`` count the unordered pairs each term used, so the logs show it.
@@ -39,6 +42,8 @@ from torch.autograd.function import once_differentiable
 
 Weighting = Literal["linear", "exp", "log"]
 Partition = Literal["threshold", "soft"]
+PairSet = Literal["inter", "intra", "all"]
+PAIR_SETS: tuple[str, ...] = ("inter", "intra", "all")
 
 # Norm floor of the cosine normalisation: a zero embedding maps to the zero direction (cosine
 # 0 with everything) and the gradient through 1/||u|| stays bounded by 1/_NORM_EPS.
@@ -110,12 +115,23 @@ def _full_precision(embeddings: Tensor) -> Iterator[Tensor]:
         yield embeddings.to(dtype)
 
 
-def _pairs(scores: Tensor, patient_ids: Tensor, dtype: torch.dtype) -> _Pairs:
+def _pairs(
+    scores: Tensor, patient_ids: Tensor, dtype: torch.dtype, pairs: PairSet = "inter"
+) -> _Pairs:
     """Valid-pair mask and score gaps; NaN scores are zero-filled so nothing NaN propagates."""
     y = scores.to(dtype)
     labelled = ~torch.isnan(y)
     y = torch.where(labelled, y, torch.zeros_like(y))
-    valid = (patient_ids[:, None] != patient_ids[None, :]) & labelled[:, None] & labelled[None, :]
+    same = patient_ids[:, None] == patient_ids[None, :]
+    if pairs == "inter":
+        chosen = ~same
+    elif pairs == "intra":
+        chosen = same & ~torch.eye(same.shape[0], dtype=torch.bool, device=same.device)
+    elif pairs == "all":
+        chosen = ~torch.eye(same.shape[0], dtype=torch.bool, device=same.device)
+    else:
+        raise ValueError(f"pairs must be one of {', '.join(PAIR_SETS)}; got {pairs!r}")
+    valid = chosen & labelled[:, None] & labelled[None, :]
     delta = torch.where(valid, (y[:, None] - y[None, :]).abs(), 0.0)
     return _Pairs(valid=valid, delta=delta)
 
@@ -183,6 +199,7 @@ def contrastive_loss(
     *,
     tau: float = 0.1,
     margin: float = 0.5,
+    pairs: PairSet = "inter",
 ) -> PairLoss:
     """Score-thresholded contrastive loss on the cosine distance.
 
@@ -195,16 +212,17 @@ def contrastive_loss(
         patient_ids: (B,) integer.
         tau: score-gap threshold in [0, 1].
         margin: cosine-distance margin of the negatives, in (0, 2].
+        pairs: which pairs count: ``inter`` (the paper), ``intra`` or ``all``.
 
     Returns:
         PairLoss with the positive / negative pair counts.
     """
     _check_inputs(embeddings, scores, patient_ids)
     with _full_precision(embeddings) as x:
-        pairs = _pairs(scores, patient_ids, x.dtype)
+        chosen = _pairs(scores, patient_ids, x.dtype, pairs)
         dist = _cosine_distance(x)
-        pos = pairs.valid & (pairs.delta <= tau)
-        neg = pairs.valid & (pairs.delta > tau)
+        pos = chosen.valid & (chosen.delta <= tau)
+        neg = chosen.valid & (chosen.delta > tau)
         loss = _weighted_mean(dist.square(), pos.to(x.dtype)) + _weighted_mean(
             F.relu(margin - dist).square(), neg.to(x.dtype)
         )
@@ -221,6 +239,7 @@ def weighted_contrastive_loss(
     weighting: Weighting = "linear",
     alpha: float = 3.0,
     partition: Partition = "threshold",
+    pairs: PairSet = "inter",
 ) -> PairLoss:
     """LEARNER's weighted contrastive loss (our reconstruction, DESIGN section 1).
 
@@ -245,6 +264,7 @@ def weighted_contrastive_loss(
         weighting: ``linear``, ``exp`` or ``log`` (see :func:`score_weight`).
         alpha: curvature of the ``exp`` / ``log`` weightings (> 0).
         partition: ``threshold`` or ``soft``.
+        pairs: which pairs count: ``inter`` (the paper), ``intra`` or ``all``.
 
     Returns:
         PairLoss; for ``soft`` both counts are the number of valid pairs.
@@ -253,21 +273,21 @@ def weighted_contrastive_loss(
     if partition not in ("threshold", "soft"):
         raise ValueError(f"partition must be one of 'threshold', 'soft', got {partition!r}")
     with _full_precision(embeddings) as x:
-        pairs = _pairs(scores, patient_ids, x.dtype)
+        chosen = _pairs(scores, patient_ids, x.dtype, pairs)
         dist = _cosine_distance(x)
-        w = score_weight(pairs.delta, weighting, alpha)
+        w = score_weight(chosen.delta, weighting, alpha)
         attract = dist.square()
         repel = F.relu(margin - dist).square()
         if partition == "threshold":
-            pos = pairs.valid & (pairs.delta <= tau)
-            neg = pairs.valid & (pairs.delta > tau)
+            pos = chosen.valid & (chosen.delta <= tau)
+            neg = chosen.valid & (chosen.delta > tau)
             loss = _weighted_mean(attract, torch.where(pos, 1.0 - w, 0.0)) + _weighted_mean(
                 repel, torch.where(neg, w, 0.0)
             )
             return PairLoss(loss, _count(pos), _count(neg))
-        per_pair = torch.where(pairs.valid, (1.0 - w) * attract + w * repel, 0.0)
-        loss = _safe_div(per_pair.sum(), pairs.valid.sum())
-        n_valid = _count(pairs.valid)
+        per_pair = torch.where(chosen.valid, (1.0 - w) * attract + w * repel, 0.0)
+        loss = _safe_div(per_pair.sum(), chosen.valid.sum())
+        n_valid = _count(chosen.valid)
     return PairLoss(loss, n_valid, n_valid.clone())
 
 
@@ -278,8 +298,9 @@ def yaware_loss(
     *,
     temperature: float = 0.1,
     sigma: float = 0.1,
+    pairs: PairSet = "inter",
 ) -> PairLoss:
-    """y-Aware InfoNCE (Dufumier et al. 2021) over inter-patient pairs.
+    """y-Aware InfoNCE (Dufumier et al. 2021) over inter-patient pairs (or ``pairs``).
 
     With ``s_ij = cos(u_i, u_j) / temperature`` and the RBF kernel
     ``K_ij = exp(-Delta_ij^2 / (2 sigma^2))``, for every anchor ``i`` with a valid partner:
@@ -294,6 +315,7 @@ def yaware_loss(
         patient_ids: (B,) integer.
         temperature: softmax temperature (> 0).
         sigma: kernel bandwidth in score units (> 0).
+        pairs: which pairs count: ``inter`` (the paper), ``intra`` or ``all``.
 
     Returns:
         PairLoss; both counts are the number of valid pairs (each pair attracts by its kernel
@@ -301,18 +323,18 @@ def yaware_loss(
     """
     _check_inputs(embeddings, scores, patient_ids)
     with _full_precision(embeddings) as x:
-        pairs = _pairs(scores, patient_ids, x.dtype)
+        chosen = _pairs(scores, patient_ids, x.dtype, pairs)
         fill = torch.finfo(x.dtype).min
         z = F.normalize(x, dim=1, eps=_NORM_EPS)
-        logits = (z @ z.T / temperature).masked_fill(~pairs.valid, fill)
+        logits = (z @ z.T / temperature).masked_fill(~chosen.valid, fill)
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        log_kernel = (-pairs.delta.square() / (2.0 * sigma**2)).masked_fill(~pairs.valid, fill)
+        log_kernel = (-chosen.delta.square() / (2.0 * sigma**2)).masked_fill(~chosen.valid, fill)
         # Rows without a valid pair get a uniform softmax here; they are dropped below.
         kernel = torch.softmax(log_kernel, dim=1)
-        per_anchor = -torch.where(pairs.valid, kernel * log_prob, 0.0).sum(dim=1)
-        anchors = pairs.valid.any(dim=1)
+        per_anchor = -torch.where(chosen.valid, kernel * log_prob, 0.0).sum(dim=1)
+        anchors = chosen.valid.any(dim=1)
         loss = _safe_div(torch.where(anchors, per_anchor, 0.0).sum(), anchors.sum())
-        n_valid = _count(pairs.valid)
+        n_valid = _count(chosen.valid)
     return PairLoss(loss, n_valid, n_valid.clone())
 
 

@@ -113,20 +113,23 @@ class ContrastiveLoss(PairObjective):
     Args:
         tau: score-gap threshold between positives and negatives, in [0, 1].
         margin: cosine-distance margin of the negatives, in (0, 2].
+        pairs: ``inter`` (the paper), ``intra`` or ``all``.
     """
 
-    def __init__(self, tau: float = 0.1, margin: float = 0.5) -> None:
+    def __init__(self, tau: float = 0.1, margin: float = 0.5, pairs: fn.PairSet = "inter") -> None:
         super().__init__()
         self.tau = _check_interval("tau", tau, 0.0, 1.0)
         self.margin = _check_interval("margin", margin, 0.0, 2.0, low_open=True)
+        _check_choice("pairs", pairs, fn.PAIR_SETS)
+        self.pairs: fn.PairSet = pairs
 
     @property
     def hparams(self) -> dict[str, Any]:
-        return {"tau": self.tau, "margin": self.margin}
+        return {"tau": self.tau, "margin": self.margin, "pairs": self.pairs}
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.contrastive_loss(
-            embeddings, scores, patient_ids, tau=self.tau, margin=self.margin
+            embeddings, scores, patient_ids, tau=self.tau, margin=self.margin, pairs=self.pairs
         )
 
 
@@ -139,6 +142,7 @@ class WeightedContrastiveLoss(PairObjective):
         weighting: ``linear``, ``exp`` or ``log``.
         alpha: curvature of ``exp`` / ``log`` weighting, > 0.
         partition: ``threshold`` or ``soft``.
+        pairs: ``inter`` (the paper), ``intra`` or ``all``.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class WeightedContrastiveLoss(PairObjective):
         weighting: fn.Weighting = "linear",
         alpha: float = 3.0,
         partition: fn.Partition = "threshold",
+        pairs: fn.PairSet = "inter",
     ) -> None:
         super().__init__()
         self.tau = _check_interval("tau", tau, 0.0, 1.0)
@@ -157,6 +162,8 @@ class WeightedContrastiveLoss(PairObjective):
         self.weighting: fn.Weighting = weighting
         self.alpha = _check_positive("alpha", alpha)
         self.partition: fn.Partition = partition
+        _check_choice("pairs", pairs, fn.PAIR_SETS)
+        self.pairs: fn.PairSet = pairs
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -166,6 +173,7 @@ class WeightedContrastiveLoss(PairObjective):
             "weighting": self.weighting,
             "alpha": self.alpha,
             "partition": self.partition,
+            "pairs": self.pairs,
         }
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
@@ -178,6 +186,7 @@ class WeightedContrastiveLoss(PairObjective):
             weighting=self.weighting,
             alpha=self.alpha,
             partition=self.partition,
+            pairs=self.pairs,
         )
 
 
@@ -187,20 +196,30 @@ class YAwareLoss(PairObjective):
     Args:
         temperature: softmax temperature, > 0.
         sigma: RBF kernel bandwidth in normalised score units, > 0.
+        pairs: ``inter`` (the paper), ``intra`` or ``all``.
     """
 
-    def __init__(self, temperature: float = 0.1, sigma: float = 0.1) -> None:
+    def __init__(
+        self, temperature: float = 0.1, sigma: float = 0.1, pairs: fn.PairSet = "inter"
+    ) -> None:
         super().__init__()
         self.temperature = _check_positive("temperature", temperature)
         self.sigma = _check_positive("sigma", sigma)
+        _check_choice("pairs", pairs, fn.PAIR_SETS)
+        self.pairs: fn.PairSet = pairs
 
     @property
     def hparams(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "sigma": self.sigma}
+        return {"temperature": self.temperature, "sigma": self.sigma, "pairs": self.pairs}
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.yaware_loss(
-            embeddings, scores, patient_ids, temperature=self.temperature, sigma=self.sigma
+            embeddings,
+            scores,
+            patient_ids,
+            temperature=self.temperature,
+            sigma=self.sigma,
+            pairs=self.pairs,
         )
 
 

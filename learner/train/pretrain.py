@@ -365,11 +365,17 @@ def pretrain(
         )
     train_ds = make_dataset(data, train_frame, train=True, seed=seed)
     val_ds = make_dataset(data, val_frame, train=False, seed=seed)
+    # intra / all pairs need a patient's own scans in the batch: two per patient, from two
+    # visits where it has them (the paper's inter-patient pairs want patients distinct).
+    same_patient = cfg.objective.pairs != "inter" and cfg.objective.name != "mse"
+    visit_column = "visit" if "visit" in train_frame.columns else "visit_order"
     sampler = PatientBatchSampler(
         train_frame["patient_id"].map(data.patient_codes).to_numpy(),
         train_frame["score"].to_numpy(dtype=float),
         cfg.train.batch_size,
         seed=seed,
+        group=2 if same_patient else 1,
+        visit_codes=pd.factorize(train_frame[visit_column].astype(str))[0],
     )
     world = cfg.train.devices * cfg.train.num_nodes
     distributed = world > 1

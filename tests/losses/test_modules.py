@@ -120,7 +120,11 @@ def test_bad_hyperparameters_raise_value_error_naming_them(
 
 
 def test_interval_ends_are_accepted() -> None:
-    assert ContrastiveLoss(tau=0.0, margin=2.0).hparams == {"tau": 0.0, "margin": 2.0}
+    assert ContrastiveLoss(tau=0.0, margin=2.0).hparams == {
+        "tau": 0.0,
+        "margin": 2.0,
+        "pairs": "inter",
+    }
     assert ContrastiveLoss(tau=1, margin=1e-6).tau == 1.0
 
 
@@ -155,5 +159,6 @@ def test_hparam_names_follow_the_constructor_signature() -> None:
         "weighting",
         "alpha",
         "partition",
+        "pairs",
     ]
-    assert objective_hparam_names("yaware") == ["temperature", "sigma"]
+    assert objective_hparam_names("yaware") == ["temperature", "sigma", "pairs"]
