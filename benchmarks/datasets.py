@@ -200,21 +200,34 @@ def build_pocus(out: Path, root: Path | None = None) -> Path:
 
 
 def build_synthetic(
-    out: Path, *, modality: str, preset: str, null: bool = False, seed: int = 0, pool: int = 0
+    out: Path,
+    *,
+    modality: str,
+    preset: str,
+    null: bool = False,
+    seed: int = 0,
+    pool: int = 0,
+    nuisance: float = 1.0,
 ) -> Path:
     """A synthetic cohort (written once: an existing manifest is reused); ``pool`` adds that
-    many single-visit pretraining-only patients (`learner synth --pool`)."""
+    many single-visit pretraining-only patients (`learner synth --pool`), ``nuisance`` sets
+    the between-patient nuisance strength (`learner synth --nuisance`)."""
     manifest = out / "manifest.csv"
     if manifest.is_file():
         return manifest
     from learner.data.synthetic import write_cohort
 
-    return write_cohort(modality, out, seed=seed, preset=preset, null=null, pool=pool).manifest
+    return write_cohort(
+        modality, out, seed=seed, preset=preset, null=null, pool=pool, nuisance=nuisance
+    ).manifest
 
 
 # Pool sizes of the pretraining-pool learning curve (issue 12): the same 60 longitudinal
 # patients (and test splits) as synth-lus, plus N single-visit patients for pretraining.
 POOL_SIZES = (100, 300, 600)
+# Nuisance strengths of the dose-response (issue 15, item 6), on the pool-300 cohort: the
+# same patients, scores and splits, only the between-patient nuisance shrunk.
+NUISANCE_LEVELS = (0.25, 0.5)
 
 
 OASIS2_FOLDER = "oasis2-slices"
@@ -385,6 +398,14 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
             lambda out, n=n: build_synthetic(out, modality="lus", preset="demo", pool=n)
         )
         for n in POOL_SIZES
+    },
+    **{
+        f"synth-lus-pool300-nuisance{s:g}": (
+            lambda out, s=s: build_synthetic(
+                out, modality="lus", preset="demo", pool=300, nuisance=s
+            )
+        )
+        for s in NUISANCE_LEVELS
     },
     "synth-lus-null": lambda out: build_synthetic(out, modality="lus", preset="demo", null=True),
     # The null control of a pool run: the pool is drawn from the null generator too.

@@ -78,6 +78,7 @@ CHANGE_CONFIGS = {
     "parkinsons": "parkinsons.yaml",
     "synth-lus": "synth_lus.yaml",
     **{f"synth-lus-pool{n}": "synth_lus.yaml" for n in datasets.POOL_SIZES},
+    **{f"synth-lus-pool300-nuisance{s:g}": "synth_lus.yaml" for s in datasets.NUISANCE_LEVELS},
     **{f"synth-lus-null-pool{n}": "synth_lus.yaml" for n in datasets.POOL_SIZES},
     "synth-lus-null": "synth_lus.yaml",
     "synth-lus-bench": "synth_lus_bench.yaml",

@@ -213,6 +213,14 @@ def synth(
             "cross-sectional pool used for pretraining only, never for change pairs.",
         ),
     ] = 0,
+    nuisance: Annotated[
+        float,
+        typer.Option(
+            help="Between-patient nuisance strength in [0, 1]: 1 = the standard cohort; "
+            "lower shrinks each patient's anatomy and acquisition settings toward the "
+            "typical ones (severity, scores and per-visit noise unchanged).",
+        ),
+    ] = 1.0,
 ) -> None:
     """Write a synthetic longitudinal cohort as real files (mp4 / NIfTI) plus manifest.csv.
 
@@ -232,12 +240,14 @@ def synth(
         null=null,
         preview=preview,
         pool=pool,
+        nuisance=nuisance,
     )
     kind = "null-control " if null else ""
     lines = [
         f"wrote a {kind}{modality.value} cohort: {files.patients} patients"
         + (f" ({pool} of them a single-visit pretraining pool)" if pool else "")
-        + f", {files.scans} scans",
+        + f", {files.scans} scans"
+        + (f", nuisance strength {nuisance:g}" if nuisance != 1.0 else ""),
         f"manifest: {files.manifest}",
         f"truth:    {files.truth}",
     ]

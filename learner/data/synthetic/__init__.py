@@ -26,6 +26,7 @@ from learner.data.synthetic.common import (
     PRESETS,
     SCORE_MODELS,
     check_modality,
+    check_nuisance,
     cohort_table,
     resolve_preset,
     with_pool,
@@ -137,6 +138,7 @@ def write_cohort(
     null: bool = False,
     preview: bool = False,
     pool: int = 0,
+    nuisance: float = 1.0,
 ) -> CohortFiles:
     """Simulate a longitudinal cohort and write it as real files plus a manifest.
 
@@ -159,14 +161,21 @@ def write_cohort(
         pool: Add this many single-visit patients (``Q000`` ...) marked ``split = pretrain``
             in the manifest: a cross-sectional pool that only ever enters pretraining (see
             :func:`learner.data.synthetic.common.with_pool`).
+        nuisance: Strength of the between-patient nuisance in [0, 1]: 1 (default) is the
+            standard cohort, bit for bit; lower values shrink every patient's (and zone's)
+            anatomy and acquisition settings toward the typical ones, leaving severity,
+            scores and the per-visit acquisition as they are
+            (:class:`~learner.data.synthetic.common.ShrunkNuisance`). Recorded in truth.csv.
 
     Returns:
         The paths written and the patient and scan counts.
 
     Raises:
-        ConfigError: Bad modality, preset, patient count or seed, or ``out`` is a file.
+        ConfigError: Bad modality, preset, patient count, seed or nuisance, or ``out`` is a
+            file.
     """
     check_modality(modality)
+    nuisance = check_nuisance(nuisance)
     spec = resolve_preset(preset)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -190,6 +199,7 @@ def write_cohort(
                 zone_index=zone_index,
                 severity=float(row["render_severity"]),
                 preset=spec,
+                nuisance=nuisance,
             )
             write_mp4(out / rel, clip, fps=spec.fps)
             if p in preview_rows and zone_index == 0:
@@ -202,13 +212,14 @@ def write_cohort(
                 visit=visit,
                 severity=float(row["render_severity"]),
                 preset=spec,
+                nuisance=nuisance,
             )
             mri.write_nifti(out / rel, volume, voxel_mm=spec.voxel_mm)
             if p in preview_rows:
                 images[p, visit] = _preview_image(volume, modality)
         paths.append(rel)
 
-    table = table.assign(path=paths, null=null)
+    table = table.assign(path=paths, null=null, nuisance=nuisance)
     columns = ["patient_id", "visit", "path", "score"] + (["zone"] if modality == "lus" else [])
     columns += ["split"] if pool else []
     manifest = out / "manifest.csv"

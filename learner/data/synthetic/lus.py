@@ -36,6 +36,7 @@ from learner.data.synthetic.common import (
     STREAM_ZONE,
     Preset,
     keyed_rng,
+    nuisance_rng,
 )
 
 N_BLINES = 10
@@ -139,12 +140,24 @@ def draw_patient(rng: np.random.Generator) -> LusPatient:
 
 
 def draw_zone(rng: np.random.Generator, patient: LusPatient) -> LusZone:
-    """Draw one zone's nuisance (probe placement, ribs, B-line sites) for ``patient``."""
+    """Draw one zone's nuisance (probe placement, ribs, B-line sites) for ``patient``.
+
+    Under a nuisance strength below 1 (:func:`~learner.data.synthetic.common.nuisance_rng`)
+    the probe placement, ribs and textures shrink toward their typical values, but the
+    B-line sites and thresholds and the bronchogram sites are drawn as always: they are how
+    severity shows, not nuisance.
+    """
+    raw = getattr(rng, "raw", rng)
     half = patient.half_angle
-    spacing = float(rng.uniform(0.9, 1.6)) * half
-    first = float(rng.uniform(-half - spacing, -half))
-    centres = first + spacing * np.arange(5)
-    centres = centres[np.abs(centres) < half + 0.2]
+    # The rib count comes from the layout as drawn, so that the draws after it stay in step
+    # under any nuisance strength; the ribs' positions then shrink with the rest.
+    spacing = float(raw.uniform(0.9, 1.6)) * half
+    first = float(raw.uniform(-half - spacing, -half))
+    keep = np.abs(first + spacing * np.arange(5)) < half + 0.2
+    if hasattr(rng, "pull"):
+        first = rng.pull(first, -half - spacing / 2.0)
+        spacing = rng.pull(spacing / half, 1.25) * half
+    centres = (first + spacing * np.arange(5))[keep]
     ribs = np.column_stack([centres, rng.uniform(0.08, 0.16, len(centres))])
     n_tex = 6
     return LusZone(
@@ -152,9 +165,9 @@ def draw_zone(rng: np.random.Generator, patient: LusPatient) -> LusZone:
         shift=float(rng.uniform(-0.08, 0.08)),
         ribs=ribs,
         rib_drop_cm=float(rng.uniform(0.2, 0.5)),
-        bline_phi=rng.uniform(-0.85, 0.85, N_BLINES) * half,
+        bline_phi=raw.uniform(-0.85, 0.85, N_BLINES) * half,
         # Sorted thresholds spread over the severity range: the B-line count grows steadily.
-        bline_threshold=np.sort(rng.uniform(0.02, 1.0, N_BLINES)),
+        bline_threshold=np.sort(raw.uniform(0.02, 1.0, N_BLINES)),
         bline_width=rng.uniform(0.008, 0.02, N_BLINES),
         bline_flicker=np.column_stack(
             [rng.uniform(4.0, 12.0, N_BLINES), rng.uniform(0.0, 2 * np.pi, N_BLINES)]
@@ -171,7 +184,7 @@ def draw_zone(rng: np.random.Generator, patient: LusPatient) -> LusZone:
         shred=np.column_stack(
             [rng.uniform(8.0, 30.0, 4), rng.uniform(0.3, 1.0, 4), rng.uniform(0.0, 2 * np.pi, 4)]
         ),
-        bronchograms=np.column_stack([rng.uniform(-0.8, 0.8, 6), rng.uniform(0.2, 0.8, 6)]),
+        bronchograms=np.column_stack([raw.uniform(-0.8, 0.8, 6), raw.uniform(0.2, 0.8, 6)]),
     )
 
 
@@ -341,6 +354,7 @@ def render_scan(
     zone_index: int,
     severity: float,
     preset: Preset,
+    nuisance: float = 1.0,
 ) -> np.ndarray:
     """Render the clip of one cohort row, drawing its nuisance from the keyed generators.
 
@@ -355,12 +369,19 @@ def render_scan(
         zone_index: 0-based zone index.
         severity: The severity that drives the image (``render_severity``).
         preset: Sizes.
+        nuisance: Spread of the patient and zone nuisance between patients (1 = as drawn,
+            0 = the same for all; :class:`~learner.data.synthetic.common.ShrunkNuisance`).
 
     Returns:
         (T, H, W) uint8 clip.
     """
-    patient = draw_patient(keyed_rng(seed, "lus", patient_index, STREAM_NUISANCE))
-    zone = draw_zone(keyed_rng(seed, "lus", patient_index, STREAM_ZONE, zone_index), patient)
+    patient = draw_patient(
+        nuisance_rng(keyed_rng(seed, "lus", patient_index, STREAM_NUISANCE), nuisance)
+    )
+    zone = draw_zone(
+        nuisance_rng(keyed_rng(seed, "lus", patient_index, STREAM_ZONE, zone_index), nuisance),
+        patient,
+    )
     acquisition = keyed_rng(seed, "lus", patient_index, STREAM_ACQUISITION, visit, zone_index)
     return render_clip(
         severity, patient, zone, frames=preset.frames, size=preset.frame_size, rng=acquisition

@@ -36,6 +36,7 @@ from learner.data.synthetic.common import (
     STREAM_NUISANCE,
     Preset,
     keyed_rng,
+    nuisance_rng,
     write_bytes_atomic,
 )
 
@@ -225,7 +226,13 @@ def render_volume(
 
 
 def render_scan(
-    *, seed: int, patient_index: int, visit: int, severity: float, preset: Preset
+    *,
+    seed: int,
+    patient_index: int,
+    visit: int,
+    severity: float,
+    preset: Preset,
+    nuisance: float = 1.0,
 ) -> np.ndarray:
     """Render the volume of one cohort row, drawing its nuisance from the keyed generators.
 
@@ -235,11 +242,15 @@ def render_scan(
         visit: 0-based visit index.
         severity: The severity that drives the image (``render_severity``).
         preset: Sizes.
+        nuisance: Spread of the anatomy between patients (1 = as drawn, 0 = the same head
+            for all; :class:`~learner.data.synthetic.common.ShrunkNuisance`).
 
     Returns:
         (D, H, W) float32 volume in scanner units.
     """
-    anatomy = draw_anatomy(keyed_rng(seed, "mri", patient_index, STREAM_NUISANCE))
+    anatomy = draw_anatomy(
+        nuisance_rng(keyed_rng(seed, "mri", patient_index, STREAM_NUISANCE), nuisance)
+    )
     acquisition = keyed_rng(seed, "mri", patient_index, STREAM_ACQUISITION, visit)
     return render_volume(severity, anatomy, size=preset.volume_size, rng=acquisition)
 
