@@ -112,7 +112,7 @@ class ObjectiveConfig(_Section):
     tau: float = Field(0.1, ge=0.0, le=1.0)
     margin: float = Field(0.5, gt=0.0, le=2.0)
     partition: Literal["threshold", "soft"] = "threshold"
-    weighting: Literal["linear", "exp", "log"] = "linear"
+    weighting: Literal["linear", "exp", "log", "rank"] = "linear"
     alpha: float = Field(3.0, gt=0.0)
     temperature: float | None = Field(None, gt=0.0, description="null = the objective's default.")
     sigma: float = Field(0.1, gt=0.0)

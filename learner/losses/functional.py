@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-Weighting = Literal["linear", "exp", "log"]
+Weighting = Literal["linear", "exp", "log", "rank"]
+WEIGHTINGS: tuple[str, ...] = ("linear", "exp", "log", "rank")
 Partition = Literal["threshold", "soft"]
 PairSet = Literal["inter", "intra", "all"]
 PAIR_SETS: tuple[str, ...] = ("inter", "intra", "all")
@@ -162,24 +163,51 @@ def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
     return _safe_div((weights * values).sum(), weights.sum())
 
 
-def score_weight(delta: Tensor, weighting: Weighting = "linear", alpha: float = 3.0) -> Tensor:
+def score_weight(
+    delta: Tensor,
+    weighting: Weighting = "linear",
+    alpha: float = 3.0,
+    valid: Tensor | None = None,
+) -> Tensor:
     """Weight ``w(Delta)`` in [0, 1] of the weighted objective (negative weight; positive 1 - w).
 
     - ``linear``: ``w = Delta``.
     - ``exp``: ``w = (exp(alpha Delta) - 1) / (exp(alpha) - 1)``: small gaps weigh less.
     - ``log``: ``w = log(1 + alpha Delta) / log(1 + alpha)``: small gaps weigh more.
+    - ``rank`` (beyond the paper, adaptive): the gap's rank among the batch's valid gaps,
+      scaled to [0, 1] (ties share their mean rank), so the weights spread evenly over [0, 1]
+      whatever the scores' distribution: a batch of close scores still has pairs to repel.
 
-    All three map 0 -> 0 and 1 -> 1. Gaps beyond 1 (scores outside the configured range) are
-    clamped to weight 1 so that the positive weight ``1 - w`` never turns negative.
+    The first three map 0 -> 0 and 1 -> 1. Gaps beyond 1 (scores outside the configured range)
+    are clamped to weight 1 so that the positive weight ``1 - w`` never turns negative.
 
     Args:
         delta: score gaps, any shape, >= 0.
-        weighting: one of ``linear``, ``exp``, ``log``.
-        alpha: curvature of ``exp`` and ``log`` (> 0); ignored by ``linear``.
+        weighting: one of ``linear``, ``exp``, ``log``, ``rank``.
+        alpha: curvature of ``exp`` and ``log`` (> 0); ignored by the others.
+        valid: ``rank`` only: the entries that are pairs (a symmetric mask of the shape of
+            ``delta``, each unordered pair twice); the others get weight 0.
 
     Returns:
         Tensor of the shape of ``delta``.
     """
+    if weighting == "rank":
+        if valid is None:
+            raise ValueError("weighting 'rank' needs the mask of valid pairs")
+        gaps = delta[valid]
+        w = torch.zeros_like(delta)
+        # The symmetric mask lists each unordered pair twice, so a 0-based mean rank r in
+        # this list is 2 r' + 1/2 for the pair's rank r' among the n' unordered pairs.
+        n_pairs = gaps.numel() // 2
+        if n_pairs > 1:
+            ordered = torch.sort(gaps).values
+            below = torch.searchsorted(ordered, gaps, right=False)
+            upto = torch.searchsorted(ordered, gaps, right=True)
+            mean_rank = (below + upto - 1).to(delta.dtype) / 2.0  # ties averaged
+            w[valid] = (mean_rank - 0.5) / 2.0 / (n_pairs - 1)
+        elif n_pairs == 1:
+            w[valid] = 0.5
+        return w
     if weighting == "linear":
         w = delta
     elif weighting == "exp":
@@ -188,7 +216,9 @@ def score_weight(delta: Tensor, weighting: Weighting = "linear", alpha: float = 
     elif weighting == "log":
         w = torch.log1p(alpha * delta) / math.log1p(alpha)
     else:
-        raise ValueError(f"weighting must be one of 'linear', 'exp', 'log', got {weighting!r}")
+        raise ValueError(
+            f"weighting must be one of {', '.join(map(repr, WEIGHTINGS))}, got {weighting!r}"
+        )
     return w.clamp(0.0, 1.0)
 
 
@@ -261,7 +291,7 @@ def weighted_contrastive_loss(
         patient_ids: (B,) integer.
         tau: score-gap threshold in [0, 1] (``threshold`` partition only).
         margin: cosine-distance margin ``m`` in (0, 2].
-        weighting: ``linear``, ``exp`` or ``log`` (see :func:`score_weight`).
+        weighting: ``linear``, ``exp``, ``log`` or ``rank`` (see :func:`score_weight`).
         alpha: curvature of the ``exp`` / ``log`` weightings (> 0).
         partition: ``threshold`` or ``soft``.
         pairs: which pairs count: ``inter`` (the paper), ``intra`` or ``all``.
@@ -275,7 +305,7 @@ def weighted_contrastive_loss(
     with _full_precision(embeddings) as x:
         chosen = _pairs(scores, patient_ids, x.dtype, pairs)
         dist = _cosine_distance(x)
-        w = score_weight(chosen.delta, weighting, alpha)
+        w = score_weight(chosen.delta, weighting, alpha, chosen.valid)
         attract = dist.square()
         repel = F.relu(margin - dist).square()
         if partition == "threshold":

@@ -139,7 +139,7 @@ class WeightedContrastiveLoss(PairObjective):
     Args:
         tau: score-gap threshold in [0, 1] (``threshold`` partition).
         margin: cosine-distance margin in (0, 2].
-        weighting: ``linear``, ``exp`` or ``log``.
+        weighting: ``linear``, ``exp``, ``log`` or ``rank`` (adaptive).
         alpha: curvature of ``exp`` / ``log`` weighting, > 0.
         partition: ``threshold`` or ``soft``.
         pairs: ``inter`` (the paper), ``intra`` or ``all``.
@@ -157,7 +157,7 @@ class WeightedContrastiveLoss(PairObjective):
         super().__init__()
         self.tau = _check_interval("tau", tau, 0.0, 1.0)
         self.margin = _check_interval("margin", margin, 0.0, 2.0, low_open=True)
-        _check_choice("weighting", weighting, ("linear", "exp", "log"))
+        _check_choice("weighting", weighting, fn.WEIGHTINGS)
         _check_choice("partition", partition, ("threshold", "soft"))
         self.weighting: fn.Weighting = weighting
         self.alpha = _check_positive("alpha", alpha)

@@ -146,3 +146,40 @@ def test_pretraining_with_intra_pairs_puts_a_patients_scans_together(
     assert batches > 0 and no_pos == 0  # a patient's two scans in every batch
     batches, no_pos, no_neg = distinct
     assert no_neg == batches and no_pos >= batches - 1  # at most the last batch repeats
+
+
+def test_rank_weights_are_the_gaps_ranks_among_the_batchs_pairs() -> None:
+    """weighting: rank (adaptive): w = rank of the gap among the unordered valid pairs,
+    ties averaged, scaled to [0, 1]; the soft weighted loss then matches a loop with it."""
+    from scipy.stats import rankdata
+
+    u, margin = embeddings(2), 0.5
+    keep = chosen_pairs("inter")
+    gaps = [abs(float(SCORES[i] - SCORES[j])) for i, j in keep]
+    ranks = (rankdata(gaps, method="average") - 1) / (len(gaps) - 1)
+    valid = torch.zeros(8, 8, dtype=torch.bool)
+    delta = torch.zeros(8, 8, dtype=torch.float64)
+    for (i, j), g in zip(keep, gaps, strict=True):
+        valid[i, j] = valid[j, i] = True
+        delta[i, j] = delta[j, i] = g
+    w = fn.score_weight(delta, "rank", valid=valid)
+    for (i, j), r in zip(keep, ranks, strict=True):
+        assert float(w[i, j]) == pytest.approx(r) and float(w[j, i]) == pytest.approx(r)
+    assert float(w[~valid].abs().sum()) == 0.0
+    expected = sum(
+        (1 - r) * cosine(u, i, j) ** 2 + r * max(margin - cosine(u, i, j), 0.0) ** 2
+        for (i, j), r in zip(keep, ranks, strict=True)
+    ) / len(keep)
+    out = fn.weighted_contrastive_loss(
+        u, SCORES, PID, margin=margin, partition="soft", weighting="rank"
+    )
+    assert float(out.loss) == pytest.approx(expected, rel=1e-10)
+    # The same weights whatever the scale of the gaps (halving is exact in binary): only
+    # their order matters.
+    halved = fn.weighted_contrastive_loss(
+        u, 0.5 * SCORES, PID, margin=margin, partition="soft", weighting="rank"
+    )
+    assert float(halved.loss) == pytest.approx(float(out.loss), rel=1e-12)
+    with pytest.raises(ValueError, match="valid pairs"):
+        fn.score_weight(delta, "rank")
+    assert build_objective("weighted", weighting="rank").hparams["weighting"] == "rank"
