@@ -1,0 +1,255 @@
+"""Beyond the paper, item 1: change probes of lower capacity on the cached embeddings of a
+quality run, each against ``head_delta`` and against the ``mse`` probe, on the same test pairs.
+
+A probe only changes how the frozen embeddings are read, so nothing is retrained: every cell
+(objective x seed) of a finished ``benchmarks/quality.py`` run is re-evaluated from its
+``embeddings.parquet`` with each probe variant below. The variants and their settings were
+fixed before any of them was run; where a variant has its own setting to choose (k, C), the
+choice is made on training / validation patients only:
+
+- ``logreg``: the project's probe (standardised, balanced multinomial logistic regression,
+  C = 1, on ``d``): the reference row;
+- ``pca8``: ``d`` on the first 8 principal axes of the training patients' visit embeddings
+  (``eval.pca: 8``; 8 as in the lead the issue quotes, fixed in advance);
+- ``logreg-cv``: C chosen by balanced accuracy in folds of training patients;
+- ``pca8-cv``: both;
+- ``pca-val``: k from (2, 4, 8, 16, 32) chosen by balanced accuracy on validation patients'
+  pairs (probe fitted on training patients), then refitted on training + validation;
+- ``hybrid-pca8`` / ``hybrid-cv``: ``[predicted score change, d]`` with the PCA (the head's
+  column kept as it is) or the CV probe, so that the head's feature is not drowned by 128
+  others (not for ``untrained``: its head is random).
+
+Each row's balanced accuracy is the mean over seeds; the paired differences to the ``mse``
+model's ``head_delta`` and to the ``mse`` ``logreg`` probe resample test patients (resamples
+averaged over seeds, as ``learner run`` does). The fraction of the achievable divides by the
+run's ``oracle_truth`` (mean over seeds).
+
+Usage:
+    .venv/bin/python benchmarks/probes.py --run benchmarks/work/runs/synth-lus-pool300-aug2 \
+        --run benchmarks/work/runs/synth-lus-null-pool300-aug2 --seeds 0 1 2 3 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.quality import RESULTS, fmt, mdd  # noqa: E402
+from learner.errors import DataError  # noqa: E402
+from learner.evaluate.ceilings import fraction_of_achievable  # noqa: E402
+from learner.evaluate.change import evaluate_change  # noqa: E402
+from learner.evaluate.embeddings_io import read_embeddings  # noqa: E402
+from learner.io import write_json  # noqa: E402
+from learner.pipeline.run import CellResult, paired_difference  # noqa: E402
+
+# Variant -> evaluate_change settings ("pca": "val" = chosen on validation patients).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "logreg": {"feature": "diff", "classifier": "logreg", "pca": 0},
+    "pca8": {"feature": "diff", "classifier": "logreg", "pca": 8},
+    "logreg-cv": {"feature": "diff", "classifier": "logreg-cv", "pca": 0},
+    "pca8-cv": {"feature": "diff", "classifier": "logreg-cv", "pca": 8},
+    "pca-val": {"feature": "diff", "classifier": "logreg", "pca": "val"},
+    "hybrid-pca8": {"feature": "hybrid", "classifier": "logreg", "pca": 8},
+    "hybrid-cv": {"feature": "hybrid", "classifier": "logreg-cv", "pca": 0},
+}
+PCA_GRID = (2, 4, 8, 16, 32)
+REFERENCE = "logreg"
+BASE_OBJECTIVE = "mse"
+
+
+def choose_k(frame: Any, common: dict[str, Any], feature: str, classifier: str) -> int:
+    """The k of ``PCA_GRID`` with the best balanced accuracy on validation patients' pairs
+    (probe fitted on training patients; the smaller k on a tie). Test patients unused."""
+    best_k, best = PCA_GRID[0], -math.inf
+    for k in PCA_GRID:
+        result = evaluate_change(
+            frame,
+            feature=feature,
+            classifier=classifier,
+            pca=k,
+            train_splits=("train",),
+            test_split="val",
+            **common,
+        )
+        score = result.metrics["balanced_accuracy"]
+        if math.isfinite(score) and score > best:
+            best_k, best = k, score
+    return best_k
+
+
+def evaluate_cell(frame: Any, common: dict[str, Any], variant: dict[str, Any]) -> CellResult:
+    pca = variant["pca"]
+    chosen = None
+    if pca == "val":
+        pca = chosen = choose_k(frame, common, variant["feature"], variant["classifier"])
+    result = evaluate_change(
+        frame, feature=variant["feature"], classifier=variant["classifier"], pca=pca, **common
+    )
+    cell = CellResult.from_change(result)
+    if chosen is not None:
+        cell.summary["chosen_k"] = chosen
+    return cell
+
+
+def screen_run(
+    run: Path,
+    seeds: list[int],
+    n_boot: int,
+    *,
+    results_file: Path | None = None,
+    objectives: list[str] | None = None,
+    variants: list[str] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Every objective x variant x seed of one quality run's cells (the run's results file,
+    ``run/results.json`` unless given, supplies the evaluation settings and the oracle)."""
+    results = json.loads((results_file or run / "results.json").read_text(encoding="utf-8"))
+    config = results["config"]
+    common = {
+        "delta": config["eval"]["delta"],
+        "higher_is_better": config["data"]["higher_is_better"],
+        "n_boot": 0,
+    }
+    run_seeds = list(config["run"]["seeds"])
+    missing = [s for s in seeds if s not in run_seeds]
+    if missing:
+        raise SystemExit(f"{run}: seeds {missing} are not in its results.json; finish the run")
+    oracle_seeds = results["ceilings"]["oracle_truth"]["balanced_accuracy"]["per_seed"]
+    oracle = float(np.mean([oracle_seeds[run_seeds.index(s)] for s in seeds]))
+    objectives = objectives or sorted(p.name for p in (run / "cells").iterdir() if p.is_dir())
+    cells: dict[str, dict[str, list[list[CellResult]]]] = {}
+    for objective in objectives:
+        for seed in seeds:
+            frame, _ = read_embeddings(
+                run / "cells" / objective / f"seed{seed}" / "embeddings.parquet"
+            )
+            for name in variants or list(VARIANTS):
+                variant = VARIANTS[name]
+                try:
+                    cell = evaluate_cell(frame, {**common, "seed": seed}, variant)
+                except DataError:  # hybrid on the untrained encoder: no head to read
+                    continue
+                cells.setdefault(objective, {}).setdefault(name, []).append([cell])
+        log(f"{run.name}: {objective} done")
+
+    base = cells[BASE_OBJECTIVE][REFERENCE]
+    rows: dict[str, Any] = {}
+    for objective, by_variant in cells.items():
+        for name, units in by_variant.items():
+            per_seed = [u[0].metrics["balanced_accuracy"] for u in units]
+            mean = float(np.mean(per_seed))
+            row: dict[str, Any] = {
+                "balanced_accuracy": {"mean": mean, "per_seed": per_seed},
+                "fraction_of_achievable": fraction_of_achievable(mean, oracle),
+                "minus_head_delta": paired_difference(
+                    units,
+                    base,
+                    "balanced_accuracy",
+                    column_b="head_predicted",
+                    n_boot=n_boot,
+                    seed=0,
+                ),
+                "minus_mse": paired_difference(
+                    units, base, "balanced_accuracy", n_boot=n_boot, seed=0
+                ),
+            }
+            chosen_k = [u[0].summary.get("chosen_k") for u in units]
+            if any(k is not None for k in chosen_k):
+                row["chosen_k"] = chosen_k
+            chosen_c = [u[0].summary.get("chosen_c") for u in units]
+            if any(c is not None for c in chosen_c):
+                row["chosen_c"] = chosen_c
+            rows[f"{objective}/{name}"] = row
+    head = [u[0].head_delta["balanced_accuracy"] for u in base]
+    return {
+        "run": str(run.relative_to(REPO)) if run.is_relative_to(REPO) else str(run),
+        "dataset": results.get("dataset"),
+        "seeds": seeds,
+        "oracle_truth": oracle,
+        "head_delta": {
+            "mean": float(np.mean(head)),
+            "per_seed": head,
+            "fraction_of_achievable": fraction_of_achievable(float(np.mean(head)), oracle),
+        },
+        "rows": rows,
+    }
+
+
+def markdown(block: dict[str, Any]) -> str:
+    hd = block["head_delta"]
+    lines = [
+        f"### {Path(block['run']).name} (seeds {', '.join(map(str, block['seeds']))})",
+        "",
+        f"`oracle_truth` {block['oracle_truth']:.3f}; `mse` `head_delta` {hd['mean']:.3f} "
+        f"({hd['fraction_of_achievable']:.0%} of the achievable); chance 0.333.",
+        "",
+        "| objective / probe | balanced acc | of achievable | - head_delta [95% CI] | MDD "
+        "| - mse logreg [95% CI] | chosen |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in block["rows"].items():
+        chosen = ""
+        if "chosen_k" in row:
+            chosen = "k " + ",".join(str(k) for k in row["chosen_k"])
+        elif "chosen_c" in row:
+            chosen = "C " + ",".join(f"{c:g}" for c in row["chosen_c"])
+        frac = row["fraction_of_achievable"]
+        lines.append(
+            f"| {name} | {row['balanced_accuracy']['mean']:.3f} | "
+            f"{'-' if not math.isfinite(frac) else f'{frac:.0%}'} | "
+            f"{fmt(row['minus_head_delta'], signed=True)} | {mdd(row['minus_head_delta'])} | "
+            f"{fmt(row['minus_mse'], signed=True)} | {chosen} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        required=True,
+        help="a finished quality run folder (its cells and results.json)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--n-boot", type=int, default=1000)
+    parser.add_argument(
+        "--tag",
+        default="synth-lus-pool300-aug2",
+        help="results go to benchmarks/results/probes_<tag>.{json,md}",
+    )
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    blocks = [screen_run(run.resolve(), args.seeds, args.n_boot) for run in args.run]
+    out = {
+        "command": "benchmarks/probes.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "variants": VARIANTS,
+        "pca_grid": list(PCA_GRID),
+        "runs": blocks,
+        "seconds": time.perf_counter() - start,
+    }
+    write_json(RESULTS / f"probes_{args.tag}.json", out)
+    text = "\n".join(markdown(b) for b in blocks)
+    (RESULTS / f"probes_{args.tag}.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

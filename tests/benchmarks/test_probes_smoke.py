@@ -1,0 +1,67 @@
+"""The probe screen re-reads cached cells with every probe variant, against head_delta and
+the mse probe on the same test pairs, and never needs a retraining."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from learner.evaluate.change import CV_CS
+from learner.evaluate.embeddings_io import write_embeddings
+from tests.evaluate.test_change import make_cohort
+
+
+def fake_run(root: Path, seeds: list[int]) -> Path:
+    """A quality run's layout: cells/<objective>/seed<S>/embeddings.parquet, results.json."""
+    for seed in seeds:
+        for objective, kind in (("mse", "exact"), ("untrained", "random")):
+            frame = make_cohort(30, seed=seed, kind=kind)
+            if objective == "untrained":
+                frame["pred_score"] = np.nan  # a random encoder's head is not read
+            write_embeddings(
+                frame,
+                root / "cells" / objective / f"seed{seed}" / "embeddings.parquet",
+                {"objective": objective, "seed": seed},
+            )
+    results = {
+        "dataset": "fake",
+        "config": {
+            "eval": {"delta": 1.0},
+            "data": {"higher_is_better": True},
+            "run": {"seeds": seeds},
+        },
+        "ceilings": {"oracle_truth": {"balanced_accuracy": {"per_seed": [0.9] * len(seeds)}}},
+    }
+    (root / "results.json").write_text(json.dumps(results))
+    return root
+
+
+def test_screen_every_variant_against_head_delta_and_mse(
+    tmp_path: Path, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    probes = load_benchmark("probes.py")
+    run = fake_run(tmp_path / "run", [0])
+    variants = ["logreg", "pca8", "logreg-cv", "pca-val", "hybrid-cv"]
+    block = probes.screen_run(run, [0], n_boot=20, variants=variants, log=lambda _: None)
+    rows = block["rows"]
+    assert {f"mse/{name}" for name in variants} <= set(rows)
+    # No head on the untrained encoder: the hybrid probes are skipped, the others screened.
+    assert "untrained/pca8" in rows and "untrained/hybrid-cv" not in rows
+    reference = rows["mse/logreg"]
+    assert reference["minus_mse"]["mean"] == 0.0
+    # An embedding that encodes the score reads change; noise does not.
+    noise = rows["untrained/logreg"]["balanced_accuracy"]["mean"]
+    assert reference["balanced_accuracy"]["mean"] > noise + 0.2
+    assert set(rows["mse/pca-val"]["chosen_k"]) <= set(probes.PCA_GRID)
+    assert all(c in CV_CS for c in rows["mse/logreg-cv"]["chosen_c"])
+    entry = rows["untrained/logreg"]["minus_head_delta"]
+    lo, hi = entry["ci95"]
+    assert entry["mean"] < 0 and lo <= entry["mean"] <= hi
+    assert math.isclose(block["oracle_truth"], 0.9)
+    text = probes.markdown(block)
+    assert "| mse/pca8 |" in text and "head_delta" in text
