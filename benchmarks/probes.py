@@ -22,7 +22,10 @@ choice is made on training / validation patients only:
 Each row's balanced accuracy is the mean over seeds; the paired differences to the ``mse``
 model's ``head_delta`` and to the ``mse`` ``logreg`` probe resample test patients (resamples
 averaged over seeds, as ``learner run`` does). The fraction of the achievable divides by the
-run's ``oracle_truth`` (mean over seeds).
+run's ``oracle_truth`` (mean over seeds): a ratio of means, steadier than the mean of
+per-seed ratios that ``learner run`` reports (a seed whose oracle is near chance inflates
+that one). ``--against`` adds the paired difference to other objectives' reference probe
+(default: ``untrained``).
 
 Usage:
     .venv/bin/python benchmarks/probes.py --run benchmarks/work/runs/synth-lus-pool300-aug2 \
@@ -114,6 +117,7 @@ def screen_run(
     results_file: Path | None = None,
     objectives: list[str] | None = None,
     variants: list[str] | None = None,
+    against: list[str] | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Every objective x variant x seed of one quality run's cells (the run's results file,
@@ -148,6 +152,8 @@ def screen_run(
         log(f"{run.name}: {objective} done")
 
     base = cells[BASE_OBJECTIVE][REFERENCE]
+    # Further yardsticks: each named objective's own reference probe (default: untrained).
+    others = [o for o in (against if against is not None else ["untrained"]) if o in cells]
     rows: dict[str, Any] = {}
     for objective, by_variant in cells.items():
         for name, units in by_variant.items():
@@ -168,6 +174,10 @@ def screen_run(
                     units, base, "balanced_accuracy", n_boot=n_boot, seed=0
                 ),
             }
+            for other in others:
+                row[f"minus_{other}"] = paired_difference(
+                    units, cells[other][REFERENCE], "balanced_accuracy", n_boot=n_boot, seed=0
+                )
             chosen_k = [u[0].summary.get("chosen_k") for u in units]
             if any(k is not None for k in chosen_k):
                 row["chosen_k"] = chosen_k
@@ -181,6 +191,7 @@ def screen_run(
         "dataset": results.get("dataset"),
         "seeds": seeds,
         "oracle_truth": oracle,
+        "against": others,
         "head_delta": {
             "mean": float(np.mean(head)),
             "per_seed": head,
@@ -199,8 +210,10 @@ def markdown(block: dict[str, Any]) -> str:
         f"({hd['fraction_of_achievable']:.0%} of the achievable); chance 0.333.",
         "",
         "| objective / probe | balanced acc | of achievable | - head_delta [95% CI] | MDD "
-        "| - mse logreg [95% CI] | chosen |",
-        "|---|---|---|---|---|---|---|",
+        "| - mse logreg [95% CI] | "
+        + "".join(f"- {o} logreg [95% CI] | " for o in block.get("against", []))
+        + "chosen |",
+        "|---|---|---|---|---|---|" + "---|" * len(block.get("against", [])) + "---|",
     ]
     for name, row in block["rows"].items():
         chosen = ""
@@ -213,7 +226,9 @@ def markdown(block: dict[str, Any]) -> str:
             f"| {name} | {row['balanced_accuracy']['mean']:.3f} | "
             f"{'-' if not math.isfinite(frac) else f'{frac:.0%}'} | "
             f"{fmt(row['minus_head_delta'], signed=True)} | {mdd(row['minus_head_delta'])} | "
-            f"{fmt(row['minus_mse'], signed=True)} | {chosen} |"
+            f"{fmt(row['minus_mse'], signed=True)} | "
+            + "".join(f"{fmt(row[f'minus_{o}'], signed=True)} | " for o in block.get("against", []))
+            + f"{chosen} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -234,9 +249,41 @@ def main(argv: list[str] | None = None) -> int:
         default="synth-lus-pool300-aug2",
         help="results go to benchmarks/results/probes_<tag>.{json,md}",
     )
+    parser.add_argument(
+        "--against",
+        nargs="*",
+        default=None,
+        help="objectives whose logreg probe every row is also compared with (default: untrained)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), help="probe variants (default: all)"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        action="append",
+        help="the results file of each --run (default: <run>/results.json)",
+    )
+    parser.add_argument(
+        "--objectives", nargs="+", help="the cells' objectives to screen (default: every one)"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    blocks = [screen_run(run.resolve(), args.seeds, args.n_boot) for run in args.run]
+    results_files = args.results or [None] * len(args.run)
+    if len(results_files) != len(args.run):
+        raise SystemExit("give one --results per --run, or none")
+    blocks = [
+        screen_run(
+            run.resolve(),
+            args.seeds,
+            args.n_boot,
+            results_file=results,
+            objectives=args.objectives,
+            variants=args.variants,
+            against=args.against,
+        )
+        for run, results in zip(args.run, results_files, strict=True)
+    ]
     out = {
         "command": "benchmarks/probes.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "variants": VARIANTS,

@@ -54,6 +54,7 @@ def test_screen_every_variant_against_head_delta_and_mse(
     assert "untrained/pca8" in rows and "untrained/hybrid-cv" not in rows
     reference = rows["mse/logreg"]
     assert reference["minus_mse"]["mean"] == 0.0
+    assert block["against"] == ["untrained"] and reference["minus_untrained"]["mean"] > 0.2
     # An embedding that encodes the score reads change; noise does not.
     noise = rows["untrained/logreg"]["balanced_accuracy"]["mean"]
     assert reference["balanced_accuracy"]["mean"] > noise + 0.2
@@ -64,4 +65,4 @@ def test_screen_every_variant_against_head_delta_and_mse(
     assert entry["mean"] < 0 and lo <= entry["mean"] <= hi
     assert math.isclose(block["oracle_truth"], 0.9)
     text = probes.markdown(block)
-    assert "| mse/pca8 |" in text and "head_delta" in text
+    assert "| mse/pca8 |" in text and "- untrained logreg" in text
