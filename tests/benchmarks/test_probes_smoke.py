@@ -55,6 +55,8 @@ def test_screen_every_variant_against_head_delta_and_mse(
     reference = rows["mse/logreg"]
     assert reference["minus_mse"]["mean"] == 0.0
     assert block["against"] == ["untrained"] and reference["minus_untrained"]["mean"] > 0.2
+    assert rows["untrained/pca8"]["minus_mse_same_probe"]["mean"] < 0
+    assert rows["mse/pca8"]["minus_mse_same_probe"]["mean"] == 0.0
     # An embedding that encodes the score reads change; noise does not.
     noise = rows["untrained/logreg"]["balanced_accuracy"]["mean"]
     assert reference["balanced_accuracy"]["mean"] > noise + 0.2
