@@ -67,4 +67,4 @@ def test_screen_every_variant_against_head_delta_and_mse(
     assert entry["mean"] < 0 and lo <= entry["mean"] <= hi
     assert math.isclose(block["oracle_truth"], 0.9)
     text = probes.markdown(block)
-    assert "| mse/pca8 |" in text and "- untrained logreg" in text
+    assert "| mse/pca8 |" in text and "- untrained, same probe" in text
