@@ -54,7 +54,8 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from benchmarks.quality import RESULTS, fmt, mdd  # noqa: E402
+from benchmarks.quality import RESULTS, fmt, mdd, validation_change  # noqa: E402
+from learner.config import Config  # noqa: E402
 from learner.errors import DataError  # noqa: E402
 from learner.evaluate.ceilings import fraction_of_achievable  # noqa: E402
 from learner.evaluate.change import evaluate_change  # noqa: E402
@@ -78,33 +79,34 @@ BASE_OBJECTIVE = "mse"
 UNTRAINED = "untrained"
 
 
-def choose_k(frame: Any, common: dict[str, Any], feature: str, classifier: str) -> int:
+def choose_k(frame: Any, cfg: Config, seed: int, classifier: str) -> int:
     """The k of ``PCA_GRID`` with the best balanced accuracy on validation patients' pairs
-    (probe fitted on training patients; the smaller k on a tie). Test patients unused."""
+    (:func:`benchmarks.quality.validation_change`: probe fitted on training patients, test
+    patients unused; the smaller k on a tie)."""
     best_k, best = PCA_GRID[0], -math.inf
     for k in PCA_GRID:
-        result = evaluate_change(
-            frame,
-            feature=feature,
-            classifier=classifier,
-            pca=k,
-            train_splits=("train",),
-            test_split="val",
-            **common,
-        )
-        score = result.metrics["balanced_accuracy"]
+        trial = cfg.model_copy(deep=True)
+        trial.eval.classifier, trial.eval.pca = classifier, k
+        score = validation_change(frame, trial, seed).metrics["balanced_accuracy"]
         if math.isfinite(score) and score > best:
             best_k, best = k, score
     return best_k
 
 
-def evaluate_cell(frame: Any, common: dict[str, Any], variant: dict[str, Any]) -> CellResult:
+def evaluate_cell(frame: Any, cfg: Config, seed: int, variant: dict[str, Any]) -> CellResult:
     pca = variant["pca"]
     chosen = None
     if pca == "val":
-        pca = chosen = choose_k(frame, common, variant["feature"], variant["classifier"])
+        pca = chosen = choose_k(frame, cfg, seed, variant["classifier"])
     result = evaluate_change(
-        frame, feature=variant["feature"], classifier=variant["classifier"], pca=pca, **common
+        frame,
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        feature=variant["feature"],
+        classifier=variant["classifier"],
+        pca=pca,
+        n_boot=0,
+        seed=seed,
     )
     cell = CellResult.from_change(result)
     if chosen is not None:
@@ -126,13 +128,8 @@ def screen_run(
     """Every objective x variant x seed of one quality run's cells (the run's results file,
     ``run/results.json`` unless given, supplies the evaluation settings and the oracle)."""
     results = json.loads((results_file or run / "results.json").read_text(encoding="utf-8"))
-    config = results["config"]
-    common = {
-        "delta": config["eval"]["delta"],
-        "higher_is_better": config["data"]["higher_is_better"],
-        "n_boot": 0,
-    }
-    run_seeds = list(config["run"]["seeds"])
+    cfg = Config.model_validate(results["config"])
+    run_seeds = list(cfg.run.seeds)
     missing = [s for s in seeds if s not in run_seeds]
     if missing:
         raise SystemExit(f"{run}: seeds {missing} are not in its results.json; finish the run")
@@ -150,8 +147,8 @@ def screen_run(
                 if objective == UNTRAINED and variant["feature"] == "hybrid":
                     continue  # its head is random: there is no predicted change to read
                 try:
-                    cell = evaluate_cell(frame, {**common, "seed": seed}, variant)
-                except DataError:  # hybrid on the untrained encoder: no head to read
+                    cell = evaluate_cell(frame, cfg, seed, variant)
+                except DataError:  # hybrid on a frame without the head's predictions
                     continue
                 cells.setdefault(objective, {}).setdefault(name, []).append([cell])
         log(f"{run.name}: {objective} done")

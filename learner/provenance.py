@@ -40,7 +40,8 @@ _UNTRAINED_SECTIONS = ("data", "model")
 # Keys added after cells were cached whose default computes exactly what every earlier
 # learner computed: at that default they are left out of the key, so the cells made before
 # them stay valid; set to anything else, they enter it. (Adding a key to this list is only
-# honest when the default reproduces the earlier training bit for bit; a test checks it.)
+# honest when the default reproduces the earlier training bit for bit: `inter` is the mask
+# and the sampler every earlier learner used. tests/losses/test_pair_sets.py checks the key.)
 _SILENT_DEFAULTS: dict[str, Any] = {"objective.pairs": "inter"}
 
 # The key of what a folder holds (a run cell, an evaluation, a change model).

@@ -84,6 +84,7 @@ class PatientBatchSampler(Sampler[list[int]]):
         if self.visit_codes.shape != self.scores.shape:
             raise ValueError("visit_codes must have one entry per scan")
         self.batch_size = int(batch_size)
+        self._packed: tuple[int, int, list[list[int]]] | None = None
         self.seed = int(seed)
         self.drop_last = drop_last
         self.epoch = 0
@@ -133,19 +134,31 @@ class PatientBatchSampler(Sampler[list[int]]):
         ``batch_size`` defaults to the sampler's; the global batch size under DDP.
         """
         size = self.batch_size if batch_size is None else batch_size
-        rng = np.random.default_rng([self.seed, epoch])
         if self.group > 1:
-            return self._grouped_batches(rng, size)
+            # __len__ needs the packed batches too: pack each epoch once.
+            if self._packed is None or self._packed[:2] != (epoch, size):
+                rng = np.random.default_rng([self.seed, epoch])
+                self._packed = (epoch, size, self._grouped_batches(rng, size))
+            return self._packed[2]
+        rng = np.random.default_rng([self.seed, epoch])
         stream = self._stream(rng, size)
         return _cut_batches(stream, self.patient_codes, size)
+
+    def _scans_by_patient(self) -> dict[int, np.ndarray]:
+        """Each patient code's scan indices, ascending (one stable sort, not a scan of the
+        whole cohort per patient)."""
+        order = np.argsort(self.patient_codes, kind="stable")
+        codes, starts = np.unique(self.patient_codes[order], return_index=True)
+        return dict(zip(codes.tolist(), np.split(order, starts[1:]), strict=True))
 
     def _grouped_batches(self, rng: np.random.Generator, batch_size: int) -> list[list[int]]:
         """Units of up to ``group`` scans of one patient, alternating its visits, stratified
         by their mean score rank and packed whole into batches."""
         quantile = self._score_quantiles(rng)
         units: list[list[int]] = []
-        for code in rng.permutation(np.unique(self.patient_codes)):
-            scans = rng.permutation(np.flatnonzero(self.patient_codes == code))
+        scans_of = self._scans_by_patient()
+        for code in rng.permutation(np.array(sorted(scans_of))):
+            scans = rng.permutation(scans_of[int(code)])
             # Round-robin over visits: consecutive scans come from different visits.
             visits = self.visit_codes[scans]
             turn = np.empty(scans.size, dtype=np.int64)

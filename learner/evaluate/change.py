@@ -568,15 +568,15 @@ def evaluate_change(
     x_test = change_features(matrix, test, feature, head)
     groups = train["patient_id"].astype(str).to_numpy()
     projection: ScanProjection | None = None
-    probe_matrix = matrix
+    probe_train, probe_test = x_train, x_test
     if pca:
         training_visits = visits["split"].astype(str).isin(list(train_splits)).to_numpy()
         projection = ScanProjection.fit(matrix[training_visits], pca)
         if projection.k < pca:
             notes.append(f"eval.pca={pca} but the training visits allow {projection.k} components")
-        probe_matrix = projection.transform(matrix)
-    probe_train = change_features(probe_matrix, train, feature, head)
-    probe_test = change_features(probe_matrix, test, feature, head)
+        reduced = projection.transform(matrix)
+        probe_train = change_features(reduced, train, feature, head)
+        probe_test = change_features(reduced, test, feature, head)
     model = _fit_classifier(build_classifier(classifier, seed, groups), probe_train, y_train, notes)
     predicted = np.asarray(model.predict(probe_test)).astype(str)
     pred_codes = label_codes(predicted)

@@ -59,6 +59,12 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
+def _check_pairs(pairs: object) -> fn.PairSet:
+    """``objective.pairs`` one of ``inter`` / ``intra`` / ``all``, else ValueError."""
+    _check_choice("pairs", pairs, fn.PAIR_SETS)
+    return pairs  # type: ignore[return-value]
+
+
 class PairObjective(nn.Module):
     """Base class: gathers across ranks, then applies :meth:`pair_loss` to the global batch."""
 
@@ -80,7 +86,8 @@ class PairObjective(nn.Module):
         return self.pair_loss(embeddings, scores, patient_ids)
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        """The objective on an already gathered batch; subclasses call their pure function."""
+        """The objective on an already gathered batch; subclasses call their pure function
+        with ``**self.hparams``, whose names are exactly its keyword arguments."""
         raise NotImplementedError
 
     @property
@@ -120,17 +127,14 @@ class ContrastiveLoss(PairObjective):
         super().__init__()
         self.tau = _check_interval("tau", tau, 0.0, 1.0)
         self.margin = _check_interval("margin", margin, 0.0, 2.0, low_open=True)
-        _check_choice("pairs", pairs, fn.PAIR_SETS)
-        self.pairs: fn.PairSet = pairs
+        self.pairs = _check_pairs(pairs)
 
     @property
     def hparams(self) -> dict[str, Any]:
         return {"tau": self.tau, "margin": self.margin, "pairs": self.pairs}
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        return fn.contrastive_loss(
-            embeddings, scores, patient_ids, tau=self.tau, margin=self.margin, pairs=self.pairs
-        )
+        return fn.contrastive_loss(embeddings, scores, patient_ids, **self.hparams)
 
 
 class WeightedContrastiveLoss(PairObjective):
@@ -162,8 +166,7 @@ class WeightedContrastiveLoss(PairObjective):
         self.weighting: fn.Weighting = weighting
         self.alpha = _check_positive("alpha", alpha)
         self.partition: fn.Partition = partition
-        _check_choice("pairs", pairs, fn.PAIR_SETS)
-        self.pairs: fn.PairSet = pairs
+        self.pairs = _check_pairs(pairs)
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -177,17 +180,7 @@ class WeightedContrastiveLoss(PairObjective):
         }
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        return fn.weighted_contrastive_loss(
-            embeddings,
-            scores,
-            patient_ids,
-            tau=self.tau,
-            margin=self.margin,
-            weighting=self.weighting,
-            alpha=self.alpha,
-            partition=self.partition,
-            pairs=self.pairs,
-        )
+        return fn.weighted_contrastive_loss(embeddings, scores, patient_ids, **self.hparams)
 
 
 class YAwareLoss(PairObjective):
@@ -205,22 +198,14 @@ class YAwareLoss(PairObjective):
         super().__init__()
         self.temperature = _check_positive("temperature", temperature)
         self.sigma = _check_positive("sigma", sigma)
-        _check_choice("pairs", pairs, fn.PAIR_SETS)
-        self.pairs: fn.PairSet = pairs
+        self.pairs = _check_pairs(pairs)
 
     @property
     def hparams(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "sigma": self.sigma, "pairs": self.pairs}
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        return fn.yaware_loss(
-            embeddings,
-            scores,
-            patient_ids,
-            temperature=self.temperature,
-            sigma=self.sigma,
-            pairs=self.pairs,
-        )
+        return fn.yaware_loss(embeddings, scores, patient_ids, **self.hparams)
 
 
 class RnCLoss(PairObjective):
@@ -239,7 +224,7 @@ class RnCLoss(PairObjective):
         return {"temperature": self.temperature}
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        return fn.rnc_loss(embeddings, scores, patient_ids, temperature=self.temperature)
+        return fn.rnc_loss(embeddings, scores, patient_ids, **self.hparams)
 
 
 OBJECTIVES: dict[str, type[PairObjective]] = {
