@@ -421,12 +421,18 @@ def evaluate(
     """
     from learner.config import load_config
     from learner.data.pairs import DEFAULT_DELTA
+    from learner.errors import ConfigError
     from learner.evaluate.change import evaluate_change, has_change_pairs
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.evaluate.plots import plot_confusions, plot_figure1, plot_trajectories
     from learner.io import write_json
 
     cfg = load_config(config, None)
+    if cfg.eval.finetune:
+        raise ConfigError(
+            f"{config}: eval.finetune fine-tunes encoders and runs in `learner run` only "
+            "(`learner evaluate` reads fixed embeddings); set eval.finetune: 0 here"
+        )
     frame, meta = read_embeddings(embeddings)
     higher = bool(meta.get("higher_is_better", cfg.data.higher_is_better))
     band: float | str

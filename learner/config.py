@@ -154,6 +154,16 @@ class EvalConfig(_Section):
     classifier: Literal["logreg", "logreg-cv", "mlp"] = "logreg"
     pca: int = Field(0, ge=0)
     n_boot: int = Field(1000, ge=0)
+    finetune: int = Field(
+        0,
+        ge=0,
+        description="learner run: also fine-tune each encoder on the training patients' change "
+        "pairs for at most this many epochs (validation patients pick the epoch); adds a "
+        "'<objective>-ft' row per objective. 0 = off.",
+    )
+    finetune_lr: float = Field(
+        1e-4, gt=0.0, description="Fine-tuning learning rate (eval.finetune)."
+    )
 
     @field_validator("delta")
     @classmethod

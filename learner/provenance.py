@@ -44,6 +44,10 @@ _UNTRAINED_SECTIONS = ("data", "model")
 # and the sampler every earlier learner used. tests/losses/test_pair_sets.py checks the key.)
 _SILENT_DEFAULTS: dict[str, Any] = {"objective.pairs": "inter"}
 
+# eval keys that configure fine-tuning: part of a fine-tuned cell's key, not of evaluations.
+FINETUNE_KEYS = ("eval.finetune", "eval.finetune_lr")
+_FINETUNE_TRAIN_KEYS = ("train.seed", "train.batch_size", "train.weight_decay", "train.grad_clip")
+
 # The key of what a folder holds (a run cell, an evaluation, a change model).
 KEY_FILE = "key.json"
 
@@ -148,9 +152,23 @@ def evaluation_key(cfg: Config, pretrain_digest: str, feature: str) -> dict[str,
     """The key of one evaluation: the ``eval`` section, the feature and the pretraining digest."""
     parts = _config_parts(cfg, ("eval",))
     parts.pop("eval.feature", None)  # `run.features` decides, one evaluation per feature
+    for name in FINETUNE_KEYS:  # they make other cells (finetune_key), not this evaluation
+        parts.pop(name, None)
     parts["feature"] = feature
     parts["pretrain.digest"] = pretrain_digest
     parts["train.seed"] = cfg.train.seed  # seeds the bootstrap and the MLP probe
+    parts["learner.version"] = learner.__version__
+    return parts
+
+
+def finetune_key(cfg: Config, base_digest: str) -> dict[str, Any]:
+    """The key of a fine-tuned encoder (``eval.finetune``): the encoder it started from
+    (its pretraining digest, which holds the data and split), every setting the fine-tuning
+    reads (the labels' stable band among them), and the seed."""
+    flat = flatten(cfg.to_plain())
+    names = (*FINETUNE_KEYS, "eval.delta", "data.higher_is_better", *_FINETUNE_TRAIN_KEYS)
+    parts = {name: flat[name] for name in names}
+    parts["finetune.from"] = base_digest
     parts["learner.version"] = learner.__version__
     return parts
 

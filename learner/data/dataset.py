@@ -65,6 +65,11 @@ INPUT_KINDS: tuple[str, ...] = ("video", "image", "volume", "slices", "tabular")
 _CACHE_FORMAT = 1
 
 
+# Rank of one scan's ``x`` without the batch axis, per input kind (one clip per scan; with
+# several evaluation clips per scan an item gains a leading clip axis).
+SCAN_RANK = {"video": 4, "image": 3, "slices": 4, "volume": 4, "tabular": 1}
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What the encoder consumes.

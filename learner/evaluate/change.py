@@ -322,7 +322,7 @@ def _cv_quiet_options() -> dict[str, Any]:
     return options
 
 
-def _fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[str]) -> Pipeline:
+def fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[str]) -> Pipeline:
     """Fit, balancing classes, and record convergence warnings as one line each."""
     clf = model.named_steps["clf"]
     params: dict[str, Any] = {}
@@ -577,7 +577,7 @@ def evaluate_change(
         reduced = projection.transform(matrix)
         probe_train = change_features(reduced, train, feature, head)
         probe_test = change_features(reduced, test, feature, head)
-    model = _fit_classifier(build_classifier(classifier, seed, groups), probe_train, y_train, notes)
+    model = fit_classifier(build_classifier(classifier, seed, groups), probe_train, y_train, notes)
     predicted = np.asarray(model.predict(probe_test)).astype(str)
     pred_codes = label_codes(predicted)
 
@@ -587,7 +587,7 @@ def evaluate_change(
     head_train = (pred_visit[train["index_to"]] - pred_visit[train["index_from"]])[:, None]
     head_test = (pred_visit[test["index_to"]] - pred_visit[test["index_from"]])[:, None]
     if np.isfinite(head_train).all() and np.isfinite(head_test).all():
-        head_model = _fit_classifier(
+        head_model = fit_classifier(
             build_classifier(classifier, seed, groups), head_train, y_train, []
         )
         head_codes = label_codes(np.asarray(head_model.predict(head_test)).astype(str))

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from learner.config import Config
+from learner.data.dataset import SCAN_RANK
 from learner.data.manifest import Manifest, load_manifest
 from learner.errors import DataError
 from learner.evaluate.embeddings_io import EmbeddingsWriter
@@ -93,7 +94,7 @@ def embed_frame(
 
 def data_rank(data: PreparedData) -> int:
     """Rank of one item's ``x`` without the batch axis."""
-    return {"video": 4, "image": 3, "slices": 4, "volume": 4, "tabular": 1}[data.input.kind]
+    return SCAN_RANK[data.input.kind]
 
 
 def prepared_for_model(

@@ -66,6 +66,7 @@ from learner.provenance import (
     changed_keys,
     digest,
     evaluation_key,
+    finetune_key,
     key_changes,
     manifest_fingerprint,
     normalised,
@@ -73,6 +74,7 @@ from learner.provenance import (
     read_key,
     write_key,
 )
+from learner.train.finetune import finetune_change, save_finetuned
 from learner.train.module import LearnerModule
 from learner.train.pretrain import (
     PreparedData,
@@ -87,6 +89,8 @@ Log = Callable[[str], None]
 HEAD_DELTA = "head_delta"
 UNTRAINED = "untrained"
 REFERENCE = "mse"
+# Label suffix of a fine-tuned encoder's row (eval.finetune): ``weighted-ft``.
+FINETUNED = "-ft"
 
 
 @dataclass
@@ -189,6 +193,8 @@ class Cell:
     folder: Path
     key: dict[str, Any]
     untrained: bool = False
+    # eval.finetune: the cell whose encoder this one fine-tunes (it runs first).
+    base: Cell | None = None
 
     @property
     def name(self) -> str:
@@ -289,6 +295,8 @@ def embed_cell(cell: Cell, *, progress: bool) -> Path:
     """The cell's embeddings (trained, resumed, or the untrained baseline's), its key written
     first so that even an interrupted cell says what it was made from."""
     write_key(cell.folder / KEY_FILE, cell.key)
+    if cell.base is not None:
+        return finetune_and_embed(cell, cell.base)
     if cell.untrained:
         return embed_untrained(cell)
     return pretrain_and_embed(
@@ -330,15 +338,19 @@ def pretrain_and_embed(
     return emb
 
 
+def untrained_model(cell: Cell) -> LearnerModule:
+    """The ``untrained`` baseline's model: a random-init encoder, seeded by the cell's seed."""
+    seed = cell.cfg.train.seed
+    L.seed_everything(seed, verbose=False)
+    return LearnerModule(model_config(cell.cfg, cell.data), cell.data.score_range, {"seed": seed})
+
+
 def embed_untrained(cell: Cell) -> Path:
     """The ``untrained`` baseline's embeddings: a random-init encoder (seeded)."""
     emb = cell.folder / "embeddings.parquet"
     if not emb.exists():
         seed = cell.cfg.train.seed
-        L.seed_everything(seed, verbose=False)
-        model = LearnerModule(
-            model_config(cell.cfg, cell.data), cell.data.score_range, {"seed": seed}
-        )
+        model = untrained_model(cell)
         embed_frame(
             model,
             cell.data,
@@ -348,6 +360,55 @@ def embed_untrained(cell: Cell) -> Path:
             batch_size=cell.cfg.train.batch_size,
         )
     return emb
+
+
+def finetune_and_embed(cell: Cell, base: Cell) -> Path:
+    """``eval.finetune``: fine-tune ``base``'s encoder on the training patients' change pairs
+    (:mod:`learner.train.finetune`), save it as ``finetuned.ckpt`` beside ``finetune.json``
+    (the epochs' validation scores and the chosen epoch), and embed every scan with it."""
+    emb = cell.folder / "embeddings.parquet"
+    if emb.exists():
+        return emb
+    if base.untrained:
+        model = untrained_model(base)
+    else:
+        model, _ = load_checkpoint(pretrained_checkpoint(base.folder))
+    cfg = cell.cfg
+    result = finetune_change(
+        model,
+        cell.data,
+        epochs=cfg.eval.finetune,
+        lr=cfg.eval.finetune_lr,
+        delta=cfg.eval.delta,
+        higher_is_better=cfg.data.higher_is_better,
+        seed=cfg.train.seed,
+        batch_pairs=max(1, cfg.train.batch_size // 2),
+        weight_decay=cfg.train.weight_decay,
+        grad_clip=cfg.train.grad_clip,
+    )
+    write_json(cell.folder / "finetune.json", result.summary())
+    save_finetuned(result, cell.folder / "finetuned.ckpt", {"from": base.name})
+    embed_frame(
+        result.model,
+        cell.data,
+        cell.data.frame,
+        emb,
+        metadata={
+            "objective": cell.label,
+            "seed": cfg.train.seed,
+            "delta": cfg.eval.delta,
+            "finetune_best_epoch": result.best_epoch,
+        },
+        batch_size=cfg.train.batch_size,
+    )
+    return emb
+
+
+def pretrained_checkpoint(cell_dir: Path) -> Path:
+    """The checkpoint a trained cell embedded with: its run's best (else last) checkpoint."""
+    checkpoints = cell_dir / "run" / "checkpoints"
+    best = checkpoints / "best.ckpt"
+    return best if best.exists() else checkpoints / "last.ckpt"
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -542,9 +603,19 @@ def plan_cells(
                 key = pretrain_key(base, manifest_digest, data.split_hash, untrained=True)
                 folder = out / "cells" / UNTRAINED / tag
                 cells.append(Cell(UNTRAINED, tag, base, data, folder, normalised(key), True))
+            if cfg.eval.finetune:
+                cells += [finetuned_cell(cell, out) for cell in cells]
             seed_cells.append(cells)
         grid.append(seed_cells)
     return grid, splits
+
+
+def finetuned_cell(base: Cell, out: Path) -> Cell:
+    """The ``<label>-ft`` cell that fine-tunes ``base``'s encoder (``eval.finetune``)."""
+    label = base.label + FINETUNED
+    key = normalised(finetune_key(base.cfg, base.digest))
+    folder = out / "cells" / label / base.tag
+    return Cell(label, base.tag, base.cfg, base.data, folder, key, base=base)
 
 
 def run_ablation(
@@ -576,6 +647,11 @@ def run_ablation(
     every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]
     check_cache(every, out, replace=replace_changed, log=log)
     if not has_change_pairs(manifest.frame):
+        if cfg.eval.finetune:
+            raise ConfigError(
+                f"{manifest.source}: eval.finetune trains on change pairs and no patient has "
+                "two consecutive labelled visits; set eval.finetune: 0"
+            )
         return run_interpatient(cfg, manifest, out, every, splits, progress=progress, log=log)
 
     truth = load_truth(manifest.source)
@@ -597,7 +673,7 @@ def run_ablation(
                 state = "cached" if _cell_done(cell, features) else "running"
                 log(f"[{cell.tag}] {cell.label}: {state}")
                 res = run_cell(cell, features=features, progress=progress, log=log)
-                if not cell.untrained:
+                if not cell.untrained and cell.base is None:
                     run_dirs.setdefault(cell.label, []).append(cell.folder / "run")
                     counts = pair_batch_counts(cell.folder / "run")
                     if counts is not None:
@@ -871,7 +947,7 @@ def build_results(
             )
         }
     for name in objectives:
-        if name.split("+")[0] == UNTRAINED:
+        if name.split("+")[0] in (UNTRAINED, UNTRAINED + FINETUNED):
             # A random head's score error says nothing; the table shows a dash.
             objectives[name]["score_mae"] = _stat_entry([math.nan] * len(units[name]), [])
 
@@ -934,6 +1010,9 @@ def build_results(
             HEAD_DELTA: "the mse model's regression head: predicted score change as the only "
             "feature of the same classifier",
             UNTRAINED: "random-init encoder, same classifier; no score_mae (its head is random)",
+            "suffix " + FINETUNED: "eval.finetune: the encoder fine-tuned end to end on the "
+            "training patients' change pairs (validation patients chose the epoch), read by "
+            "the same probe",
             "ceilings": "chance: 1/3 balanced accuracy, majority-class rate for accuracy; "
             "oracle_truth / oracle_clean_score: the same probe, pairs and band on the true "
             "change of truth.csv's severity / score_clean",
