@@ -420,6 +420,12 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
         out, modality="lus", preset="bench", null=True
     ),
     "synth-mri": lambda out: build_synthetic(out, modality="mri", preset="bench"),
+    # The MRI cohort with the LUS recipe's pool (issue 12): the same 150 longitudinal
+    # patients as synth-mri plus 300 single-visit pretraining patients, and its null control.
+    "synth-mri-pool300": lambda out: build_synthetic(out, modality="mri", preset="bench", pool=300),
+    "synth-mri-null-pool300": lambda out: build_synthetic(
+        out, modality="mri", preset="bench", null=True, pool=300
+    ),
     "oasis2-slices": build_oasis2_slices,
 }
 

@@ -133,8 +133,13 @@ def screen_run(
     missing = [s for s in seeds if s not in run_seeds]
     if missing:
         raise SystemExit(f"{run}: seeds {missing} are not in its results.json; finish the run")
-    oracle_seeds = results["ceilings"]["oracle_truth"]["balanced_accuracy"]["per_seed"]
-    oracle = float(np.mean([oracle_seeds[run_seeds.index(s)] for s in seeds]))
+    # Real data have no truth, hence no oracle: the fractions are then NaN (shown as "-").
+    truth = results["ceilings"].get("oracle_truth")
+    oracle = (
+        float(np.mean([truth["balanced_accuracy"]["per_seed"][run_seeds.index(s)] for s in seeds]))
+        if truth is not None
+        else math.nan
+    )
     objectives = objectives or sorted(p.name for p in (run / "cells").iterdir() if p.is_dir())
     cells: dict[str, dict[str, list[list[CellResult]]]] = {}
     for objective in objectives:
@@ -217,8 +222,13 @@ def markdown(block: dict[str, Any]) -> str:
     lines = [
         f"### {Path(block['run']).name} (seeds {', '.join(map(str, block['seeds']))})",
         "",
-        f"`oracle_truth` {block['oracle_truth']:.3f}; `mse` `head_delta` {hd['mean']:.3f} "
-        f"({hd['fraction_of_achievable']:.0%} of the achievable); chance 0.333.",
+        (
+            f"`oracle_truth` {block['oracle_truth']:.3f}; `mse` `head_delta` {hd['mean']:.3f} "
+            f"({hd['fraction_of_achievable']:.0%} of the achievable); chance 0.333."
+            if math.isfinite(block["oracle_truth"])
+            else f"no oracle (no truth for these data); `mse` `head_delta` {hd['mean']:.3f}; "
+            "chance 0.333."
+        ),
         "",
         "| objective / probe | balanced acc | of achievable | - head_delta [95% CI] | MDD "
         "| - mse logreg [95% CI] | - mse, same probe [95% CI] | "

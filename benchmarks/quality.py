@@ -85,6 +85,8 @@ CHANGE_CONFIGS = {
     "synth-lus-bench-null": "synth_lus_bench.yaml",
     "synth-mri": "synth_mri.yaml",
     "synth-mri-slices": "synth_mri_slices.yaml",
+    "synth-mri-slices-pool300": "synth_mri_slices.yaml",
+    "synth-mri-null-slices-pool300": "synth_mri_slices.yaml",
     "synth-mri-bench": "synth_mri_bench.yaml",
     "synth-mri-bench-slices": "synth_mri_bench_slices.yaml",
     "oasis2-slices": "oasis2_slices.yaml",
@@ -92,6 +94,8 @@ CHANGE_CONFIGS = {
 # Data sets that reuse another's manifest (same cohort, another encoder).
 SOURCE = {
     "synth-mri-slices": "synth-mri",
+    "synth-mri-slices-pool300": "synth-mri-pool300",
+    "synth-mri-null-slices-pool300": "synth-mri-null-pool300",
     "synth-mri-bench": "synth-mri",
     "synth-mri-bench-slices": "synth-mri",
 }

@@ -68,3 +68,20 @@ def test_screen_every_variant_against_head_delta_and_mse(
     assert math.isclose(block["oracle_truth"], 0.9)
     text = probes.markdown(block)
     assert "| mse/pca8 |" in text and "- untrained, same probe" in text
+
+
+def test_screen_without_truth_reports_no_fraction(
+    tmp_path: Path, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    """Real data have no oracle: the screen still runs, with no fraction of the achievable."""
+    probes = load_benchmark("probes.py")
+    run = fake_run(tmp_path / "run", [0])
+    results = json.loads((run / "results.json").read_text())
+    results["ceilings"] = {"chance": {"balanced_accuracy": 1 / 3}}
+    (run / "results.json").write_text(json.dumps(results))
+    block = probes.screen_run(run, [0], n_boot=10, variants=["logreg"], log=lambda _: None)
+    assert math.isnan(block["oracle_truth"])
+    assert math.isnan(block["rows"]["mse/logreg"]["fraction_of_achievable"])
+    assert block["rows"]["mse/logreg"]["balanced_accuracy"]["mean"] > 0.5
+    text = probes.markdown(block)
+    assert "no oracle" in text and "| mse/logreg |" in text
