@@ -150,7 +150,7 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     delta: float | Literal["tertiles"] = DEFAULT_DELTA
-    feature: Literal["diff", "concat", "hybrid"] = "diff"
+    feature: Literal["diff", "concat", "hybrid", "rate"] = "diff"
     classifier: Literal["logreg", "logreg-cv", "mlp"] = "logreg"
     pca: int = Field(0, ge=0)
     n_boot: int = Field(1000, ge=0)
@@ -183,7 +183,7 @@ class RunVariant(_Section):
 class RunConfig(_Section):
     objectives: list[str | RunVariant] = ["mse", "contrastive", "weighted"]
     seeds: list[int] = [0]
-    features: list[Literal["diff", "concat", "hybrid"]] = ["diff"]
+    features: list[Literal["diff", "concat", "hybrid", "rate"]] = ["diff"]
     baselines: bool = Field(True, description="Also evaluate head_delta and untrained.")
 
 

@@ -532,6 +532,17 @@ def _parse_visit(text: str) -> _VisitKey | None:
     return _VisitKey("date", moment)
 
 
+def visit_time(text: Any) -> float:
+    """A visit's position in time: a number as written (visit number, or days since
+    baseline), an ISO date as days since 1970-01-01; NaN for anything else."""
+    key = _parse_visit(str(text).strip())
+    if key is None:
+        return math.nan
+    if isinstance(key.value, datetime):
+        return (key.value - datetime(1970, 1, 1)).total_seconds() / 86400.0
+    return float(key.value)
+
+
 def _visit_order(frame: pd.DataFrame, problems: _Problems) -> np.ndarray:
     """0-based rank of each row's visit among its patient's distinct visits, (n_rows,) int64.
 

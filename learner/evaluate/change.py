@@ -41,6 +41,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
+from learner.data.manifest import visit_time
 from learner.data.pairs import (
     LABELS,
     consecutive_pairs,
@@ -55,7 +56,7 @@ from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
 from learner.evaluate.probe import Probe
 from learner.evaluate.reduce import ScanProjection
 
-FEATURES = ("diff", "concat", "hybrid")
+FEATURES = ("diff", "concat", "hybrid", "rate")
 CLASSIFIERS = ("logreg", "logreg-cv", "mlp")
 # logreg-cv's grid of inverse regularisation strengths, and its most patient folds.
 CV_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
@@ -211,8 +212,9 @@ def visit_embeddings(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 def change_features(
     visit_matrix: np.ndarray,
     pairs: pd.DataFrame,
-    feature: Literal["diff", "concat", "hybrid"] | str = "diff",
+    feature: Literal["diff", "concat", "hybrid", "rate"] | str = "diff",
     head: np.ndarray | None = None,
+    times: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pair features from visit embeddings.
 
@@ -223,8 +225,11 @@ def change_features(
         feature: ``"diff"``: ``u_to - u_from`` (P, D); ``"concat"``: ``[u_from, u_to]``
             (P, 2D), the ablation; ``"hybrid"``: ``[head_to - head_from, u_to - u_from]``
             (P, 1 + D), the score head's predicted change beside ``d``, so that a probe can
-            start from ``head_delta`` and add what the embedding knows.
+            start from ``head_delta`` and add what the embedding knows; ``"rate"``:
+            ``(u_to - u_from) / (t_to - t_from)``, the change per unit of time between the
+            visits (``times``; days where visits are dates).
         head: (V,) the score head's prediction per visit (``pred_score``); ``hybrid`` only.
+        times: (V,) each visit's time (:func:`visit_times`); ``rate`` only.
 
     Returns:
         float64 array (P, D), (P, 2D) or (P, 1 + D).
@@ -251,7 +256,39 @@ def change_features(
                 "missing (an untrained or head-less model): use feature diff"
             )
         return np.concatenate([change, end - start], axis=1)
+    if feature == "rate":
+        return (end - start) / _intervals(pairs, times)[:, None]
     raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
+
+
+def visit_times(visits: pd.DataFrame) -> np.ndarray | None:
+    """(V,) each visit's time from its ``visit`` value (a number as written, an ISO date in
+    days; :func:`learner.data.manifest.visit_time`), or None when visits carry none."""
+    if "visit" not in visits.columns:
+        return None
+    return np.array([visit_time(v) for v in visits["visit"]], dtype=np.float64)
+
+
+def _intervals(pairs: pd.DataFrame, times: np.ndarray | None) -> np.ndarray:
+    """(P,) time between the two visits of each pair; a clear error where there is none."""
+    fix = (
+        "feature 'rate' divides d by the time between visits: write the visit column as "
+        "numbers (e.g. days since baseline) or ISO dates, or use feature diff"
+    )
+    if times is None:
+        raise DataError(f"the visits carry no visit values; {fix}")
+    index_from = pairs["index_from"].to_numpy(dtype=np.int64)
+    index_to = pairs["index_to"].to_numpy(dtype=np.int64)
+    interval = times[index_to] - times[index_from]
+    bad = ~(np.isfinite(interval) & (interval > 0))
+    if bad.any():
+        first = int(np.argmax(bad))
+        patient = pairs["patient_id"].iloc[first] if "patient_id" in pairs.columns else "?"
+        raise DataError(
+            f"patient {patient!r}: no positive time between visits {times[index_from[first]]:g} "
+            f"and {times[index_to[first]]:g} ({int(bad.sum())} pairs); {fix}"
+        )
+    return interval
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -564,8 +601,9 @@ def evaluate_change(
 
     # Embedding probe: trained on training-patient pairs only, predicted on test pairs.
     head = visits["pred_score"].to_numpy(dtype=np.float64)
-    x_train = change_features(matrix, train, feature, head)
-    x_test = change_features(matrix, test, feature, head)
+    times = visit_times(visits)
+    x_train = change_features(matrix, train, feature, head, times)
+    x_test = change_features(matrix, test, feature, head, times)
     groups = train["patient_id"].astype(str).to_numpy()
     projection: ScanProjection | None = None
     probe_train, probe_test = x_train, x_test
@@ -575,8 +613,8 @@ def evaluate_change(
         if projection.k < pca:
             notes.append(f"eval.pca={pca} but the training visits allow {projection.k} components")
         reduced = projection.transform(matrix)
-        probe_train = change_features(reduced, train, feature, head)
-        probe_test = change_features(reduced, test, feature, head)
+        probe_train = change_features(reduced, train, feature, head, times)
+        probe_test = change_features(reduced, test, feature, head, times)
     model = fit_classifier(build_classifier(classifier, seed, groups), probe_train, y_train, notes)
     predicted = np.asarray(model.predict(probe_test)).astype(str)
     pred_codes = label_codes(predicted)

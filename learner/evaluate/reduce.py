@@ -77,13 +77,14 @@ class ScanProjection:
     def feature_map(self, feature: str) -> tuple[np.ndarray, np.ndarray]:
         """``(A, c)`` with ``features(transform(U)) = features(U) @ A + c`` for one pair feature.
 
-        ``diff``: the mean cancels, ``A = components / scale``; ``concat``: that map on each
-        half, with the mean's offset; ``hybrid``: the head's column passes unchanged.
+        ``diff`` (and ``rate``): the mean cancels, ``A = components / scale``; ``concat``:
+        that map on each half, with the mean's offset; ``hybrid``: the head's column passes
+        unchanged.
         """
         a = self.components / self.scale[:, None]
         offset = -(self.mean / self.scale) @ self.components
         d, k = a.shape
-        if feature == "diff":
+        if feature in ("diff", "rate"):  # rate: the same map, then one division per pair
             return a, np.zeros(k)
         if feature == "concat":
             block = np.zeros((2 * d, 2 * k))

@@ -41,6 +41,7 @@ from learner.evaluate.change import (
     evaluate_change,
     label_codes,
     visit_embeddings,
+    visit_times,
 )
 from learner.evaluate.embed import load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
@@ -75,7 +76,7 @@ def _split_features(
     pairs = consecutive_pairs(visits)
     chosen = pairs[pairs["split"] == split].reset_index(drop=True)
     head = visits["pred_score"].to_numpy(dtype=np.float64)
-    return change_features(matrix, chosen, feature, head), chosen
+    return change_features(matrix, chosen, feature, head, visit_times(visits)), chosen
 
 
 def fit_change_model(

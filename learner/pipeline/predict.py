@@ -35,6 +35,7 @@ from learner.evaluate.change import (
     cosine_distance,
     label_codes,
     visit_embeddings,
+    visit_times,
 )
 from learner.evaluate.embed import embed_frame, prepared_for_model
 from learner.evaluate.embeddings_io import read_embeddings
@@ -180,7 +181,8 @@ def predict_change(
     # Every consecutive pair, labelled or not: pair on a placeholder score, read the real one.
     pairs = consecutive_pairs(visits.assign(score=0.0))
     start, end = pairs["index_from"].to_numpy(), pairs["index_to"].to_numpy()
-    x = change_features(matrix, pairs, model.feature, visits["pred_score"].to_numpy(np.float64))
+    head = visits["pred_score"].to_numpy(np.float64)
+    x = change_features(matrix, pairs, model.feature, head, visit_times(visits))
     proba = model.probe.predict_proba(x) if len(pairs) else np.zeros((0, len(CLASSES)))
     pred = visits["pred_score"].to_numpy(np.float64)
     table = pairs[["patient_id", *zone, "visit_from", "visit_to"]].rename(

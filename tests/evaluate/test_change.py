@@ -27,6 +27,7 @@ from learner.evaluate.change import (
     confusion_counts,
     evaluate_change,
     visit_embeddings,
+    visit_times,
 )
 from learner.evaluate.embeddings_io import (
     EmbeddingsWriter,
@@ -360,6 +361,37 @@ def test_hybrid_feature_is_the_head_change_beside_d() -> None:
         change_features(matrix, pairs, "hybrid")
     with pytest.raises(DataError, match="use feature diff"):
         change_features(matrix, pairs, "hybrid", np.array([10.0, np.nan, 11.0]))
+
+
+def test_rate_feature_is_d_per_unit_of_time_between_visits() -> None:
+    matrix = np.array([[1.0, 2.0], [4.0, 6.0], [0.0, 1.0]])
+    pairs = pd.DataFrame({"patient_id": ["a", "a"], "index_from": [0, 1], "index_to": [1, 2]})
+    times = np.array([0.0, 2.0, 7.0])
+    np.testing.assert_allclose(
+        change_features(matrix, pairs, "rate", times=times), [[1.5, 2.0], [-0.8, -1.0]]
+    )
+    with pytest.raises(DataError, match="no visit values"):
+        change_features(matrix, pairs, "rate")
+    with pytest.raises(DataError, match="patient 'a': no positive time between visits 2 and 2"):
+        change_features(matrix, pairs, "rate", times=np.array([0.0, 2.0, 2.0]))
+
+
+def test_visit_times_read_numbers_as_written_and_dates_in_days() -> None:
+    visits = pd.DataFrame({"visit": ["2024-01-01", "2024-03-01", "12.5", "3", "baseline"]})
+    times = visit_times(visits)
+    assert times is not None
+    assert times[1] - times[0] == 60.0  # 31 days of January + 29 of February 2024
+    assert times[2] == 12.5 and times[3] == 3.0 and np.isnan(times[4])
+    assert visit_times(visits.rename(columns={"visit": "when"})) is None
+
+
+def test_rate_equals_diff_where_visits_are_evenly_spaced() -> None:
+    """make_cohort's visits are one day apart: the rate is d itself, so are the predictions."""
+    frame = make_cohort(40, seed=4)
+    diff = evaluate_change(frame, delta=1.0, n_boot=0)
+    rate = evaluate_change(frame, delta=1.0, n_boot=0, feature="rate")
+    assert rate.metrics == diff.metrics
+    pd.testing.assert_series_equal(rate.test_pairs["predicted"], diff.test_pairs["predicted"])
 
 
 def test_hybrid_probe_reads_the_head_where_the_embedding_is_noise() -> None:

@@ -16,6 +16,7 @@ from learner.evaluate.change import (
     change_features,
     evaluate_change,
     visit_embeddings,
+    visit_times,
 )
 from learner.evaluate.reduce import ScanProjection
 from tests.evaluate.test_change import make_cohort
@@ -35,6 +36,20 @@ def spread_signal(frame: pd.DataFrame, dims: int, noise: float, seed: int) -> pd
     return out
 
 
+def respace_visits(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The same visits on ISO dates 7-90 days apart (make_cohort's are one day apart)."""
+    rng = np.random.default_rng(seed)
+    out = frame.copy()
+    for _, rows in out.groupby("patient_id"):
+        orders = sorted(rows["visit_order"].unique())
+        days = np.cumsum([0, *rng.integers(7, 91, size=len(orders) - 1)])
+        dates = {
+            o: str(np.datetime64("2024-01-01") + int(d)) for o, d in zip(orders, days, strict=True)
+        }
+        out.loc[rows.index, "visit"] = rows["visit_order"].map(dates)
+    return out
+
+
 def test_projection_commutes_with_every_pair_feature() -> None:
     rng = np.random.default_rng(0)
     matrix = rng.normal(size=(12, 6)) * rng.uniform(0.5, 3.0, 6) + rng.normal(size=6)
@@ -45,10 +60,11 @@ def test_projection_commutes_with_every_pair_feature() -> None:
     assert np.all(np.diff(projection.explained) <= 0) and projection.explained.sum() <= 1.0
     pairs = pd.DataFrame({"index_from": [0, 3, 9], "index_to": [1, 4, 11]})
     head = rng.normal(size=12)
-    for feature in ("diff", "concat", "hybrid"):
+    times = np.cumsum(rng.uniform(1.0, 30.0, 12))
+    for feature in ("diff", "concat", "hybrid", "rate"):
         a, c = projection.feature_map(feature)
-        raw = change_features(matrix, pairs, feature, head)
-        reduced = change_features(projection.transform(matrix), pairs, feature, head)
+        raw = change_features(matrix, pairs, feature, head, times)
+        reduced = change_features(projection.transform(matrix), pairs, feature, head, times)
         np.testing.assert_allclose(raw @ a + c, reduced, atol=1e-10)
 
 
@@ -82,16 +98,18 @@ def test_pca_probe_beats_the_full_rank_probe_where_the_signal_has_one_axis() -> 
     assert reduced.metrics["change_mae"] == full.metrics["change_mae"]
 
 
-@pytest.mark.parametrize("feature", ["diff", "concat", "hybrid"])
+@pytest.mark.parametrize("feature", ["diff", "concat", "hybrid", "rate"])
 def test_saved_probe_reads_raw_features_and_predicts_as_the_evaluation(feature: str) -> None:
     """The projection folds into the probe: on raw pair features it gives the evaluation's
     own test predictions, so a saved change model needs nothing else."""
     frame = spread_signal(make_cohort(40, seed=2), dims=24, noise=3.0, seed=2)
+    frame = respace_visits(frame, seed=2)
     result = evaluate_change(frame, delta=1.0, n_boot=0, pca=3, feature=feature)
     visits, matrix = visit_embeddings(frame)
     pairs = consecutive_pairs(visits)
     test = pairs[pairs["split"] == "test"].reset_index(drop=True)
-    raw = change_features(matrix, test, feature, visits["pred_score"].to_numpy(np.float64))
+    head = visits["pred_score"].to_numpy(np.float64)
+    raw = change_features(matrix, test, feature, head, visit_times(visits))
     assert result.probe is not None
     assert result.probe.mean.shape == (raw.shape[1],)
     np.testing.assert_array_equal(result.probe.predict(raw), result.test_pairs["predicted"])

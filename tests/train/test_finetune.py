@@ -130,7 +130,7 @@ def test_no_validation_pairs_is_a_clear_error(tmp_path: Path) -> None:
     model, data = _untrained(_config(_write_table(tmp_path)))
     frame = data.frame  # type: ignore[attr-defined]
     frame.loc[frame["split"] == "val", "split"] = "train"
-    with pytest.raises(DataError, match="eval.finetune needs validation patients"):
+    with pytest.raises(DataError, match=r"eval\.finetune needs validation patients"):
         _finetune(model, data, epochs=1)
 
 
@@ -165,7 +165,7 @@ def test_run_adds_keyed_finetuned_rows(tmp_path: Path) -> None:
     )
 
     # A changed fine-tuning setting is a changed input of the -ft cells only, and is named.
-    with pytest.raises(ConfigError, match="eval.finetune_lr"):
+    with pytest.raises(ConfigError, match=r"eval\.finetune_lr"):
         run_ablation(
             _config(manifest, "eval.finetune=3", "eval.finetune_lr=0.01"),
             out,
