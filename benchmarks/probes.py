@@ -72,6 +72,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "pca-val": {"feature": "diff", "classifier": "logreg", "pca": "val"},
     "hybrid-pca8": {"feature": "hybrid", "classifier": "logreg", "pca": 8},
     "hybrid-cv": {"feature": "hybrid", "classifier": "logreg-cv", "pca": 0},
+    "rate-pca8": {"feature": "rate", "classifier": "logreg", "pca": 8},
 }
 PCA_GRID = (2, 4, 8, 16, 32)
 REFERENCE = "logreg"
@@ -114,6 +115,22 @@ def evaluate_cell(frame: Any, cfg: Config, seed: int, variant: dict[str, Any]) -
     return cell
 
 
+def seed_tags(results: dict[str, Any], seeds: list[int]) -> dict[int, list[str]]:
+    """Each seed's cell tags in the run: ``seed<S>``, or ``seed<S>-fold<K>`` for every fold of
+    a patient-grouped k-fold run (its folds together test every patient once)."""
+    listed = [entry["cell"] for entry in results.get("dataset", {}).get("splits", [])]
+    out = {}
+    for seed in seeds:
+        mine = [t for t in listed if t == f"seed{seed}" or t.startswith(f"seed{seed}-fold")]
+        out[seed] = mine or [f"seed{seed}"]
+    return out
+
+
+def seed_mean(unit: list[CellResult], metric: str) -> float:
+    """One seed's value: the mean over its folds (one cell without folds)."""
+    return float(np.mean([cell.metrics[metric] for cell in unit]))
+
+
 def screen_run(
     run: Path,
     seeds: list[int],
@@ -142,20 +159,22 @@ def screen_run(
     )
     objectives = objectives or sorted(p.name for p in (run / "cells").iterdir() if p.is_dir())
     cells: dict[str, dict[str, list[list[CellResult]]]] = {}
+    tags = seed_tags(results, seeds)
     for objective in objectives:
         for seed in seeds:
-            frame, _ = read_embeddings(
-                run / "cells" / objective / f"seed{seed}" / "embeddings.parquet"
-            )
+            frames = [
+                read_embeddings(run / "cells" / objective / tag / "embeddings.parquet")[0]
+                for tag in tags[seed]
+            ]
             for name in variants or list(VARIANTS):
                 variant = VARIANTS[name]
                 if objective == UNTRAINED and variant["feature"] == "hybrid":
                     continue  # its head is random: there is no predicted change to read
                 try:
-                    cell = evaluate_cell(frame, cfg, seed, variant)
+                    unit = [evaluate_cell(frame, cfg, seed, variant) for frame in frames]
                 except DataError:  # hybrid on a frame without the head's predictions
                     continue
-                cells.setdefault(objective, {}).setdefault(name, []).append([cell])
+                cells.setdefault(objective, {}).setdefault(name, []).append(unit)
         log(f"{run.name}: {objective} done")
 
     base = cells[BASE_OBJECTIVE][REFERENCE]
@@ -164,7 +183,7 @@ def screen_run(
     rows: dict[str, Any] = {}
     for objective, by_variant in cells.items():
         for name, units in by_variant.items():
-            per_seed = [u[0].metrics["balanced_accuracy"] for u in units]
+            per_seed = [seed_mean(u, "balanced_accuracy") for u in units]
             mean = float(np.mean(per_seed))
             row: dict[str, Any] = {
                 "balanced_accuracy": {"mean": mean, "per_seed": per_seed},
@@ -194,14 +213,14 @@ def screen_run(
                 row[f"minus_{other}"] = paired_difference(
                     units, theirs, "balanced_accuracy", n_boot=n_boot, seed=0
                 )
-            chosen_k = [u[0].summary.get("chosen_k") for u in units]
+            chosen_k = [c.summary.get("chosen_k") for u in units for c in u]
             if any(k is not None for k in chosen_k):
                 row["chosen_k"] = chosen_k
-            chosen_c = [u[0].summary.get("chosen_c") for u in units]
+            chosen_c = [c.summary.get("chosen_c") for u in units for c in u]
             if any(c is not None for c in chosen_c):
                 row["chosen_c"] = chosen_c
             rows[f"{objective}/{name}"] = row
-    head = [u[0].head_delta["balanced_accuracy"] for u in base]
+    head = [float(np.mean([c.head_delta["balanced_accuracy"] for c in u])) for u in base]
     return {
         "run": str(run.relative_to(REPO)) if run.is_relative_to(REPO) else str(run),
         "dataset": results.get("dataset"),

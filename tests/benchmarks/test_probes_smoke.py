@@ -16,20 +16,26 @@ from learner.evaluate.embeddings_io import write_embeddings
 from tests.evaluate.test_change import make_cohort
 
 
-def fake_run(root: Path, seeds: list[int]) -> Path:
-    """A quality run's layout: cells/<objective>/seed<S>/embeddings.parquet, results.json."""
-    for seed in seeds:
+def fake_run(root: Path, seeds: list[int], folds: int = 0) -> Path:
+    """A quality run's layout: cells/<objective>/<tag>/embeddings.parquet, results.json;
+    tags ``seed<S>``, or ``seed<S>-fold<K>`` with ``folds``."""
+    tags = [
+        (seed, f"seed{seed}" + (f"-fold{k}" if folds else ""))
+        for seed in seeds
+        for k in range(max(folds, 1))
+    ]
+    for i, (seed, tag) in enumerate(tags):
         for objective, kind in (("mse", "exact"), ("untrained", "random")):
-            frame = make_cohort(30, seed=seed, kind=kind)
+            frame = make_cohort(30, seed=seed + 100 * i, kind=kind)
             if objective == "untrained":
                 frame["pred_score"] = np.nan  # a random encoder's head is not read
             write_embeddings(
                 frame,
-                root / "cells" / objective / f"seed{seed}" / "embeddings.parquet",
+                root / "cells" / objective / tag / "embeddings.parquet",
                 {"objective": objective, "seed": seed},
             )
     results = {
-        "dataset": "fake",
+        "dataset": {"splits": [{"cell": tag} for _, tag in tags]},
         "config": {
             "eval": {"delta": 1.0},
             "data": {"higher_is_better": True},
@@ -85,3 +91,31 @@ def test_screen_without_truth_reports_no_fraction(
     assert block["rows"]["mse/logreg"]["balanced_accuracy"]["mean"] > 0.5
     text = probes.markdown(block)
     assert "no oracle" in text and "| mse/logreg |" in text
+
+
+def test_screen_reads_every_fold_of_a_seed(
+    tmp_path: Path, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    """A k-fold run (OASIS-2): a seed's unit is its folds together, as in results.json."""
+    probes = load_benchmark("probes.py")
+    run = fake_run(tmp_path / "run", [0, 1], folds=3)
+    block = probes.screen_run(
+        run, [0, 1], n_boot=10, variants=["logreg", "rate-pca8"], log=lambda _: None
+    )
+    row = block["rows"]["mse/logreg"]
+    assert len(row["balanced_accuracy"]["per_seed"]) == 2
+    cfg = probes.Config.model_validate(json.loads((run / "results.json").read_text())["config"])
+    folds = [
+        probes.evaluate_cell(
+            probes.read_embeddings(run / "cells" / "mse" / f"seed1-fold{k}" / "embeddings.parquet")[
+                0
+            ],
+            cfg,
+            1,
+            probes.VARIANTS["logreg"],
+        ).metrics["balanced_accuracy"]
+        for k in range(3)
+    ]
+    assert len(set(folds)) > 1  # the folds differ, so reading only one would show
+    assert math.isclose(row["balanced_accuracy"]["per_seed"][1], float(np.mean(folds)))
+    assert "mse/rate-pca8" in block["rows"]
