@@ -78,6 +78,7 @@ PCA_GRID = (2, 4, 8, 16, 32)
 REFERENCE = "logreg"
 BASE_OBJECTIVE = "mse"
 UNTRAINED = "untrained"
+FINETUNED = "-ft"  # learner.pipeline.run's label suffix of a fine-tuned encoder
 
 
 def choose_k(frame: Any, cfg: Config, seed: int, classifier: str) -> int:
@@ -206,6 +207,12 @@ def screen_run(
                 row["minus_mse_same_probe"] = paired_difference(
                     units, same, "balanced_accuracy", n_boot=n_boot, seed=0
                 )
+            # A fine-tuned encoder (eval.finetune) against the encoder it started from.
+            started = cells.get(objective.removesuffix(FINETUNED), {}).get(name)
+            if objective.endswith(FINETUNED) and started is not None:
+                row["minus_base"] = paired_difference(
+                    units, started, "balanced_accuracy", n_boot=n_boot, seed=0
+                )
             for other in others:
                 # Against the other objective read by the same probe (its logreg probe for
                 # the hybrid variants, which it may lack).
@@ -252,8 +259,8 @@ def markdown(block: dict[str, Any]) -> str:
         "| objective / probe | balanced acc | of achievable | - head_delta [95% CI] | MDD "
         "| - mse logreg [95% CI] | - mse, same probe [95% CI] | "
         + "".join(f"- {o}, same probe [95% CI] | " for o in block.get("against", []))
-        + "chosen |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(block.get("against", [])) + "---|",
+        + "- its base, same probe [95% CI] | chosen |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(block.get("against", [])) + "---|---|",
     ]
     for name, row in block["rows"].items():
         chosen = ""
@@ -269,7 +276,7 @@ def markdown(block: dict[str, Any]) -> str:
             f"{fmt(row['minus_mse'], signed=True)} | "
             f"{fmt(row.get('minus_mse_same_probe'), signed=True)} | "
             + "".join(f"{fmt(row[f'minus_{o}'], signed=True)} | " for o in block.get("against", []))
-            + f"{chosen} |"
+            + f"{fmt(row.get('minus_base'), signed=True)} | {chosen} |"
         )
     return "\n".join(lines) + "\n"
 

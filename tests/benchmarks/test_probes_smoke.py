@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -85,7 +86,11 @@ def test_screen_without_truth_reports_no_fraction(
     results = json.loads((run / "results.json").read_text())
     results["ceilings"] = {"chance": {"balanced_accuracy": 1 / 3}}
     (run / "results.json").write_text(json.dumps(results))
+    # A fine-tuned cell is compared with the encoder it started from (here: the same one).
+    shutil.copytree(run / "cells" / "mse", run / "cells" / "mse-ft")
     block = probes.screen_run(run, [0], n_boot=10, variants=["logreg"], log=lambda _: None)
+    assert block["rows"]["mse-ft/logreg"]["minus_base"]["mean"] == 0.0
+    assert "minus_base" not in block["rows"]["mse/logreg"]
     assert math.isnan(block["oracle_truth"])
     assert math.isnan(block["rows"]["mse/logreg"]["fraction_of_achievable"])
     assert block["rows"]["mse/logreg"]["balanced_accuracy"]["mean"] > 0.5
