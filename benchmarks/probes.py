@@ -53,12 +53,18 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from benchmarks.quality import RESULTS, fmt, mdd, validation_change  # noqa: E402
 from learner.config import Config  # noqa: E402
 from learner.errors import DataError  # noqa: E402
 from learner.evaluate.ceilings import fraction_of_achievable  # noqa: E402
-from learner.evaluate.change import evaluate_change  # noqa: E402
+from learner.evaluate.change import (  # noqa: E402
+    class_metrics,
+    confusion_counts,
+    evaluate_change,
+    label_codes,
+)
 from learner.evaluate.embeddings_io import read_embeddings  # noqa: E402
 from learner.io import write_json  # noqa: E402
 from learner.pipeline.run import CellResult, paired_difference  # noqa: E402
@@ -127,9 +133,12 @@ def seed_tags(results: dict[str, Any], seeds: list[int]) -> dict[int, list[str]]
     return out
 
 
-def seed_mean(unit: list[CellResult], metric: str) -> float:
-    """One seed's value: the mean over its folds (one cell without folds)."""
-    return float(np.mean([cell.metrics[metric] for cell in unit]))
+def seed_balanced_accuracy(unit: list[CellResult], column: str = "predicted") -> float:
+    """One seed's balanced accuracy on its test pairs pooled over folds (every patient tested
+    once), as ``learner run`` reports a k-fold seed; one cell's own value without folds."""
+    pairs = pd.concat([cell.test_pairs for cell in unit], ignore_index=True)
+    confusion = confusion_counts(label_codes(pairs["label"]), label_codes(pairs[column]))
+    return class_metrics(confusion)[1]
 
 
 def screen_run(
@@ -184,7 +193,7 @@ def screen_run(
     rows: dict[str, Any] = {}
     for objective, by_variant in cells.items():
         for name, units in by_variant.items():
-            per_seed = [seed_mean(u, "balanced_accuracy") for u in units]
+            per_seed = [seed_balanced_accuracy(u) for u in units]
             mean = float(np.mean(per_seed))
             row: dict[str, Any] = {
                 "balanced_accuracy": {"mean": mean, "per_seed": per_seed},
@@ -227,7 +236,7 @@ def screen_run(
             if any(c is not None for c in chosen_c):
                 row["chosen_c"] = chosen_c
             rows[f"{objective}/{name}"] = row
-    head = [float(np.mean([c.head_delta["balanced_accuracy"] for c in u])) for u in base]
+    head = [seed_balanced_accuracy(u, "head_predicted") for u in base]
     return {
         "run": str(run.relative_to(REPO)) if run.is_relative_to(REPO) else str(run),
         "dataset": results.get("dataset"),
