@@ -462,10 +462,21 @@ def metric_block(
                 vals = [c.metrics.get(name, math.nan) for c in cells]
                 per_seed.append(float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan)
                 key_boots = [c.bootstrap.get(name) for c in cells]
-                if len(cells) == 1 and key_boots[0] is not None:
-                    boots.append(np.asarray(key_boots[0]))
+                if all(b is not None for b in key_boots):
+                    boots.append(_fold_mean_resamples(key_boots))
         out[name] = _stat_entry(per_seed, boots)
     return out
+
+
+def _fold_mean_resamples(boots: Sequence[Any]) -> np.ndarray:
+    """Resamples of a seed's fold-averaged metric: resample b averaged over the folds. The
+    folds' patients are disjoint and each fold was resampled on its own, so this is a
+    bootstrap stratified by fold (one fold: its resamples unchanged)."""
+    n = min(np.asarray(b).shape[0] for b in boots)
+    stacked = np.stack([np.asarray(b[:n], dtype=float) for b in boots])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample undefined in every fold
+        return np.asarray(np.nanmean(stacked, axis=0))
 
 
 def _stat_entry(per_seed: list[float], boots: list[np.ndarray]) -> dict[str, Any]:
@@ -947,7 +958,7 @@ def build_results(
             )
         }
     for name in objectives:
-        if name.split("+")[0] in (UNTRAINED, UNTRAINED + FINETUNED):
+        if name.split("+")[0] == UNTRAINED:
             # A random head's score error says nothing; the table shows a dash.
             objectives[name]["score_mae"] = _stat_entry([math.nan] * len(units[name]), [])
 
@@ -980,6 +991,13 @@ def build_results(
                 seed=seed0,
             )
         ceilings["fraction_reference"] = ceiling
+    else:
+        # The contract keeps the key; without a truth.csv there is no oracle to divide by.
+        for block in objectives.values():
+            block["fraction_of_achievable"] = {
+                **_stat_entry([math.nan] * len(cfg.run.seeds), []),
+                "note": "no truth.csv beside the manifest: no oracle, no fraction",
+            }
 
     frame = manifest.frame
     first = next(iter(units.values()))[0][0].summary if units else {}
@@ -1012,7 +1030,8 @@ def build_results(
             UNTRAINED: "random-init encoder, same classifier; no score_mae (its head is random)",
             "suffix " + FINETUNED: "eval.finetune: the encoder fine-tuned end to end on the "
             "training patients' change pairs (validation patients chose the epoch), read by "
-            "the same probe",
+            "the same probe; its score_mae is the unchanged head (random for untrained-ft) "
+            "reading the fine-tuned encoder",
             "ceilings": "chance: 1/3 balanced accuracy, majority-class rate for accuracy; "
             "oracle_truth / oracle_clean_score: the same probe, pairs and band on the true "
             "change of truth.csv's severity / score_clean",
