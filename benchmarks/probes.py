@@ -53,21 +53,15 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from benchmarks.quality import RESULTS, fmt, mdd, validation_change  # noqa: E402
 from learner.config import Config  # noqa: E402
 from learner.errors import DataError  # noqa: E402
 from learner.evaluate.ceilings import fraction_of_achievable  # noqa: E402
-from learner.evaluate.change import (  # noqa: E402
-    class_metrics,
-    confusion_counts,
-    evaluate_change,
-    label_codes,
-)
+from learner.evaluate.change import evaluate_change  # noqa: E402
 from learner.evaluate.embeddings_io import read_embeddings  # noqa: E402
 from learner.io import write_json  # noqa: E402
-from learner.pipeline.run import CellResult, paired_difference  # noqa: E402
+from learner.pipeline.run import CellResult, metric_block, paired_difference  # noqa: E402
 
 # Variant -> evaluate_change settings ("pca": "val" = chosen on validation patients).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -133,14 +127,6 @@ def seed_tags(results: dict[str, Any], seeds: list[int]) -> dict[int, list[str]]
     return out
 
 
-def seed_balanced_accuracy(unit: list[CellResult], column: str = "predicted") -> float:
-    """One seed's balanced accuracy on its test pairs pooled over folds (every patient tested
-    once), as ``learner run`` reports a k-fold seed; one cell's own value without folds."""
-    pairs = pd.concat([cell.test_pairs for cell in unit], ignore_index=True)
-    confusion = confusion_counts(label_codes(pairs["label"]), label_codes(pairs[column]))
-    return class_metrics(confusion)[1]
-
-
 def screen_run(
     run: Path,
     seeds: list[int],
@@ -193,7 +179,10 @@ def screen_run(
     rows: dict[str, Any] = {}
     for objective, by_variant in cells.items():
         for name, units in by_variant.items():
-            per_seed = [seed_balanced_accuracy(u) for u in units]
+            # A k-fold seed pools its folds' test pairs, as `learner run` reports it.
+            per_seed = metric_block(units, head=False, n_boot=0, seed=0)["balanced_accuracy"][
+                "per_seed"
+            ]
             mean = float(np.mean(per_seed))
             row: dict[str, Any] = {
                 "balanced_accuracy": {"mean": mean, "per_seed": per_seed},
@@ -236,7 +225,7 @@ def screen_run(
             if any(c is not None for c in chosen_c):
                 row["chosen_c"] = chosen_c
             rows[f"{objective}/{name}"] = row
-    head = [seed_balanced_accuracy(u, "head_predicted") for u in base]
+    head = metric_block(base, head=True, n_boot=0, seed=0)["balanced_accuracy"]["per_seed"]
     return {
         "run": str(run.relative_to(REPO)) if run.is_relative_to(REPO) else str(run),
         "dataset": results.get("dataset"),

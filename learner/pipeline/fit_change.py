@@ -49,7 +49,7 @@ from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
 from learner.io import write_json
 from learner.pipeline.change_model import MODEL_FILE, save_change_model
-from learner.pipeline.run import AblationResult
+from learner.pipeline.run import AblationResult, pretrained_checkpoint
 from learner.provenance import KEY_FILE, read_key, write_key
 
 CHANGE_MODEL_DIR = "change-model"
@@ -232,12 +232,10 @@ def save_cell_change_model(
             info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
             return info
     frame, _ = read_embeddings(cell_dir / "embeddings.parquet")
-    checkpoints = cell_dir / "run" / "checkpoints"
-    best = checkpoints / "best.ckpt"
     info = save_fitted_change_model(
         folder,
         frame,
-        best if best.exists() else checkpoints / "last.ckpt",
+        pretrained_checkpoint(cell_dir),
         delta=cfg.eval.delta,
         higher_is_better=cfg.data.higher_is_better,
         feature=feature,

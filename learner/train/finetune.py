@@ -101,10 +101,12 @@ class FinetuneResult:
 
 @dataclass
 class _Pairs:
-    """Pairs of one split: the scan rows of each end and the label code of each pair."""
+    """Pairs of one split: the visit at each end (rows of the visit table, whose scans are
+    ``members[visit]``), the label code and the patient of each pair."""
 
-    start: list[np.ndarray]
-    end: list[np.ndarray]
+    start: np.ndarray
+    end: np.ndarray
+    members: list[np.ndarray]
     codes: np.ndarray
     patients: np.ndarray
 
@@ -129,8 +131,9 @@ def _split_pairs(
     chosen = pairs[pairs["split"].astype(str) == split]
     labels = label_changes(chosen["change"].to_numpy(), band, higher_is_better=higher)
     return _Pairs(
-        start=[members[i] for i in chosen["index_from"]],
-        end=[members[i] for i in chosen["index_to"]],
+        start=chosen["index_from"].to_numpy(dtype=np.int64),
+        end=chosen["index_to"].to_numpy(dtype=np.int64),
+        members=members,
         codes=label_codes(labels),
         patients=chosen["patient_id"].astype(str).to_numpy(),
     )
@@ -161,7 +164,7 @@ def _encode_visits(
 def _differences(
     encoder: nn.Module, dataset: Any, pairs: _Pairs, idx: np.ndarray, device: torch.device
 ) -> Tensor:
-    visits = [pairs.start[i] for i in idx] + [pairs.end[i] for i in idx]
+    visits = [pairs.members[v] for v in (*pairs.start[idx], *pairs.end[idx])]
     u = _encode_visits(encoder, dataset, visits, device, SCAN_RANK[dataset.input.kind])
     return u[len(idx) :] - u[: len(idx)]
 
@@ -169,13 +172,20 @@ def _differences(
 @torch.no_grad()
 def _frozen_differences(
     encoder: nn.Module, dataset: Any, pairs: _Pairs, batch: int, device: torch.device
-) -> np.ndarray:
+) -> Tensor:
+    """(P, D) ``d`` of every pair in evaluation mode, each visit encoded once (a middle visit
+    ends two pairs), ``2 * batch`` visits per forward pass."""
     encoder.eval()
+    rank = SCAN_RANK[dataset.input.kind]
+    visits = np.unique(np.concatenate([pairs.start, pairs.end]))
     chunks = [
-        _differences(encoder, dataset, pairs, np.arange(i, min(i + batch, len(pairs))), device)
-        for i in range(0, len(pairs), batch)
+        _encode_visits(
+            encoder, dataset, [pairs.members[v] for v in visits[i : i + 2 * batch]], device, rank
+        )
+        for i in range(0, len(visits), 2 * batch)
     ]
-    return torch.cat(chunks).float().cpu().numpy().astype(np.float64)
+    u = torch.cat(chunks).float()
+    return u[np.searchsorted(visits, pairs.end)] - u[np.searchsorted(visits, pairs.start)]
 
 
 def _train_mode(encoder: nn.Module) -> None:
@@ -256,7 +266,8 @@ def finetune_change(
     encoder = model.encoder
 
     # Linear probe first: the head starts as the frozen encoder's balanced logistic regression.
-    frozen = _frozen_differences(encoder, eval_ds, train, batch_pairs, device)
+    d_train = _frozen_differences(encoder, eval_ds, train, batch_pairs, device)
+    frozen = d_train.cpu().numpy().astype(np.float64)
     labels = np.asarray(LABELS)[train.codes]  # the probe reads class names
     notes: list[str] = []
     start_probe = build_classifier(head_start, seed, groups=train.patients)
@@ -273,8 +284,8 @@ def finetune_change(
         encoder.eval()
         head.eval()
         with torch.no_grad():
-            d = torch.as_tensor(_frozen_differences(encoder, eval_ds, val, batch_pairs, device))
-            pred = head(d.float().to(device)).argmax(1).cpu().numpy()
+            d = _frozen_differences(encoder, eval_ds, val, batch_pairs, device)
+            pred = head(d).argmax(1).cpu().numpy()
         return _balanced_accuracy(val.codes, pred)
 
     history = [{"epoch": 0, "train_loss": math.nan, "val_balanced_accuracy": validate()}]
