@@ -116,6 +116,15 @@ class ObjectiveConfig(_Section):
     alpha: float = Field(3.0, gt=0.0)
     temperature: float | None = Field(None, gt=0.0, description="null = the objective's default.")
     sigma: float = Field(0.1, gt=0.0)
+    score_noise: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="sd of one score's measurement noise in normalised units (score sd / "
+        "score-range width), like tau; > 0 makes the threshold partition noise-aware: a gap "
+        "that noise could explain weighs partly as a positive and partly as a negative "
+        "(contrastive, weighted with partition threshold; beyond the paper). 0 = the paper.",
+    )
     pairs: Literal["inter", "intra", "all"] = Field(
         "inter",
         description="which pairs the pair term compares: inter-patient (the paper), a "
@@ -124,6 +133,13 @@ class ObjectiveConfig(_Section):
 
     @model_validator(mode="after")
     def _pairs_supported(self) -> ObjectiveConfig:
+        if self.score_noise > 0 and (
+            self.name not in ("contrastive", "weighted") or self.partition != "threshold"
+        ):
+            raise ValueError(
+                "objective.score_noise: only contrastive and weighted with partition: threshold "
+                "take a noise-aware partition; set score_noise: 0 or change the objective"
+            )
         if self.pairs != "inter" and self.name == "rnc":
             raise ValueError(
                 "objective.pairs: rnc ranks inter-patient pairs only; use pairs: inter, or "

@@ -41,8 +41,9 @@ _UNTRAINED_SECTIONS = ("data", "model")
 # learner computed: at that default they are left out of the key, so the cells made before
 # them stay valid; set to anything else, they enter it. (Adding a key to this list is only
 # honest when the default reproduces the earlier training bit for bit: `inter` is the mask
-# and the sampler every earlier learner used. tests/losses/test_pair_sets.py checks the key.)
-_SILENT_DEFAULTS: dict[str, Any] = {"objective.pairs": "inter"}
+# and the sampler every earlier learner used; `score_noise: 0` is the hard threshold partition,
+# the same floats. tests/losses/test_pair_sets.py and test_score_noise.py check the key.)
+_SILENT_DEFAULTS: dict[str, Any] = {"objective.pairs": "inter", "objective.score_noise": 0.0}
 
 # eval keys that configure fine-tuning: part of a fine-tuned cell's key, not of evaluations.
 FINETUNE_KEYS = ("eval.finetune", "eval.finetune_lr")

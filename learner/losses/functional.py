@@ -148,6 +148,38 @@ def _count(mask: Tensor) -> Tensor:
     return mask.sum() // 2
 
 
+def _partition_weights(
+    chosen: _Pairs, tau: float, score_noise: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Membership of each pair in the positive and the negative term, as float weights.
+
+    Without noise (``score_noise == 0``, the paper) a pair is a positive when its gap is at most
+    ``tau`` and a negative otherwise: weights 1 / 0. With noise (beyond the paper), each score
+    is read as its true value plus Gaussian noise of sd ``score_noise`` (normalised units), so
+    an observed gap ``Delta`` is the true gap plus noise of sd ``s = score_noise * sqrt(2)``.
+    Under a flat prior on the true gap, the pair is a positive with probability
+    ``p = Phi((tau - Delta) / s) - Phi((-tau - Delta) / s)`` (its true gap within ``tau``) and a
+    negative with ``1 - p``: a gap near the threshold, which noise could have pushed either
+    way, weighs partly in each term instead of fully in one, and ``s -> 0`` gives back the
+    hard partition.
+
+    Returns:
+        ``(positive weight, negative weight, observed positives, observed negatives)``; the
+        last two are the hard partition's masks, whose sizes the logs report.
+    """
+    pos = chosen.valid & (chosen.delta <= tau)
+    neg = chosen.valid & (chosen.delta > tau)
+    if score_noise == 0:
+        return pos.to(chosen.delta.dtype), neg.to(chosen.delta.dtype), pos, neg
+    spread = score_noise * math.sqrt(2.0)
+    p = torch.special.ndtr((tau - chosen.delta) / spread) - torch.special.ndtr(
+        (-tau - chosen.delta) / spread
+    )
+    p_pos = torch.where(chosen.valid, p, 0.0)
+    p_neg = torch.where(chosen.valid, 1.0 - p, 0.0)
+    return p_pos, p_neg, pos, neg
+
+
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with 0 where ``den == 0`` (callers guarantee ``num == 0`` there).
 
@@ -230,11 +262,14 @@ def contrastive_loss(
     tau: float = 0.1,
     margin: float = 0.5,
     pairs: PairSet = "inter",
+    score_noise: float = 0.0,
 ) -> PairLoss:
     """Score-thresholded contrastive loss on the cosine distance.
 
     Positives ``Delta <= tau``, negatives ``Delta > tau``;
-    ``L = mean_pos D^2 + mean_neg relu(margin - D)^2``.
+    ``L = mean_pos D^2 + mean_neg relu(margin - D)^2``. With ``score_noise > 0`` the partition
+    is the noise-aware one of :func:`_partition_weights` (each mean then weighted by the
+    probability of membership).
 
     Args:
         embeddings: (B, D) float.
@@ -243,18 +278,19 @@ def contrastive_loss(
         tau: score-gap threshold in [0, 1].
         margin: cosine-distance margin of the negatives, in (0, 2].
         pairs: which pairs count: ``inter`` (the paper), ``intra`` or ``all``.
+        score_noise: sd of one score's noise in normalised units (0 = the paper's hard
+            threshold); beyond the paper.
 
     Returns:
-        PairLoss with the positive / negative pair counts.
+        PairLoss with the positive / negative pair counts (of the observed partition).
     """
     _check_inputs(embeddings, scores, patient_ids)
     with _full_precision(embeddings) as x:
         chosen = _pairs(scores, patient_ids, x.dtype, pairs)
         dist = _cosine_distance(x)
-        pos = chosen.valid & (chosen.delta <= tau)
-        neg = chosen.valid & (chosen.delta > tau)
-        loss = _weighted_mean(dist.square(), pos.to(x.dtype)) + _weighted_mean(
-            F.relu(margin - dist).square(), neg.to(x.dtype)
+        p_pos, p_neg, pos, neg = _partition_weights(chosen, tau, score_noise)
+        loss = _weighted_mean(dist.square(), p_pos) + _weighted_mean(
+            F.relu(margin - dist).square(), p_neg
         )
     return PairLoss(loss, _count(pos), _count(neg))
 
@@ -270,6 +306,7 @@ def weighted_contrastive_loss(
     alpha: float = 3.0,
     partition: Partition = "threshold",
     pairs: PairSet = "inter",
+    score_noise: float = 0.0,
 ) -> PairLoss:
     """LEARNER's weighted contrastive loss (our reconstruction, DESIGN section 1).
 
@@ -295,6 +332,11 @@ def weighted_contrastive_loss(
         alpha: curvature of the ``exp`` / ``log`` weightings (> 0).
         partition: ``threshold`` or ``soft``.
         pairs: which pairs count: ``inter`` (the paper), ``intra`` or ``all``.
+        score_noise: ``threshold`` only, beyond the paper: sd of one score's noise in
+            normalised units; a pair weighs ``(1 - w) p`` in the positive term and ``w (1 - p)``
+            in the negative one, ``p`` the probability that its true gap is within ``tau``
+            (:func:`_partition_weights`), so a gap that noise could explain is trusted less.
+            0 = the paper.
 
     Returns:
         PairLoss; for ``soft`` both counts are the number of valid pairs.
@@ -302,6 +344,8 @@ def weighted_contrastive_loss(
     _check_inputs(embeddings, scores, patient_ids)
     if partition not in ("threshold", "soft"):
         raise ValueError(f"partition must be one of 'threshold', 'soft', got {partition!r}")
+    if score_noise != 0 and partition != "threshold":
+        raise ValueError("score_noise needs partition 'threshold' (the soft partition has no tau)")
     with _full_precision(embeddings) as x:
         chosen = _pairs(scores, patient_ids, x.dtype, pairs)
         dist = _cosine_distance(x)
@@ -309,11 +353,8 @@ def weighted_contrastive_loss(
         attract = dist.square()
         repel = F.relu(margin - dist).square()
         if partition == "threshold":
-            pos = chosen.valid & (chosen.delta <= tau)
-            neg = chosen.valid & (chosen.delta > tau)
-            loss = _weighted_mean(attract, torch.where(pos, 1.0 - w, 0.0)) + _weighted_mean(
-                repel, torch.where(neg, w, 0.0)
-            )
+            p_pos, p_neg, pos, neg = _partition_weights(chosen, tau, score_noise)
+            loss = _weighted_mean(attract, (1.0 - w) * p_pos) + _weighted_mean(repel, w * p_neg)
             return PairLoss(loss, _count(pos), _count(neg))
         per_pair = torch.where(chosen.valid, (1.0 - w) * attract + w * repel, 0.0)
         loss = _safe_div(per_pair.sum(), chosen.valid.sum())

@@ -121,17 +121,31 @@ class ContrastiveLoss(PairObjective):
         tau: score-gap threshold between positives and negatives, in [0, 1].
         margin: cosine-distance margin of the negatives, in (0, 2].
         pairs: ``inter`` (the paper), ``intra`` or ``all``.
+        score_noise: sd of one score's noise in normalised units, in [0, 1]; > 0 makes the
+            partition noise-aware (beyond the paper; 0 = the paper's hard threshold).
     """
 
-    def __init__(self, tau: float = 0.1, margin: float = 0.5, pairs: fn.PairSet = "inter") -> None:
+    def __init__(
+        self,
+        tau: float = 0.1,
+        margin: float = 0.5,
+        pairs: fn.PairSet = "inter",
+        score_noise: float = 0.0,
+    ) -> None:
         super().__init__()
         self.tau = _check_interval("tau", tau, 0.0, 1.0)
         self.margin = _check_interval("margin", margin, 0.0, 2.0, low_open=True)
         self.pairs = _check_pairs(pairs)
+        self.score_noise = _check_interval("score_noise", score_noise, 0.0, 1.0)
 
     @property
     def hparams(self) -> dict[str, Any]:
-        return {"tau": self.tau, "margin": self.margin, "pairs": self.pairs}
+        return {
+            "tau": self.tau,
+            "margin": self.margin,
+            "pairs": self.pairs,
+            "score_noise": self.score_noise,
+        }
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.contrastive_loss(embeddings, scores, patient_ids, **self.hparams)
@@ -147,6 +161,8 @@ class WeightedContrastiveLoss(PairObjective):
         alpha: curvature of ``exp`` / ``log`` weighting, > 0.
         partition: ``threshold`` or ``soft``.
         pairs: ``inter`` (the paper), ``intra`` or ``all``.
+        score_noise: sd of one score's noise in normalised units, in [0, 1]; > 0 makes the
+            threshold partition noise-aware (beyond the paper; 0 = the paper).
     """
 
     def __init__(
@@ -157,6 +173,7 @@ class WeightedContrastiveLoss(PairObjective):
         alpha: float = 3.0,
         partition: fn.Partition = "threshold",
         pairs: fn.PairSet = "inter",
+        score_noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.tau = _check_interval("tau", tau, 0.0, 1.0)
@@ -167,6 +184,12 @@ class WeightedContrastiveLoss(PairObjective):
         self.alpha = _check_positive("alpha", alpha)
         self.partition: fn.Partition = partition
         self.pairs = _check_pairs(pairs)
+        self.score_noise = _check_interval("score_noise", score_noise, 0.0, 1.0)
+        if self.score_noise > 0 and partition != "threshold":
+            raise ValueError(
+                "score_noise needs partition threshold (the soft partition has no tau); "
+                "set score_noise: 0 or partition: threshold"
+            )
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -177,6 +200,7 @@ class WeightedContrastiveLoss(PairObjective):
             "alpha": self.alpha,
             "partition": self.partition,
             "pairs": self.pairs,
+            "score_noise": self.score_noise,
         }
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:

@@ -124,6 +124,7 @@ def test_interval_ends_are_accepted() -> None:
         "tau": 0.0,
         "margin": 2.0,
         "pairs": "inter",
+        "score_noise": 0.0,
     }
     assert ContrastiveLoss(tau=1, margin=1e-6).tau == 1.0
 
@@ -160,5 +161,6 @@ def test_hparam_names_follow_the_constructor_signature() -> None:
         "alpha",
         "partition",
         "pairs",
+        "score_noise",
     ]
     assert objective_hparam_names("yaware") == ["temperature", "sigma", "pairs"]
