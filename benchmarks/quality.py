@@ -545,8 +545,10 @@ def _cells_of(cfg: Config, out: Path) -> list[tuple[int, str]]:
 def _labels(cfg: Config) -> list[str]:
     from learner.pipeline.run import UNTRAINED, objective_variants
 
-    return [label for label, _ in objective_variants(cfg)] + (
-        [UNTRAINED] if cfg.run.baselines else []
+    return (
+        [label for label, _ in objective_variants(cfg)]
+        + ([UNTRAINED] if cfg.run.baselines else [])
+        + [entry.label for entry in cfg.run.transfer]
     )
 
 

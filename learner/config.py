@@ -196,11 +196,26 @@ class RunVariant(_Section):
     objective: dict[str, Any] = {}
 
 
+class TransferEncoder(_Section):
+    """One entry of ``run.transfer``: an encoder pretrained elsewhere, under a label."""
+
+    label: str
+    checkpoint: Path = Field(
+        description="A learner checkpoint (pretrain's best.ckpt or last.ckpt) whose encoder "
+        "reads the same input as data.input."
+    )
+
+
 class RunConfig(_Section):
     objectives: list[str | RunVariant] = ["mse", "contrastive", "weighted"]
     seeds: list[int] = [0]
     features: list[Literal["diff", "concat", "hybrid", "rate"]] = ["diff"]
     baselines: bool = Field(True, description="Also evaluate head_delta and untrained.")
+    transfer: list[TransferEncoder] = Field(
+        [],
+        description="Encoders pretrained on another data set, embedded frozen and read by "
+        "the same probe as every objective (cross-data-set transfer): one row per label.",
+    )
 
 
 class Config(_Section):

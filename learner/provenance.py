@@ -162,6 +162,20 @@ def evaluation_key(cfg: Config, pretrain_digest: str, feature: str) -> dict[str,
     return parts
 
 
+def transfer_key(
+    cfg: Config, checkpoint: Path, manifest_digest: str, split_hash: str
+) -> dict[str, Any]:
+    """The key of a transferred encoder's cell (``run.transfer``): the checkpoint's bytes,
+    how this data set's scans are read, the manifest and the split. Nothing trains, so no
+    seed: the split (which the embeddings file records) is what a seed changes."""
+    parts = _config_parts(cfg, ("data",))
+    parts["transfer.checkpoint"] = digest_file(checkpoint)
+    parts["manifest.content"] = manifest_digest
+    parts["split.hash"] = split_hash
+    parts["learner.version"] = learner.__version__
+    return parts
+
+
 def finetune_key(cfg: Config, base_digest: str) -> dict[str, Any]:
     """The key of a fine-tuned encoder (``eval.finetune``): the encoder it started from
     (its pretraining digest, which holds the data and split), every setting the fine-tuning

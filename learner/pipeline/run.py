@@ -21,10 +21,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 
-from learner.config import Config, RunVariant
+from learner.config import Config, RunVariant, TransferEncoder
 from learner.data.manifest import Manifest
 from learner.data.splits import kfold_patients, pool_patients
-from learner.errors import ConfigError
+from learner.errors import ConfigError, DataError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
 from learner.evaluate.ceilings import (
     CHANCE_BALANCED,
@@ -47,7 +47,7 @@ from learner.evaluate.change import (
     has_change_pairs,
     label_codes,
 )
-from learner.evaluate.embed import embed_frame, load_checkpoint
+from learner.evaluate.embed import checkpoint_meta, embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.interpatient import evaluate_interpatient, pool_interpatient
 from learner.evaluate.verdict import (
@@ -72,6 +72,7 @@ from learner.provenance import (
     normalised,
     pretrain_key,
     read_key,
+    transfer_key,
     write_key,
 )
 from learner.train.finetune import finetune_change, save_finetuned
@@ -195,6 +196,13 @@ class Cell:
     untrained: bool = False
     # eval.finetune: the cell whose encoder this one fine-tunes (it runs first).
     base: Cell | None = None
+    # run.transfer: the checkpoint of an encoder pretrained elsewhere (nothing trains here).
+    checkpoint: Path | None = None
+
+    @property
+    def trained_here(self) -> bool:
+        """Whether this cell pretrains an encoder on this data set (it has a run folder)."""
+        return not self.untrained and self.base is None and self.checkpoint is None
 
     @property
     def name(self) -> str:
@@ -299,6 +307,8 @@ def embed_cell(cell: Cell, *, progress: bool) -> Path:
         return finetune_and_embed(cell, cell.base)
     if cell.untrained:
         return embed_untrained(cell)
+    if cell.checkpoint is not None:
+        return embed_transferred(cell)
     return pretrain_and_embed(
         cell.cfg,
         cell.data,
@@ -362,6 +372,57 @@ def embed_untrained(cell: Cell) -> Path:
     return emb
 
 
+def embed_transferred(cell: Cell) -> Path:
+    """A ``run.transfer`` cell's embeddings: the checkpoint's encoder, frozen, reading this
+    data set's scans."""
+    emb = cell.folder / "embeddings.parquet"
+    if not emb.exists():
+        assert cell.checkpoint is not None
+        model, _ = load_checkpoint(cell.checkpoint)
+        embed_frame(
+            model,
+            cell.data,
+            cell.data.frame,
+            emb,
+            metadata={
+                "objective": cell.label,
+                "seed": cell.cfg.train.seed,
+                "delta": cell.cfg.eval.delta,
+                "transferred_from": str(cell.checkpoint),
+            },
+            batch_size=cell.cfg.train.batch_size,
+        )
+    return emb
+
+
+def check_transfer(cfg: Config, entry: TransferEncoder) -> None:
+    """Refuse a ``run.transfer`` checkpoint that is missing or reads another input.
+
+    Raises:
+        ConfigError: one line naming the entry, what differs and the fix.
+    """
+    where = f"run.transfer {entry.label!r}"
+    try:
+        meta = checkpoint_meta(entry.checkpoint)
+    except DataError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    theirs = Config.model_validate(meta["config"]).data.input
+    ours = cfg.data.input
+    fields = ["kind"]
+    if ours.kind != "tabular":
+        fields += ["size", "channels"] + (["frames"] if ours.kind in ("video", "slices") else [])
+    differ = [
+        f"{f} {getattr(theirs, f)} (yours {getattr(ours, f)})"
+        for f in fields
+        if getattr(theirs, f) != getattr(ours, f)
+    ]
+    if differ:
+        raise ConfigError(
+            f"{where}: {entry.checkpoint} reads data.input {', '.join(differ)}; set this run's "
+            "data.input to match, or pretrain the source with this run's input"
+        )
+
+
 def finetune_and_embed(cell: Cell, base: Cell) -> Path:
     """``eval.finetune``: fine-tune ``base``'s encoder on the training patients' change pairs
     (:mod:`learner.train.finetune`), save it as ``finetuned.ckpt`` beside ``finetune.json``
@@ -371,6 +432,8 @@ def finetune_and_embed(cell: Cell, base: Cell) -> Path:
         return emb
     if base.untrained:
         model = untrained_model(base)
+    elif base.checkpoint is not None:
+        model, _ = load_checkpoint(base.checkpoint)
     else:
         model, _ = load_checkpoint(pretrained_checkpoint(base.folder))
     cfg = cell.cfg
@@ -586,6 +649,15 @@ def plan_cells(
     """Every cell of the grid with its key and its folder ``out/cells/<label>/<tag>``:
     seeds -> folds -> cells, and the splits used."""
     manifest_digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
+    labels = {label for label, _ in variants} | {UNTRAINED}
+    for entry in cfg.run.transfer:
+        if entry.label in labels or entry.label.endswith(FINETUNED) or "+" in entry.label:
+            raise ConfigError(
+                f"run.transfer {entry.label!r}: the label is taken, ends in {FINETUNED!r} or "
+                "holds '+'; give the transferred encoder a distinct label"
+            )
+        labels.add(entry.label)
+        check_transfer(cfg, entry)
     pool = set(pool_patients(manifest.frame))  # pretraining only: never in a fold's test
     patients = sorted(set(manifest.frame["patient_id"].unique()) - pool)
     grid: list[list[list[Cell]]] = []
@@ -614,6 +686,20 @@ def plan_cells(
                 key = pretrain_key(base, manifest_digest, data.split_hash, untrained=True)
                 folder = out / "cells" / UNTRAINED / tag
                 cells.append(Cell(UNTRAINED, tag, base, data, folder, normalised(key), True))
+            for entry in cfg.run.transfer:
+                key = transfer_key(base, entry.checkpoint, manifest_digest, data.split_hash)
+                folder = out / "cells" / entry.label / tag
+                cells.append(
+                    Cell(
+                        entry.label,
+                        tag,
+                        base,
+                        data,
+                        folder,
+                        normalised(key),
+                        checkpoint=Path(entry.checkpoint),
+                    )
+                )
             if cfg.eval.finetune:
                 cells += [finetuned_cell(cell, out) for cell in cells]
             seed_cells.append(cells)
@@ -684,7 +770,7 @@ def run_ablation(
                 state = "cached" if _cell_done(cell, features) else "running"
                 log(f"[{cell.tag}] {cell.label}: {state}")
                 res = run_cell(cell, features=features, progress=progress, log=log)
-                if not cell.untrained and cell.base is None:
+                if cell.trained_here:
                     run_dirs.setdefault(cell.label, []).append(cell.folder / "run")
                     counts = pair_batch_counts(cell.folder / "run")
                     if counts is not None:
