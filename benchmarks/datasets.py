@@ -363,6 +363,36 @@ def build_oasis2_slices(out: Path, root: Path | None = None) -> Path:
     return _write(layouts[OASIS2_DEFAULT_LAYOUT], out)
 
 
+def build_synth_mri_views(out: Path, source: Path | None = None) -> Path:
+    """A synthetic MRI cohort (``source``, a manifest; default synth-mri-pool300) in
+    OASIS-2's layout, for transfer (issue 15 item 5): each volume's middle axial, coronal and
+    sagittal slice as a 2-D NIfTI, one manifest row per view (``zone`` = axl / cor / sag, as
+    oasis2-slices), same patients, scores and pool. The slices' orientations were matched to
+    OASIS-2's by eye (ventricles, midline)."""
+    import nibabel as nib
+
+    manifest = out / "manifest.csv"
+    if manifest.is_file():
+        return manifest
+    src = source if source is not None else build("synth-mri-pool300", out.parent)
+    table = pd.read_csv(src, dtype={"patient_id": str})
+    rows = []
+    for row in table.itertuples(index=False):
+        volume = np.asarray(nib.load(src.parent / str(row.path)).get_fdata(), dtype=np.float32)
+        folder = out / "scans" / str(row.patient_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = Path(str(row.path)).name.removesuffix(".nii.gz")
+        for axis, view in enumerate(OASIS2_VIEWS):
+            path = folder / f"{stem}_{view}.nii.gz"
+            if not path.is_file():
+                still = np.take(volume, volume.shape[axis] // 2, axis=axis)
+                tmp = folder / f"{stem}_{view}.tmp.nii.gz"  # nibabel reads the type off .nii.gz
+                nib.save(nib.Nifti1Image(still, np.eye(4)), tmp)
+                tmp.replace(path)
+            rows.append({**row._asdict(), "path": str(path.resolve()), "zone": view})
+    return _write(pd.DataFrame(rows), out)
+
+
 def _write_png(path: Path, stack: np.ndarray) -> None:
     """``(3, H, W)`` uint8 -> an RGB PNG (views as channels), written by PyAV's encoder."""
     import av
@@ -427,6 +457,7 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
         out, modality="mri", preset="bench", null=True, pool=300
     ),
     "oasis2-slices": build_oasis2_slices,
+    "synth-mri-pool300-views": build_synth_mri_views,
 }
 
 

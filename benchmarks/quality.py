@@ -87,6 +87,8 @@ CHANGE_CONFIGS = {
     "synth-mri-slices": "synth_mri_slices.yaml",
     "synth-mri-slices-pool300": "synth_mri_slices.yaml",
     "synth-mri-null-slices-pool300": "synth_mri_slices.yaml",
+    "synth-mri-pool300": "synth_mri.yaml",
+    "synth-mri-null-pool300": "synth_mri.yaml",
     "synth-mri-bench": "synth_mri_bench.yaml",
     "synth-mri-bench-slices": "synth_mri_bench_slices.yaml",
     "oasis2-slices": "oasis2_slices.yaml",

@@ -146,3 +146,28 @@ def test_config_runs_as_is_on_the_built_manifest(
     assert diff["min_detectable_difference"] == pytest.approx(
         (diff["ci95"][1] - diff["ci95"][0]) / 2
     )
+
+
+def test_synthetic_mri_views_have_oasis2s_layout(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path
+) -> None:
+    """The transfer source (issue 15): each synthetic volume becomes three 2-D views with
+    OASIS-2's zone names, the same scores and the pool kept pretraining-only."""
+    from learner.data.synthetic import write_cohort
+
+    datasets = load_benchmark("datasets.py")
+    cohort = write_cohort("mri", tmp_path / "cohort", patients=3, pool=2, seed=0, preset="tiny")
+    views = datasets.build_synth_mri_views(tmp_path / "views", cohort.manifest)
+    source = pd.read_csv(cohort.manifest, dtype={"patient_id": str})
+    table = pd.read_csv(views, dtype={"patient_id": str})
+    assert len(table) == len(load_manifest(views).frame) == 3 * len(source)
+    views_of_a_scan = table.groupby(["patient_id", "visit"])["zone"].apply(lambda z: sorted(z))
+    assert all(v == ["axl", "cor", "sag"] for v in views_of_a_scan)
+    merged = table.merge(source, on=["patient_id", "visit"], suffixes=("", "_volume"))
+    assert np.allclose(merged["score"], merged["score_volume"])
+    assert set(table.loc[table["split"] == "pretrain", "patient_id"]) == set(
+        source.loc[source["split"] == "pretrain", "patient_id"]
+    )
+    volume = read_scan(cohort.manifest.parent / source["path"].iloc[0]).array
+    still = read_scan(table["path"].iloc[0]).array
+    assert still.ndim == 2 and still.shape == volume.shape[1:]
