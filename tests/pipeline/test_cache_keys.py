@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tabular_cohort import write_score_table
 
 import learner
 from learner.config import Config, build_config
@@ -19,19 +20,7 @@ from learner.provenance import changed_keys, manifest_fingerprint
 
 def _write_table(folder: Path, seed: int = 0) -> Path:
     """A tabular cohort: 18 patients x 3 visits, 4 features that follow the score."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(18):
-        level = rng.uniform(10, 40)
-        for v in range(3):
-            score = level + rng.normal(0, 4)
-            feats = score / 10 + rng.normal(0, 0.3, size=4)
-            rows.append({"patient_id": f"P{p:02d}", "visit": v, "score": round(score, 1)})
-            rows[-1].update({f"f{i}": float(x) for i, x in enumerate(feats)})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return write_score_table(folder, patients=18, visits=3, seed=seed)
 
 
 def _config(manifest: Path, *extra: str) -> Config:

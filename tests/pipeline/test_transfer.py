@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from tabular_cohort import write_score_table
 
 from learner.config import Config, build_config
 from learner.errors import ConfigError
@@ -24,19 +24,9 @@ FEATURES = [f"f{i}" for i in range(6)]
 
 def _write_table(folder: Path, seed: int, patients: int) -> Path:
     """Patients x 3 visits; the features follow the score (both cohorts share the mapping)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(patients):
-        level = rng.uniform(10, 40)
-        for v in range(3):
-            score = level + rng.normal(0, 6)
-            row = {"patient_id": f"S{seed}P{p:02d}", "visit": v, "score": round(score, 1)}
-            row.update({f: float(score / 10 + rng.normal(0, 0.3)) for f in FEATURES})
-            rows.append(row)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return write_score_table(
+        folder, patients=patients, visits=3, seed=seed, features=6, score_sd=6.0, prefix=f"S{seed}P"
+    )
 
 
 def _config(manifest: Path, *extra: str) -> Config:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from tabular_cohort import write_score_table
 
 from learner.config import Config, build_config
 from learner.errors import ConfigError, DataError
@@ -24,19 +24,7 @@ from learner.train.pretrain import model_config, prepare_data
 
 def _write_table(folder: Path) -> Path:
     """24 patients x 4 visits; 4 features follow the score, 4 are patient-level nuisance."""
-    rng = np.random.default_rng(3)
-    rows = []
-    for p in range(24):
-        level, nuisance = rng.uniform(10, 40), rng.normal(0, 3, size=4)
-        for v in range(4):
-            score = level + rng.normal(0, 6)
-            feats = [*(score / 10 + rng.normal(0, 0.3, size=4)), *(nuisance + rng.normal(0, 0.1))]
-            rows.append({"patient_id": f"P{p:02d}", "visit": v, "score": round(score, 1)})
-            rows[-1].update({f"f{i}": float(x) for i, x in enumerate(feats)})
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "manifest.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return write_score_table(folder, patients=24, visits=4, seed=3, score_sd=6.0, nuisance=4)
 
 
 FEATURES = [f"f{i}" for i in range(8)]
