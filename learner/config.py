@@ -151,6 +151,12 @@ class ObjectiveConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=2)
+    drop_last: bool = Field(
+        False,
+        description="Drop each epoch's last, incomplete training batch: needed where it can "
+        "hold a single scan that the encoder reduces to one value per channel (a 3-D ResNet "
+        "on 32^3 volumes), which batch norm cannot train on.",
+    )
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     scheduler: Literal["cosine", "none"] = "cosine"

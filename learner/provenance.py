@@ -42,8 +42,14 @@ _UNTRAINED_SECTIONS = ("data", "model")
 # them stay valid; set to anything else, they enter it. (Adding a key to this list is only
 # honest when the default reproduces the earlier training bit for bit: `inter` is the mask
 # and the sampler every earlier learner used; `score_noise: 0` is the hard threshold partition,
-# the same floats. tests/losses/test_pair_sets.py and test_score_noise.py check the key.)
-_SILENT_DEFAULTS: dict[str, Any] = {"objective.pairs": "inter", "objective.score_noise": 0.0}
+# the same floats; `drop_last: false` keeps the last batch, as every earlier learner did.
+# tests/losses/test_pair_sets.py, test_score_noise.py and tests/train/test_drop_last.py
+# check the key.)
+_SILENT_DEFAULTS: dict[str, Any] = {
+    "objective.pairs": "inter",
+    "objective.score_noise": 0.0,
+    "train.drop_last": False,
+}
 
 # eval keys that configure fine-tuning: part of a fine-tuned cell's key, not of evaluations.
 FINETUNE_KEYS = ("eval.finetune", "eval.finetune_lr")

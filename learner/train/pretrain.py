@@ -374,6 +374,7 @@ def pretrain(
         train_frame["score"].to_numpy(dtype=float),
         cfg.train.batch_size,
         seed=seed,
+        drop_last=cfg.train.drop_last,
         group=2 if same_patient else 1,
         visit_codes=pd.factorize(train_frame[visit_column].astype(str))[0],
     )
@@ -443,6 +444,14 @@ def pretrain(
     ckpt_path = str(last) if resume and last.exists() else None
     try:
         trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
+    except ValueError as exc:
+        if "Expected more than 1 value per channel when training" not in str(exc):
+            raise
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size}: an epoch's last training batch holds one "
+            f"scan, and {cfg.model.encoder} reduces it to one value per channel, where batch "
+            "norm cannot train; set train.drop_last: true or choose another batch size"
+        ) from None
     except SystemExit:
         # Lightning turns Ctrl-C into sys.exit(1) after its graceful shutdown; hand the
         # interrupt back so the CLI reports it (exit 130). last.ckpt is the last finished epoch.
