@@ -123,9 +123,12 @@ class PatientBatchSampler(Sampler[list[int]]):
         with ``batch_size * world`` would cut (same stream, same strata), so a DDP run and a
         single-process run of the global batch size train on the same batches. Global
         batches too small to give every rank a scan are dropped so that all ranks run the
-        same number of steps."""
+        same number of steps; ``drop_last`` drops a short last global batch."""
         world, rank = _replicas()
-        batches = self.batches(self.epoch, self.batch_size * world)
+        size = self.batch_size * world
+        batches = self.batches(self.epoch, size)
+        if self.drop_last and batches and len(batches[-1]) < size:
+            batches = batches[:-1]
         return [b[rank::world] for b in batches if len(b) >= world]
 
     def batches(self, epoch: int, batch_size: int | None = None) -> list[list[int]]:
