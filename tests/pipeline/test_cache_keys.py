@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tabular_cohort import write_score_table
+from tabular_cohort import tabular_config, write_score_table
 
 import learner
-from learner.config import Config, build_config
+from learner.config import Config
 from learner.errors import ConfigError
 from learner.pipeline.run import run_ablation
 from learner.provenance import changed_keys, manifest_fingerprint
@@ -24,19 +24,7 @@ def _write_table(folder: Path, seed: int = 0) -> Path:
 
 
 def _config(manifest: Path, *extra: str) -> Config:
-    tree = {
-        "data": {
-            "manifest": str(manifest),
-            "feature_columns": ["f0", "f1", "f2", "f3"],
-            "input": {"kind": "tabular"},
-            "split": {"ratios": [0.5, 0.2, 0.3]},
-        },
-        "model": {"encoder": "mlp", "mlp_hidden": [16], "mlp_embed_dim": 8},
-        "train": {"epochs": 2, "batch_size": 16, "seed": 0},
-        "eval": {"delta": 2.0, "n_boot": 20},
-        "run": {"objectives": ["mse", "weighted"], "seeds": [0]},
-    }
-    return build_config(tree, list(extra))
+    return tabular_config(manifest, *extra, ratios=(0.5, 0.2, 0.3), objectives=("mse", "weighted"))
 
 
 def _stamps(out: Path) -> dict[str, int]:

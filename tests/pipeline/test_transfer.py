@@ -9,17 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tabular_cohort import write_score_table
+from tabular_cohort import tabular_config, write_score_table
 
-from learner.config import Config, build_config
+from learner.config import Config
 from learner.errors import ConfigError
 from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.pipeline.run import run_ablation
 from learner.train.module import LearnerModule
 from learner.train.pretrain import config_manifest, prepare_data, pretrain
-
-FEATURES = [f"f{i}" for i in range(6)]
 
 
 def _write_table(folder: Path, seed: int, patients: int) -> Path:
@@ -30,19 +28,7 @@ def _write_table(folder: Path, seed: int, patients: int) -> Path:
 
 
 def _config(manifest: Path, *extra: str) -> Config:
-    tree = {
-        "data": {
-            "manifest": str(manifest),
-            "feature_columns": FEATURES,
-            "input": {"kind": "tabular"},
-            "split": {"ratios": [0.5, 0.25, 0.25]},
-        },
-        "model": {"encoder": "mlp", "mlp_hidden": [16], "mlp_embed_dim": 8},
-        "train": {"epochs": 2, "batch_size": 16, "seed": 0},
-        "eval": {"delta": 2.0, "n_boot": 20},
-        "run": {"objectives": ["mse"], "seeds": [0]},
-    }
-    return build_config(tree, list(extra))
+    return tabular_config(manifest, *extra, features=6)
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tabular_cohort import write_score_table
+from tabular_cohort import tabular_config, write_score_table
 
-from learner.config import Config, build_config
+from learner.config import Config
 from learner.data.samplers import PatientBatchSampler
 from learner.errors import ConfigError
 from learner.provenance import pretrain_key
@@ -18,17 +18,7 @@ from learner.train.module import LearnerModule
 
 
 def _config(manifest: Path, *extra: str) -> Config:
-    tree = {
-        "data": {
-            "manifest": str(manifest),
-            "feature_columns": ["f0", "f1", "f2", "f3"],
-            "input": {"kind": "tabular"},
-            "split": {"ratios": [0.6, 0.2, 0.2]},
-        },
-        "model": {"encoder": "mlp", "mlp_hidden": [16], "mlp_embed_dim": 8},
-        "train": {"epochs": 1, "batch_size": 8, "seed": 0},
-    }
-    return build_config(tree, list(extra))
+    return tabular_config(manifest, *extra, ratios=(0.6, 0.2, 0.2), epochs=1, batch_size=8)
 
 
 def test_drop_last_reaches_the_sampler_and_drops_the_short_batch(

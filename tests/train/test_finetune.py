@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tabular_cohort import write_score_table
+from tabular_cohort import tabular_config, write_score_table
 
-from learner.config import Config, build_config
+from learner.config import Config
 from learner.errors import ConfigError, DataError
 from learner.evaluate.embed import embed_checkpoint, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
@@ -31,19 +31,7 @@ FEATURES = [f"f{i}" for i in range(8)]
 
 
 def _config(manifest: Path, *extra: str) -> Config:
-    tree = {
-        "data": {
-            "manifest": str(manifest),
-            "feature_columns": FEATURES,
-            "input": {"kind": "tabular"},
-            "split": {"ratios": [0.5, 0.25, 0.25]},
-        },
-        "model": {"encoder": "mlp", "mlp_hidden": [16], "mlp_embed_dim": 8},
-        "train": {"epochs": 2, "batch_size": 16, "seed": 0},
-        "eval": {"delta": 2.0, "n_boot": 20},
-        "run": {"objectives": ["mse"], "seeds": [0]},
-    }
-    return build_config(tree, list(extra))
+    return tabular_config(manifest, *extra, features=8)
 
 
 def _untrained(cfg: Config, seed: int = 0) -> tuple[LearnerModule, object]:
