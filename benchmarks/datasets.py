@@ -293,7 +293,8 @@ def _write_once(path: Path, write: Callable[[Path], None]) -> None:
     """Write a derived file unless it exists (the source slices never change)."""
     if path.is_file():
         return
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    # The suffixes stay last (``x.nii.gz`` -> ``.tmp-x.nii.gz``): writers read the format there.
+    tmp = path.with_name(".tmp-" + path.name)
     write(tmp)
     tmp.replace(path)
 
@@ -378,18 +379,19 @@ def build_synth_mri_views(out: Path, source: Path | None = None) -> Path:
     table = pd.read_csv(src, dtype={"patient_id": str})
     rows = []
     for row in table.itertuples(index=False):
-        volume = np.asarray(nib.load(src.parent / str(row.path)).get_fdata(), dtype=np.float32)
         folder = out / "scans" / str(row.patient_id)
         folder.mkdir(parents=True, exist_ok=True)
         stem = Path(str(row.path)).name.removesuffix(".nii.gz")
-        for axis, view in enumerate(OASIS2_VIEWS):
-            path = folder / f"{stem}_{view}.nii.gz"
-            if not path.is_file():
+        paths = [folder / f"{stem}_{view}.nii.gz" for view in OASIS2_VIEWS]
+        if not all(path.is_file() for path in paths):  # decode a volume only when needed
+            volume = np.asarray(nib.load(src.parent / str(row.path)).get_fdata(), np.float32)
+            for axis, path in enumerate(paths):
                 still = np.take(volume, volume.shape[axis] // 2, axis=axis)
-                tmp = folder / f"{stem}_{view}.tmp.nii.gz"  # nibabel reads the type off .nii.gz
-                nib.save(nib.Nifti1Image(still, np.eye(4)), tmp)
-                tmp.replace(path)
-            rows.append({**row._asdict(), "path": str(path.resolve()), "zone": view})
+                _write_once(path, lambda p, a=still: nib.save(nib.Nifti1Image(a, np.eye(4)), p))
+        rows += [
+            {**row._asdict(), "path": str(path.resolve()), "zone": view}
+            for view, path in zip(OASIS2_VIEWS, paths, strict=True)
+        ]
     return _write(pd.DataFrame(rows), out)
 
 

@@ -169,13 +169,14 @@ def evaluation_key(cfg: Config, pretrain_digest: str, feature: str) -> dict[str,
 
 
 def transfer_key(
-    cfg: Config, checkpoint: Path, manifest_digest: str, split_hash: str
+    cfg: Config, checkpoint_digest: str, manifest_digest: str, split_hash: str
 ) -> dict[str, Any]:
-    """The key of a transferred encoder's cell (``run.transfer``): the checkpoint's bytes,
-    how this data set's scans are read, the manifest and the split. Nothing trains, so no
-    seed: the split (which the embeddings file records) is what a seed changes."""
+    """The key of a transferred encoder's cell (``run.transfer``): the checkpoint's bytes
+    (:func:`digest_file`), how this data set's scans are read, the manifest and the split.
+    Nothing trains, so no seed: the split (which the embeddings file records) is what a seed
+    changes."""
     parts = _config_parts(cfg, ("data",))
-    parts["transfer.checkpoint"] = digest_file(checkpoint)
+    parts["transfer.checkpoint"] = checkpoint_digest
     parts["manifest.content"] = manifest_digest
     parts["split.hash"] = split_hash
     parts["learner.version"] = learner.__version__

@@ -65,6 +65,7 @@ from learner.provenance import (
     KEY_FILE,
     changed_keys,
     digest,
+    digest_file,
     evaluation_key,
     finetune_key,
     key_changes,
@@ -650,6 +651,7 @@ def plan_cells(
     seeds -> folds -> cells, and the splits used."""
     manifest_digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
     labels = {label for label, _ in variants} | {UNTRAINED}
+    transfer_digests: dict[str, str] = {}  # each checkpoint read once, not once per cell
     for entry in cfg.run.transfer:
         if entry.label in labels or entry.label.endswith(FINETUNED) or "+" in entry.label:
             raise ConfigError(
@@ -658,6 +660,7 @@ def plan_cells(
             )
         labels.add(entry.label)
         check_transfer(cfg, entry)
+        transfer_digests[entry.label] = digest_file(entry.checkpoint)
     pool = set(pool_patients(manifest.frame))  # pretraining only: never in a fold's test
     patients = sorted(set(manifest.frame["patient_id"].unique()) - pool)
     grid: list[list[list[Cell]]] = []
@@ -687,7 +690,8 @@ def plan_cells(
                 folder = out / "cells" / UNTRAINED / tag
                 cells.append(Cell(UNTRAINED, tag, base, data, folder, normalised(key), True))
             for entry in cfg.run.transfer:
-                key = transfer_key(base, entry.checkpoint, manifest_digest, data.split_hash)
+                checkpoint = transfer_digests[entry.label]
+                key = transfer_key(base, checkpoint, manifest_digest, data.split_hash)
                 folder = out / "cells" / entry.label / tag
                 cells.append(
                     Cell(
