@@ -105,7 +105,15 @@ class _Problems:
 
     @property
     def lines(self) -> list[str]:
-        return [line for _, _, line in sorted(self._entries)]
+        return [_escaped(line) for _, _, line in sorted(self._entries)]
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its unprintable characters escaped (a path holding a newline, say), so
+    that every problem stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def load_manifest(

@@ -178,3 +178,15 @@ def test_validator_returns_a_report_or_raises_data_error(
         for line in exc.problems:
             assert line.strip() and "\n" not in line, exc.problems
             assert line.startswith(path.name) or line.startswith(str(scan_folder)), line
+
+
+def test_a_path_with_a_newline_is_reported_on_one_line(tmp_path: Path) -> None:
+    """Found by the property test above: a Parquet path cell holding a line break made the
+    'file not found' problem two lines; it is now escaped."""
+    manifest = tmp_path / "manifest.parquet"
+    row = {"patient_id": "P0", "visit": "0", "score": "1.0", "path": "scan\n0.mp4"}
+    pd.DataFrame([row], dtype=object).to_parquet(manifest)
+    with pytest.raises(DataError) as info:
+        load_manifest(manifest)
+    [line] = [p for p in info.value.problems if "column path" in p]
+    assert "\n" not in line and "scan\\n0.mp4; fix the path" in line
