@@ -386,15 +386,18 @@ def embed(
         int | None,
         typer.Option(min=1, help="Clip samplings averaged per scan (default: the config's)."),
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="Where the encoder runs: cpu, cuda, cuda:1 or auto.")
+    ] = "cpu",
 ) -> None:
-    """Embed every scan of a manifest with a pretrained encoder (one process, on the CPU,
+    """Embed every scan of a manifest with a pretrained encoder (one process on --device,
     whatever train.devices the checkpoint was trained with).
 
     Example: learner embed --checkpoint run/checkpoints/best.ckpt --manifest m.csv --out e.parquet
     """
     from learner.evaluate.embed import embed_checkpoint
 
-    path = embed_checkpoint(checkpoint, manifest, out, clips_per_scan=clips_per_scan)
+    path = embed_checkpoint(checkpoint, manifest, out, clips_per_scan=clips_per_scan, device=device)
     console.print(f"embeddings: {path}")
 
 

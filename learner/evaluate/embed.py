@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from learner.config import Config
 from learner.data.dataset import SCAN_RANK
 from learner.data.manifest import Manifest, load_manifest
+from learner.device import resolve_device
 from learner.errors import DataError
 from learner.evaluate.embeddings_io import EmbeddingsWriter
 from learner.train.module import LearnerModule
@@ -140,12 +141,15 @@ def embed_checkpoint(
     *,
     batch_size: int = 32,
     clips_per_scan: int | None = None,
+    device: str = "cpu",
 ) -> Path:
     """`learner embed`: embed a manifest with a trained checkpoint.
 
     Patients of the run's split keep their split; patients the run never saw are ``external``.
     """
+    target = resolve_device(device)  # a bad --device fails before the checkpoint is read
     model, meta = load_checkpoint(checkpoint)
+    model.to(target)
     cfg: Config = model.cfg
     if clips_per_scan is not None:
         cfg.data.input.clips_per_scan = clips_per_scan

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from learner.device import resolve_device
 from learner.errors import DataError
 from learner.evaluate.probe import CLASSES, Probe
 from learner.io import atomic_path, atomic_write_text, write_json
@@ -81,9 +82,7 @@ class ChangeModel:
 
     def to(self, device: str) -> ChangeModel:
         """Run the encoder on ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``)."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.module.to(torch.device(device))
+        self.module.to(resolve_device(device))
         return self
 
     def embed(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:

@@ -24,6 +24,7 @@ import pandas as pd
 from learner.config import Config, RunVariant, TransferEncoder
 from learner.data.manifest import Manifest
 from learner.data.splits import kfold_patients, pool_patients
+from learner.device import training_device
 from learner.errors import ConfigError, DataError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
 from learner.evaluate.ceilings import (
@@ -338,15 +339,26 @@ def pretrain_and_embed(
         resume = (run_dir / "checkpoints" / "last.ckpt").exists()
         result = pretrain(cfg, run_dir, resume=resume, data=data, progress=progress)
         model, _ = load_checkpoint(result.best)
-        embed_frame(
-            model,
-            data,
-            data.frame,
-            emb,
-            metadata={**metadata, "checkpoint": "best", "delta": cfg.eval.delta},
-            batch_size=cfg.train.batch_size,
+        embed_all(
+            model, cfg, data, emb, {**metadata, "checkpoint": "best", "delta": cfg.eval.delta}
         )
     return emb
+
+
+def embed_all(
+    model: LearnerModule, cfg: Config, data: PreparedData, emb: Path, metadata: dict[str, Any]
+) -> None:
+    """Embed every scan of ``data`` into ``emb`` on the device the run trains on, with its
+    loader workers (a GPU run's cells embed on the GPU, not on one CPU process)."""
+    embed_frame(
+        model.to(training_device(cfg.train.accelerator)),
+        data,
+        data.frame,
+        emb,
+        metadata=metadata,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.data.num_workers,
+    )
 
 
 def untrained_model(cell: Cell) -> LearnerModule:
@@ -361,15 +373,8 @@ def embed_untrained(cell: Cell) -> Path:
     emb = cell.folder / "embeddings.parquet"
     if not emb.exists():
         seed = cell.cfg.train.seed
-        model = untrained_model(cell)
-        embed_frame(
-            model,
-            cell.data,
-            cell.data.frame,
-            emb,
-            metadata={"objective": UNTRAINED, "seed": seed, "delta": cell.cfg.eval.delta},
-            batch_size=cell.cfg.train.batch_size,
-        )
+        metadata = {"objective": UNTRAINED, "seed": seed, "delta": cell.cfg.eval.delta}
+        embed_all(untrained_model(cell), cell.cfg, cell.data, emb, metadata)
     return emb
 
 
@@ -380,19 +385,13 @@ def embed_transferred(cell: Cell) -> Path:
     if not emb.exists():
         assert cell.checkpoint is not None
         model, _ = load_checkpoint(cell.checkpoint)
-        embed_frame(
-            model,
-            cell.data,
-            cell.data.frame,
-            emb,
-            metadata={
-                "objective": cell.label,
-                "seed": cell.cfg.train.seed,
-                "delta": cell.cfg.eval.delta,
-                "transferred_from": str(cell.checkpoint),
-            },
-            batch_size=cell.cfg.train.batch_size,
-        )
+        metadata = {
+            "objective": cell.label,
+            "seed": cell.cfg.train.seed,
+            "delta": cell.cfg.eval.delta,
+            "transferred_from": str(cell.checkpoint),
+        }
+        embed_all(model, cell.cfg, cell.data, emb, metadata)
     return emb
 
 
@@ -439,7 +438,7 @@ def finetune_and_embed(cell: Cell, base: Cell) -> Path:
         model, _ = load_checkpoint(pretrained_checkpoint(base.folder))
     cfg = cell.cfg
     result = finetune_change(
-        model,
+        model.to(training_device(cfg.train.accelerator)),
         cell.data,
         epochs=cfg.eval.finetune,
         lr=cfg.eval.finetune_lr,
@@ -452,19 +451,13 @@ def finetune_and_embed(cell: Cell, base: Cell) -> Path:
     )
     write_json(cell.folder / "finetune.json", result.summary())
     save_finetuned(result, cell.folder / "finetuned.ckpt", {"from": base.name})
-    embed_frame(
-        result.model,
-        cell.data,
-        cell.data.frame,
-        emb,
-        metadata={
-            "objective": cell.label,
-            "seed": cfg.train.seed,
-            "delta": cfg.eval.delta,
-            "finetune_best_epoch": result.best_epoch,
-        },
-        batch_size=cfg.train.batch_size,
-    )
+    metadata = {
+        "objective": cell.label,
+        "seed": cfg.train.seed,
+        "delta": cfg.eval.delta,
+        "finetune_best_epoch": result.best_epoch,
+    }
+    embed_all(result.model, cfg, cell.data, emb, metadata)
     return emb
 
 

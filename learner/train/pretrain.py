@@ -39,6 +39,7 @@ from learner.data.splits import (
     pool_patients,
     split_hash,
 )
+from learner.device import on_gpu
 from learner.errors import ConfigError, DataError
 from learner.io import atomic_path, write_json
 from learner.train.module import LearnerModule
@@ -313,11 +314,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
 
 
-def _on_gpu(accelerator: str) -> bool:
-    """Whether Lightning's ``accelerator`` setting resolves to CUDA GPUs here."""
-    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
 def pretrain(
     cfg: Config,
     out: Path,
@@ -423,7 +419,7 @@ def pretrain(
         strategy="ddp" if distributed else "auto",
         # Batch statistics over the global batch, as one process would compute them;
         # torch's SyncBatchNorm runs on GPUs only (on CPU each rank keeps its own).
-        sync_batchnorm=distributed and _on_gpu(cfg.train.accelerator),
+        sync_batchnorm=distributed and on_gpu(cfg.train.accelerator),
         default_root_dir=str(out),
         precision=cfg.train.precision,
         gradient_clip_val=cfg.train.grad_clip,
