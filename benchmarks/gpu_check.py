@@ -15,6 +15,8 @@ One run (at most ~8 minutes on one large GPU) writes one JSON file with:
 4. ``pretrain``: `learner pretrain` with the paper-size LUS config (configs lus.yaml: TSM-R18
    width 64, 8 x 224^2, bf16-mixed on a GPU) on a synthetic LUS cohort of the bench preset,
    a few epochs, with the seconds per epoch.
+5. ``embed``: embedding the first scans with that checkpoint on the device with the loader
+   workers (what `learner run` does) against one CPU process (what it did until 2026-11-30).
 
 ``--smoke`` shrinks every size so that the whole script runs on a CPU in seconds: the test
 suite runs it, so the script cannot rot before a GPU is at hand.
@@ -67,10 +69,11 @@ class Sizes:
     patients: int
     pretrain_epochs: int
     repeats: int
+    embed_scans: int
     overrides: tuple[str, ...]
 
 
-FULL = Sizes(8192, 16, 8, 224, 4, 96, 64, 60, 3, 10, ())
+FULL = Sizes(8192, 16, 8, 224, 4, 96, 64, 60, 3, 10, 96, ())
 SMOKE = Sizes(
     128,
     1,
@@ -82,6 +85,7 @@ SMOKE = Sizes(
     6,
     1,
     1,
+    8,
     ("model.width=8", "data.input.size=32", "data.input.frames=4", "train.batch_size=4"),
 )
 
@@ -260,14 +264,50 @@ def pretrain_epochs(cfg: Any, out: Path) -> dict[str, Any]:
 
     times = EpochTimes()
     start = time.perf_counter()
-    pretrain(cfg, out / "run", progress=False, callbacks=[times])
+    result = pretrain(cfg, out / "run", progress=False, callbacks=[times])
     return {
+        "checkpoint": str(result.best),
         "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size,
         "precision": cfg.train.precision,
         "seconds_per_epoch": times.seconds,
         "total_s": time.perf_counter() - start,
     }
+
+
+def embed_rates(
+    cfg: Any, checkpoint: Path, out: Path, device: torch.device, workers: int, scans: int
+) -> dict[str, Any]:
+    """Scans/s of embedding with the pretrained checkpoint: on ``device`` with ``workers``
+    loader processes (what `learner run` does since 2026-11-30) against one CPU process (what
+    it did before), on the same first ``scans`` scans, their decode cache warm for both."""
+    from learner.evaluate.embed import embed_frame, load_checkpoint
+    from learner.train.pretrain import prepare_data
+
+    data = prepare_data(cfg)
+    frame = data.frame.iloc[:scans]
+    model, _ = load_checkpoint(checkpoint)
+    result: dict[str, Any] = {"scans": len(frame), "workers": workers}
+    runs = (("warmup", device, workers), ("device", device, workers), ("cpu", cpu, 0))
+    for name, where, n_workers in runs:
+        model.to(where)
+        start = time.perf_counter()
+        embed_frame(
+            model,
+            data,
+            frame,
+            out / f"embed_{name}.parquet",
+            metadata={},
+            batch_size=cfg.train.batch_size,
+            num_workers=n_workers,
+        )
+        result[f"{name}_scans_per_s"] = len(frame) / (time.perf_counter() - start)
+    del result["warmup_scans_per_s"]
+    result["device_over_cpu"] = result["device_scans_per_s"] / result["cpu_scans_per_s"]
+    return result
+
+
+cpu = torch.device("cpu")
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -329,6 +369,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["pipeline"] = pipeline_rates(cfg, device, args.workers, sizes.repeats)
         log("pretrain")
         result["pretrain"] = pretrain_epochs(cfg, work)
+        log("embed")
+        checkpoint = Path(result["pretrain"]["checkpoint"])
+        result["embed"] = embed_rates(
+            cfg, checkpoint, work, device, args.workers, sizes.embed_scans
+        )
     result["total_s"] = time.perf_counter() - start
     log("done")
     return result

@@ -38,3 +38,8 @@ def test_gpu_check_smoke_writes_every_section(
     pretrain = result["pretrain"]
     assert len(pretrain["seconds_per_epoch"]) == pretrain["epochs"] == 1
     assert (tmp_path / "w" / "run" / "checkpoints" / "last.ckpt").is_file()
+    # Embedding with the pretrained checkpoint: on the device with the loader workers, and
+    # on one CPU process, the same scans.
+    embed = result["embed"]
+    assert embed["scans"] == 8 and embed["device_scans_per_s"] > 0
+    assert embed["device_over_cpu"] == embed["device_scans_per_s"] / embed["cpu_scans_per_s"]
