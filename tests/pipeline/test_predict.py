@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from learner.cli import app
@@ -151,3 +152,16 @@ def test_evaluate_saves_a_change_model_from_embed_output(
     paths = [trained["first"].parent / p for p in pd.read_csv(trained["first"])["path"][:3]]
     scores = model.predict_scores(paths)
     assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a CPU-only machine")
+def test_predict_on_a_device_this_machine_lacks_is_one_line(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "predictions.csv"
+    args = ["predict", "--model", str(trained["run"]), "--manifest", str(trained["second"])]
+    for device, message in (("cuda", "no CUDA GPU here"), ("gpu0", "not a device")):
+        result = runner.invoke(app, [*args, "--out", str(out), "--device", device])
+        assert result.exit_code == 2, result.output
+        assert f"--device {device}: {message}" in result.output
+        assert "Traceback" not in result.output and not out.exists()
