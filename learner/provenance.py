@@ -29,6 +29,7 @@ import pandas as pd
 
 import learner
 from learner.config import Config
+from learner.device import training_device
 
 # Config keys that never change what a cell computes: where files are read from or written
 # to, and how many loader processes read them. Every other key is part of the key.
@@ -131,6 +132,16 @@ def _config_parts(cfg: Config, sections: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def _device_part(cfg: Config) -> dict[str, str]:
+    """The device a cell computes on, where it is not the CPU. ``train.accelerator: auto``
+    names no device, and a GPU's arithmetic (TF32 convolutions, bf16) is not the CPU's, so
+    a cell made on a GPU must not be taken for one made on a CPU, or the reverse. Every cell
+    cached before the device entered the key was made on a CPU: left out there, they stay
+    valid."""
+    device = training_device(cfg.train.accelerator).type
+    return {} if device == "cpu" else {"device": device}
+
+
 def pretrain_key(
     cfg: Config, manifest_digest: str, split_hash: str, *, untrained: bool = False
 ) -> dict[str, Any]:
@@ -152,7 +163,7 @@ def pretrain_key(
     parts["manifest.content"] = manifest_digest
     parts["split.hash"] = split_hash
     parts["learner.version"] = learner.__version__
-    return parts
+    return parts | _device_part(cfg)
 
 
 def evaluation_key(cfg: Config, pretrain_digest: str, feature: str) -> dict[str, Any]:
@@ -180,7 +191,7 @@ def transfer_key(
     parts["manifest.content"] = manifest_digest
     parts["split.hash"] = split_hash
     parts["learner.version"] = learner.__version__
-    return parts
+    return parts | _device_part(cfg)
 
 
 def finetune_key(cfg: Config, base_digest: str) -> dict[str, Any]:
@@ -192,7 +203,7 @@ def finetune_key(cfg: Config, base_digest: str) -> dict[str, Any]:
     parts = {name: flat[name] for name in names}
     parts["finetune.from"] = base_digest
     parts["learner.version"] = learner.__version__
-    return parts
+    return parts | _device_part(cfg)
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

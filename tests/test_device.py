@@ -14,10 +14,12 @@ from typer.testing import CliRunner
 
 import learner.pipeline.run as run_module
 from learner.cli import app
+from learner.config import Config
 from learner.device import resolve_device, training_device
 from learner.errors import ConfigError
 from learner.evaluate.embeddings_io import embedding_matrix, read_embeddings
 from learner.pipeline.run import run_ablation
+from learner.provenance import digest, finetune_key, pretrain_key, transfer_key
 
 CUDA = torch.cuda.is_available()
 
@@ -125,3 +127,28 @@ def test_a_gpu_run_embeds_and_fine_tunes_on_the_gpu(
     assert sorted((c["device"], c["cell"]) for c in calls) == [
         ("cuda", cell) for cell in ("mse", "mse-ft", "untrained", "untrained-ft")
     ]
+
+
+def test_cells_made_on_a_gpu_are_keyed_apart_from_cpu_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.accelerator: auto`` names no device: the key holds the one the cell ran on,
+    left out on a CPU so that every cell cached before stays valid."""
+    cfg = Config()  # accelerator auto
+
+    def keys(config: Config) -> list[dict[str, Any]]:
+        return [
+            pretrain_key(config, "m", "s"),
+            pretrain_key(config, "m", "s", untrained=True),
+            transfer_key(config, "c", "m", "s"),
+            finetune_key(config, "b"),
+        ]
+
+    _no_cuda(monkeypatch)
+    on_cpu = keys(cfg)
+    assert all("device" not in key for key in on_cpu)
+    _two_gpus(monkeypatch)
+    on_gpu = keys(cfg)
+    assert all(key["device"] == "cuda" for key in on_gpu)
+    assert all(digest(a) != digest(b) for a, b in zip(on_cpu, on_gpu, strict=True))
+    # accelerator: cpu computes on the CPU on any machine, so its cells keep the CPU key.
+    pinned = Config.model_validate({"train": {"accelerator": "cpu"}})
+    assert all("device" not in key for key in keys(pinned))
