@@ -454,7 +454,13 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "synth-mri": lambda out: build_synthetic(out, modality="mri", preset="bench"),
     # The MRI cohort with the LUS recipe's pool (issue 12): the same 150 longitudinal
     # patients as synth-mri plus 300 single-visit pretraining patients, and its null control.
-    "synth-mri-pool300": lambda out: build_synthetic(out, modality="mri", preset="bench", pool=300),
+    # (100 and 600 are the MRI learning curve's other points.)
+    **{
+        f"synth-mri-pool{n}": (
+            lambda out, n=n: build_synthetic(out, modality="mri", preset="bench", pool=n)
+        )
+        for n in POOL_SIZES
+    },
     "synth-mri-null-pool300": lambda out: build_synthetic(
         out, modality="mri", preset="bench", null=True, pool=300
     ),

@@ -87,7 +87,7 @@ CHANGE_CONFIGS = {
     "synth-mri-slices": "synth_mri_slices.yaml",
     "synth-mri-slices-pool300": "synth_mri_slices.yaml",
     "synth-mri-null-slices-pool300": "synth_mri_slices.yaml",
-    "synth-mri-pool300": "synth_mri.yaml",
+    **{f"synth-mri-pool{n}": "synth_mri.yaml" for n in datasets.POOL_SIZES},
     "synth-mri-null-pool300": "synth_mri.yaml",
     "synth-mri-bench": "synth_mri_bench.yaml",
     "synth-mri-bench-slices": "synth_mri_bench_slices.yaml",

@@ -240,18 +240,34 @@ def score_run(
     return table
 
 
-# The pool learning curve: pool size -> (quality.py results tag, run folder under work/runs).
-CURVE = {
-    0: ("synth-lus-pool0-mse", "synth-lus-pool0-mse"),
-    100: ("synth-lus-pool100", "synth-lus-pool100"),
-    300: ("synth-lus-pool300", "synth-lus-pool300"),
-    600: ("synth-lus-pool600", "synth-lus-pool600"),
+# The pool learning curves: family -> pool size -> (quality.py results tag, run folder under
+# work/runs). LUS: the base recipe; MRI (3D encoder): the recipe (augmentation 2).
+CURVES: dict[str, dict[int, tuple[str, str]]] = {
+    "lus": {
+        0: ("synth-lus-pool0-mse", "synth-lus-pool0-mse"),
+        100: ("synth-lus-pool100", "synth-lus-pool100"),
+        300: ("synth-lus-pool300", "synth-lus-pool300"),
+        600: ("synth-lus-pool600", "synth-lus-pool600"),
+    },
+    "mri": {
+        0: ("synth-mri-pool0-aug2-mse", "synth-mri-pool0-aug2"),
+        100: ("synth-mri-pool100-aug2-mse", "synth-mri-pool100-aug2"),
+        300: ("synth-mri-pool300-aug2-mse", "synth-mri-pool300-aug2"),
+        600: ("synth-mri-pool600-aug2-mse", "synth-mri-pool600-aug2"),
+    },
 }
 
 
-def curve_markdown(curve: dict[str, Any]) -> str:
+def curve_file(family: str) -> Path:
+    """Where ``--score-runs`` keeps a family's validation numbers (LUS: the original name)."""
+    return RESULTS / (
+        "recipe_pool_curve.json" if family == "lus" else f"recipe_pool_curve_{family}.json"
+    )
+
+
+def curve_markdown(curve: dict[str, Any], family: str = "lus") -> str:
     """One row per pool size: test numbers from ``quality_<tag>.json`` beside the validation
-    numbers of :func:`score_run` (``recipe_pool_curve.json``)."""
+    numbers of :func:`score_run` (:func:`curve_file`)."""
     lines = [
         "| pool | test seeds | test: mse probe | head_delta | untrained | oracle | head_delta "
         "fraction | mse fraction | test MAE | val MAE (seeds "
@@ -259,7 +275,7 @@ def curve_markdown(curve: dict[str, Any]) -> str:
         + ") | val head_delta fraction |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for pool, (tag, run) in CURVE.items():
+    for pool, (tag, run) in CURVES[family].items():
         path = RESULTS / f"quality_{tag}.json"
         if not path.exists() or run not in curve["runs"]:
             continue
@@ -332,6 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/work/runs; =DATASET when the folder is not named after its data set) on "
         "validation patients, instead of training variants: the pool learning curve",
     )
+    parser.add_argument(
+        "--curve",
+        default="lus",
+        choices=sorted(CURVES),
+        help="which pool learning curve --score-runs writes and --render prints (default lus)",
+    )
     args = parser.parse_args(argv)
     if args.score_runs:
         curve = {
@@ -342,17 +364,17 @@ def main(argv: list[str] | None = None) -> int:
                 for run, _, dataset in (arg.partition("=") for arg in args.score_runs)
             },
         }
-        write_json(RESULTS / "recipe_pool_curve.json", curve)
+        write_json(curve_file(args.curve), curve)
         for name, table in curve["runs"].items():
             print(markdown({"dataset": name, "seeds": args.seeds, "variants": table}), "\n")
-        print(curve_markdown(curve))
+        print(curve_markdown(curve, args.curve))
         return 0
     out = RESULTS / f"recipe_{args.dataset}.json"
     if args.render:
         print(markdown(json.loads(out.read_text())))
-        curve_file = RESULTS / "recipe_pool_curve.json"
-        if curve_file.exists():
-            print("\n" + curve_markdown(json.loads(curve_file.read_text())))
+        saved = curve_file(args.curve)
+        if saved.exists():
+            print("\n" + curve_markdown(json.loads(saved.read_text()), args.curve))
         return 0
     start = time.perf_counter()
     result = run(args.dataset, args.variants, args.seeds)

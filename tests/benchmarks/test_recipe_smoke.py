@@ -50,3 +50,41 @@ def test_val_cell_on_a_tiny_cohort(
     assert math.isnan(untrained["head_delta"]) and untrained["oracle"] == first["oracle"]
     summary = recipe.summarise({"0": first})
     assert summary["mean"]["val_mae"] == first["val_mae"]
+
+
+def _quality_file(mse: float, head: float, mae: float) -> dict:
+    def row(value: float, fraction: float | None = None) -> dict:
+        entry = {"balanced_accuracy": {"mean": value, "per_seed": [value, value]}}
+        if fraction is not None:
+            entry["fraction_of_achievable"] = {"mean": fraction}
+        return entry
+
+    return {
+        "objectives": {
+            "mse": {**row(mse, 0.5), "score_mae": {"mean": mae}},
+            "head_delta": row(head, 0.8),
+            "untrained": row(0.40),
+        },
+        "ceilings": {"oracle_truth": {"balanced_accuracy": {"mean": 0.6}}},
+    }
+
+
+def test_each_curve_family_renders_its_own_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    import json
+
+    recipe = load_benchmark("recipe.py")
+    monkeypatch.setattr(recipe, "RESULTS", tmp_path)
+    assert recipe.curve_file("lus").name == "recipe_pool_curve.json"
+    assert recipe.curve_file("mri").name == "recipe_pool_curve_mri.json"
+    # Only the MRI pool-100 point has a test file here; the other pools are left out.
+    tag, run = recipe.CURVES["mri"][100]
+    (tmp_path / f"quality_{tag}.json").write_text(json.dumps(_quality_file(0.47, 0.51, 3.4)))
+    val = {"mean": {"val_mae": 3.1, "head_delta_fraction": 0.6}}
+    curve = {"seeds": [0, 1], "runs": {run: {"mse": val}}}
+    lines = recipe.curve_markdown(curve, "mri").splitlines()
+    assert len(lines) == 3
+    assert lines[2] == "| 100 | 2 | 0.470 | 0.510 | 0.400 | 0.600 | 80% | 50% | 3.4 | 3.1 | 60% |"
+    # The LUS family's tags are other files: nothing of them here.
+    assert len(recipe.curve_markdown(curve, "lus").splitlines()) == 2
