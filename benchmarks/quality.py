@@ -271,13 +271,21 @@ def verdict(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_change(name: str, cfg: Config, out: Path) -> dict[str, Any]:
-    """Build, run the ablation grid, write reports and the results copy; return results."""
+def run_change(
+    name: str, cfg: Config, out: Path, *, replace_changed: bool = False
+) -> dict[str, Any]:
+    """Build, run the ablation grid, write reports and the results copy; return results.
+
+    ``replace_changed`` retrains cached cells whose inputs changed (``learner run
+    --replace-changed``); without it such cells stop the run with the changed keys.
+    """
     manifest_path = datasets.build(SOURCE.get(name, name))
     cfg.data.manifest = manifest_path
     manifest = load_manifest(manifest_path, feature_columns=cfg.data.feature_columns)
     start = time.perf_counter()
-    ablation = run_ablation(cfg, out, progress=False, manifest=manifest)
+    ablation = run_ablation(
+        cfg, out, progress=False, manifest=manifest, replace_changed=replace_changed
+    )
     wall = time.perf_counter() - start
     write_reports(ablation, out)
     results = dict(ablation.results)
@@ -879,6 +887,12 @@ def main(argv: list[str] | None = None) -> int:
         "--render", action="store_true", help="only re-print the tables of a saved results file"
     )
     parser.add_argument(
+        "--replace-changed",
+        action="store_true",
+        help="retrain cached cells of OUT whose inputs changed (a scan file's path, size or time "
+        "is part of the key, so re-copied shared data changes it); change tasks only",
+    )
+    parser.add_argument(
         "--layouts",
         action="store_true",
         help="OASIS-2 view layouts (zones / channels / frames) on validation subjects",
@@ -892,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dataset:
         parser.error("--dataset NAME or --sweep is required")
     name = args.dataset
+    if args.replace_changed and name in INTERPATIENT_CONFIGS:
+        parser.error(f"--replace-changed applies to change tasks; for {name} use a new --out")
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append("run.seeds=[" + ",".join(str(s) for s in args.seeds) + "]")
@@ -905,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name in INTERPATIENT_CONFIGS:
             results = run_interpatient(name, cfg, out)
         else:
-            results = run_change(name, cfg, out)
+            results = run_change(name, cfg, out, replace_changed=args.replace_changed)
         if name in INTERPATIENT_CONFIGS:
             table, lines = interpatient_markdown(results), interpatient_verdict(results)
         else:

@@ -92,3 +92,27 @@ def test_every_benchmark_data_set_has_a_valid_config_and_a_builder(
     assert (mri.data.input.kind, mri.model.encoder) == ("volume", "resnet3d_18")
     assert (slices.data.input.kind, slices.model.encoder) == ("slices", "tsm_slices")
     assert mri.train.epochs == slices.train.epochs and mri.model.width == slices.model.width
+
+
+def test_replace_changed_reaches_the_run_and_is_refused_for_interpatient_sets(
+    monkeypatch: pytest.MonkeyPatch, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    """Re-copied shared data moves every scan's time, so cached cells no longer match; the
+    cache's message names ``--replace-changed``, which the benchmark must then accept."""
+    from learner.errors import LearnerError
+
+    quality = load_benchmark("quality.py")
+    seen: list[bool] = []
+
+    def stop_before_training(name: str, cfg: object, out: Path, *, replace_changed: bool) -> None:
+        seen.append(replace_changed)
+        raise LearnerError("stopped by the test")
+
+    monkeypatch.setattr(quality, "run_change", stop_before_training)
+    assert quality.main(["--dataset", "synth-lus", "--replace-changed"]) == 2
+    assert quality.main(["--dataset", "synth-lus"]) == 2
+    assert seen == [True, False]
+    interpatient = next(iter(quality.INTERPATIENT_CONFIGS))
+    with pytest.raises(SystemExit) as stop:
+        quality.main(["--dataset", interpatient, "--replace-changed"])
+    assert stop.value.code == 2
