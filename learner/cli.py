@@ -651,7 +651,7 @@ DEMO_POOL = 100
 def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
     from learner.pipeline.fit_change import save_run_change_models
-    from learner.pipeline.report import comparison_table, verdict_text, write_reports
+    from learner.pipeline.report import print_comparison, verdict_text, write_reports
     from learner.pipeline.run import run_ablation
 
     if cfg.train.devices * cfg.train.num_nodes > 1:
@@ -671,7 +671,7 @@ def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> No
     ablation = run_ablation(cfg, out, log=log, replace_changed=replace_changed)
     save_run_change_models(ablation, cfg, out, log=log)
     md, page = write_reports(ablation, out)
-    console.print(comparison_table(ablation.results))
+    print_comparison(ablation.results, console)
     ds = ablation.results["dataset"]
     if ds.get("stable_band") is not None:
         console.print(

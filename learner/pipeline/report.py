@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
 from learner.evaluate.embeddings_io import read_embeddings
@@ -106,6 +107,19 @@ def comparison_table(results: dict[str, Any]) -> Table:
     for i, row in enumerate(comparison_rows(results, compact=True)):
         table.add_row(*row, end_section=i == n_objectives - 1)
     return table
+
+
+# Off a terminal (a log file, a pipe, CI) Rich falls back to 80 columns and cuts the table's
+# confidence intervals to "0.32…"; the whole table fits in 120.
+WIDTH_OFF_TERMINAL = 120
+
+
+def print_comparison(results: dict[str, Any], console: Console) -> None:
+    """Print :func:`comparison_table`, whole even where the output is not a terminal."""
+    if not console.is_terminal and console.width < WIDTH_OFF_TERMINAL:
+        # print(width=...) cannot exceed the console's own width: print through a wider one.
+        console = Console(file=console.file, width=WIDTH_OFF_TERMINAL)
+    console.print(comparison_table(results))
 
 
 def verdict_text(results: dict[str, Any]) -> list[str]:

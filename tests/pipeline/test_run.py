@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -9,9 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from learner.config import Config
-from learner.pipeline.report import write_reports
+from learner.pipeline.report import print_comparison, write_reports
 from learner.pipeline.run import run_ablation
 
 REQUIRED = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")
@@ -89,6 +91,16 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
     assert "`" not in html and "<code>mse</code>" in html
     assert "Verdict." in text and "oracle_truth" in text
     assert "Score regressor (`mse`) on validation patients: MAE" in text
+
+    # Printed to a log file (not a terminal), the table keeps every confidence interval.
+    log = io.StringIO()
+    print_comparison(results, Console(file=log))
+    printed = log.getvalue()
+    assert "\u2026" not in printed  # Rich's ellipsis marks a cut cell
+    for name in ("mse", "weighted", "untrained"):
+        entry = results["objectives"][name]["balanced_accuracy"]
+        lo, hi = entry["ci95"]
+        assert f"{entry['mean']:.3f} [{lo:.3f}, {hi:.3f}]" in printed, name
 
     # A rerun reuses every finished cell and gives the same results.
     first = (out / "results.json").read_text()
