@@ -13,13 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# The suffix of atomic_path's temporary files, by which their leftovers are recognised.
+_PARTIAL_SUFFIX = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_PARTIAL_SUFFIX, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -30,6 +33,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def is_partial_write(path: Path) -> bool:
+    """Whether ``path`` is the leftover of an :func:`atomic_path` write that was killed before
+    its rename (SIGKILL runs no ``finally``): never an artefact, whatever it holds."""
+    return path.name.startswith(".") and path.name.endswith(_PARTIAL_SUFFIX)
 
 
 def _current_umask() -> int:

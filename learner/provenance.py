@@ -246,8 +246,11 @@ def normalised(parts: Mapping[str, Any]) -> dict[str, Any]:
 def key_changes(folder: Path, parts: Mapping[str, Any]) -> list[str]:
     """Why ``folder``'s artefacts are not what ``parts`` would make: [] when the folder is
     empty or missing, or was made under ``parts``; else one line per changed key. A folder
-    with artefacts but no key file (an older learner, or by hand) is never trusted."""
-    if not (folder.is_dir() and any(folder.iterdir())):
+    with artefacts but no key file (an older learner, or by hand) is never trusted. The
+    leftover of a killed atomic write (the key's own, say) is not an artefact."""
+    from learner.io import is_partial_write
+
+    if not (folder.is_dir() and any(not is_partial_write(p) for p in folder.iterdir())):
         return []
     stored = read_key(folder / KEY_FILE)
     if stored is None:

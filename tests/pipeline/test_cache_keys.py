@@ -173,3 +173,22 @@ def test_claim_folder_refuses_artefacts_of_other_inputs(tmp_path: Path) -> None:
     (folder / "key.json").unlink()
     with pytest.raises(ConfigError, match="no key"):
         claim_folder(folder, {"train.epochs": 2})
+
+
+def test_a_killed_atomic_write_is_not_an_artefact(tmp_path: Path) -> None:
+    """SIGKILL between the temporary file and its rename leaves ``.key.json.<x>.tmp`` alone in
+    a fresh cell; resuming must claim that cell, not call it a keyless artefact."""
+    from learner.provenance import claim_folder, key_changes
+
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    (folder / ".key.json.k1ll3d.tmp").write_text('{"digest": "')  # half of a key, never renamed
+    assert key_changes(folder, {"train.epochs": 2}) == []
+    claim_folder(folder, {"train.epochs": 2})
+    assert key_changes(folder, {"train.epochs": 2}) == []
+    # Beside a real artefact, a missing key is still refused.
+    (folder / "key.json").unlink()
+    (folder / "embeddings.parquet").write_bytes(b"x")
+    assert key_changes(folder, {"train.epochs": 2}) == [
+        "(no key: made by an older learner or by hand)"
+    ]
