@@ -41,6 +41,7 @@ import pandas as pd  # noqa: E402
 
 from learner.data.splits import assign_splits, split_hash  # noqa: E402
 from learner.data.synthetic.common import cohort_table  # noqa: E402
+from learner.evaluate.aggregate import CellResult, metric_block  # noqa: E402
 from learner.evaluate.ceilings import (  # noqa: E402
     CHANCE_BALANCED,
     ORACLES,
@@ -48,7 +49,6 @@ from learner.evaluate.ceilings import (  # noqa: E402
     fraction_of_achievable,
 )
 from learner.io import write_json  # noqa: E402
-from learner.pipeline.run import CellResult, metric_block  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 # Data set -> the cohort its manifest was built from (benchmarks/datasets.py).

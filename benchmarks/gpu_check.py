@@ -201,7 +201,7 @@ def pipeline_rates(cfg: Any, device: torch.device, workers: int, repeats: int) -
     """Clips/s of the data pipeline (cold and warm cache) against the model's training steps."""
     from learner.data.samplers import PatientBatchSampler
     from learner.train.module import LearnerModule
-    from learner.train.pretrain import make_dataset, prepare_data
+    from learner.train.prepared import make_dataset, prepare_data
 
     data = prepare_data(cfg)
     train = data.frame[data.frame["split"] == "train"].reset_index(drop=True)
@@ -281,8 +281,9 @@ def embed_rates(
     """Scans/s of embedding with the pretrained checkpoint: on ``device`` with ``workers``
     loader processes (what `learner run` does since 2026-11-30) against one CPU process (what
     it did before), on the same first ``scans`` scans, their decode cache warm for both."""
-    from learner.evaluate.embed import embed_frame, load_checkpoint
-    from learner.train.pretrain import prepare_data
+    from learner.pipeline.embed import embed_frame
+    from learner.train.checkpoint import load_checkpoint
+    from learner.train.prepared import prepare_data
 
     data = prepare_data(cfg)
     frame = data.frame.iloc[:scans]

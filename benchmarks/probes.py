@@ -57,11 +57,11 @@ import numpy as np  # noqa: E402
 from benchmarks.quality import RESULTS, fmt, mdd, validation_change  # noqa: E402
 from learner.config import Config  # noqa: E402
 from learner.errors import DataError  # noqa: E402
+from learner.evaluate.aggregate import CellResult, metric_block, paired_difference  # noqa: E402
 from learner.evaluate.ceilings import fraction_of_achievable  # noqa: E402
 from learner.evaluate.change import evaluate_change  # noqa: E402
 from learner.evaluate.embeddings_io import read_embeddings  # noqa: E402
 from learner.io import write_json  # noqa: E402
-from learner.pipeline.run import CellResult, metric_block, paired_difference  # noqa: E402
 
 # Variant -> evaluate_change settings ("pca": "val" = chosen on validation patients).
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -49,15 +49,12 @@ from benchmarks import datasets  # noqa: E402
 from learner.config import Config, load_config  # noqa: E402
 from learner.data.manifest import load_manifest  # noqa: E402
 from learner.errors import LearnerError  # noqa: E402
+from learner.evaluate.aggregate import paired_difference  # noqa: E402
 from learner.evaluate.change import CLASS_METRICS  # noqa: E402
 from learner.io import write_json  # noqa: E402
+from learner.pipeline.grid import REFERENCE  # noqa: E402
 from learner.pipeline.report import write_reports  # noqa: E402
-from learner.pipeline.run import (  # noqa: E402
-    REFERENCE,
-    AblationResult,
-    paired_difference,
-    run_ablation,
-)
+from learner.pipeline.run import AblationResult, run_ablation  # noqa: E402
 from learner.provenance import (  # noqa: E402
     KEY_FILE,
     claim_folder,
@@ -321,11 +318,13 @@ def _embed_cells(
     """
     import lightning as L
 
-    from learner.evaluate.embed import embed_frame, load_checkpoint
     from learner.evaluate.embeddings_io import read_embeddings
-    from learner.pipeline.run import UNTRAINED, cell_config, objective_variants
+    from learner.pipeline.embed import embed_frame
+    from learner.pipeline.grid import UNTRAINED, cell_config, objective_variants
+    from learner.train.checkpoint import load_checkpoint
     from learner.train.module import LearnerModule
-    from learner.train.pretrain import prepare_data, pretrain
+    from learner.train.prepared import prepare_data
+    from learner.train.pretrain import pretrain
 
     base = cell_config(cfg, {"name": REFERENCE}, seed)
     data = prepare_data(base, manifest)
@@ -367,14 +366,14 @@ def _embed_cells(
 def run_interpatient(name: str, cfg: Config, out: Path) -> dict[str, Any]:
     """One-visit data: pretrain every objective per seed, evaluate on held-out patients
     (and, for the severity model, on the external POCUS set and its four-day patient)."""
-    from learner.evaluate.embed import embed_checkpoint
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.evaluate.interpatient import (
         cosine_trajectory,
         evaluate_interpatient,
         pool_interpatient,
     )
-    from learner.train.pretrain import package_versions
+    from learner.pipeline.embed import embed_checkpoint
+    from learner.provenance import package_versions
 
     manifest_path = datasets.build(name)
     cfg.data.manifest = manifest_path
@@ -553,7 +552,7 @@ def _cells_of(cfg: Config, out: Path) -> list[tuple[int, str]]:
 
 
 def _labels(cfg: Config) -> list[str]:
-    from learner.pipeline.run import UNTRAINED, objective_variants
+    from learner.pipeline.grid import UNTRAINED, objective_variants
 
     return (
         [label for label, _ in objective_variants(cfg)]
@@ -571,9 +570,10 @@ def run_cdr_change(cfg: Config, manifest: Any, out: Path) -> dict[str, Any]:
     """
     import pandas as pd
 
+    from learner.evaluate.aggregate import CellResult
     from learner.evaluate.change import evaluate_change
     from learner.evaluate.embeddings_io import read_embeddings
-    from learner.pipeline.run import CellResult, build_results
+    from learner.pipeline.results import build_results
 
     visits = pd.read_csv(Path(manifest.source).parent / "visits.csv", dtype={"patient_id": str})
     cdr = {(p, str(v)): float(c) for p, v, c in visits[["patient_id", "visit", "cdr"]].values}
@@ -649,7 +649,7 @@ def run_inter_subject(cfg: Config, out: Path) -> dict[str, Any]:
 
 def run_layouts(cfg: Config, seeds: list[int], out: Path, log: Any = print) -> dict[str, Any]:
     """Zones / channels / frames on validation subjects (mse and weighted, ``seeds``)."""
-    from learner.pipeline.run import cell_config
+    from learner.pipeline.grid import cell_config
 
     datasets.build(OASIS2)
     work = datasets.WORK / OASIS2
@@ -791,7 +791,7 @@ def _val_scores(
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.evaluate.interpatient import evaluate_interpatient
     from learner.pipeline.run import pretrain_and_embed
-    from learner.train.pretrain import prepare_data
+    from learner.train.prepared import prepare_data
 
     cell = folder / f"seed{seed}"
     emb = cell / "embeddings.parquet"
@@ -819,7 +819,7 @@ def run_sweep(cfg: Config, out: Path, seeds: list[int], log: Any = print) -> dic
         ``{"variants": {label: {"overrides", "per_seed", "mean", "wall_s"}}, "chosen": label,
         ...}``; the metric is balanced accuracy on validation-patient pairs.
     """
-    from learner.pipeline.run import cell_config
+    from learner.pipeline.grid import cell_config
 
     manifest_path = datasets.build(SWEEP_DATASET)
     cfg.data.manifest = manifest_path

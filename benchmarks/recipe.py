@@ -124,7 +124,7 @@ def val_cell(
     from learner.evaluate.embeddings_io import read_embeddings
     from learner.pipeline.run import pretrain_and_embed
     from learner.provenance import claim_folder, manifest_fingerprint, pretrain_key
-    from learner.train.pretrain import prepare_data
+    from learner.train.prepared import prepare_data
 
     data = prepare_data(cfg, manifest)
     digest = manifest_fingerprint(manifest.frame, manifest.feature_columns)
@@ -137,7 +137,8 @@ def val_cell(
     if not emb.exists():
         start = time.perf_counter()
         if untrained:
-            from learner.pipeline.run import Cell, embed_untrained
+            from learner.pipeline.grid import Cell
+            from learner.pipeline.run import embed_untrained
 
             embed_untrained(
                 Cell("untrained", f"seed{cfg.train.seed}", cfg, data, folder, key, untrained=True)

@@ -844,13 +844,13 @@ def embed_once(
     peak RSS.
 
     Returns:
-        Wall time of :func:`learner.evaluate.embed.embed_frame`, scans/s, the RSS before it,
+        Wall time of :func:`learner.pipeline.embed.embed_frame`, scans/s, the RSS before it,
         the peak RSS during it and their difference (MiB), and the rows in the written file.
     """
     import pyarrow.parquet as pq
 
-    from learner.evaluate.embed import embed_frame
-    from learner.train.pretrain import PreparedData, input_spec
+    from learner.pipeline.embed import embed_frame
+    from learner.train.prepared import PreparedData, input_spec
 
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -364,7 +364,7 @@ def _pretrain_warnings(cfg: Any, run_dir: Path) -> list[str]:
     """What makes a finished pretraining suspect: a score range that does not fit the scores,
     a pair term that saw no negative (or positive) pair in most batches."""
     from learner.evaluate.verdict import pair_batch_counts, pair_term_warning, score_range_warnings
-    from learner.train.pretrain import config_manifest
+    from learner.train.prepared import config_manifest
 
     manifest = config_manifest(cfg)
     scores = manifest.frame["score"].to_numpy(dtype=float)
@@ -395,7 +395,7 @@ def embed(
 
     Example: learner embed --checkpoint run/checkpoints/best.ckpt --manifest m.csv --out e.parquet
     """
-    from learner.evaluate.embed import embed_checkpoint
+    from learner.pipeline.embed import embed_checkpoint
 
     path = embed_checkpoint(checkpoint, manifest, out, clips_per_scan=clips_per_scan, device=device)
     console.print(f"embeddings: {path}")

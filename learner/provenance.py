@@ -19,8 +19,11 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
+import platform
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -275,3 +278,46 @@ def claim_folder(folder: Path, parts: Mapping[str, Any]) -> None:
         )
     folder.mkdir(parents=True, exist_ok=True)
     write_key(folder / KEY_FILE, parts)
+
+
+# The distributions whose version can move a number in results.json or a checkpoint: the
+# model and loop (torch, lightning, monai), the video decoder (av), and the probe, its
+# statistics and the tables it reads (scikit-learn, scipy, numpy, pandas).
+RUNTIME_DISTRIBUTIONS = (
+    "torch",
+    "lightning",
+    "monai",
+    "av",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of learner, Python and every distribution in ``RUNTIME_DISTRIBUTIONS``
+    (``"absent"`` for one that is not installed), as plain strings."""
+    versions = {"learner": learner.__version__, "python": platform.python_version()}
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the learner source tree, when it is a git checkout."""
+    root = Path(learner.__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

@@ -43,7 +43,6 @@ from learner.evaluate.change import (
     visit_embeddings,
     visit_times,
 )
-from learner.evaluate.embed import load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
@@ -51,6 +50,7 @@ from learner.io import write_json
 from learner.pipeline.change_model import MODEL_FILE, save_change_model
 from learner.pipeline.run import AblationResult, pretrained_checkpoint
 from learner.provenance import KEY_FILE, read_key, write_key
+from learner.train.checkpoint import load_checkpoint
 
 CHANGE_MODEL_DIR = "change-model"
 SELECTION_METRIC = "balanced_accuracy"

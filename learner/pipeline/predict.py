@@ -37,10 +37,10 @@ from learner.evaluate.change import (
     visit_embeddings,
     visit_times,
 )
-from learner.evaluate.embed import embed_frame, prepared_for_model
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.io import atomic_path, write_json
 from learner.pipeline.change_model import CLASSES, ChangeModel
+from learner.pipeline.embed import embed_frame, prepared_for_model
 
 PROBABILITIES = tuple(f"p_{c}" for c in CLASSES)
 EXTERNAL = "external"

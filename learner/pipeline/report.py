@@ -21,7 +21,8 @@ from learner.evaluate.plots import (
     plot_trajectories,
 )
 from learner.io import atomic_write_text
-from learner.pipeline.run import HEAD_DELTA, REFERENCE, AblationResult
+from learner.pipeline.grid import HEAD_DELTA, REFERENCE
+from learner.pipeline.run import AblationResult
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")
 HEADERS = {

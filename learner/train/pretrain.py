@@ -7,16 +7,12 @@ Run folder: ``config.yaml`` (resolved), ``split.json`` (+ hash), ``checkpoints/{
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -24,25 +20,19 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-import learner
 from learner import signals
 from learner.config import Config, save_config
-from learner.data.cache import DecodeCache
-from learner.data.dataset import InputSpec, ScanDataset, read_vectors
-from learner.data.manifest import Manifest, load_manifest
+from learner.data.dataset import ScanDataset
 from learner.data.samplers import PatientBatchSampler
 from learner.data.splits import (
-    PRETRAIN,
     TRAINING_SPLITS,
-    assign_splits,
-    check_no_leakage,
-    pool_patients,
-    split_hash,
 )
 from learner.device import on_gpu
 from learner.errors import ConfigError, DataError
 from learner.io import atomic_path, write_json
+from learner.provenance import git_commit, package_versions
 from learner.train.module import LearnerModule
+from learner.train.prepared import PreparedData, make_dataset, model_config, prepare_data
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -127,174 +117,6 @@ class StopOnSignal(L.Callback):
     def _check() -> None:
         if signals.received() is not None:
             raise KeyboardInterrupt
-
-
-@dataclass
-class PreparedData:
-    """Everything the training and embedding steps need from the manifest."""
-
-    manifest: Manifest
-    frame: pd.DataFrame  # with a `split` column
-    assignment: dict[str, str]
-    split_hash: str
-    score_range: tuple[float, float]
-    patient_codes: dict[str, int]
-    input: InputSpec
-    cache: DecodeCache | None
-    # Tabular features are standardised with the training rows' mean and std.
-    feature_stats: tuple[np.ndarray, np.ndarray] | None = None
-
-
-def package_versions() -> dict[str, str]:
-    import lightning
-    import monai
-
-    versions = {
-        "learner": learner.__version__,
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "monai": monai.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-    # Plain str: torch's TorchVersion subclass would not load with weights_only=True.
-    return {k: str(v) for k, v in versions.items()}
-
-
-def git_commit() -> str | None:
-    """The commit of the learner source tree, when it is a git checkout."""
-    root = Path(learner.__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def input_spec(cfg: Config) -> InputSpec:
-    inp = cfg.data.input
-    return InputSpec(
-        kind=inp.kind,
-        frames=inp.frames,
-        size=inp.size,
-        channels=inp.channels,
-        feature_columns=tuple(cfg.data.feature_columns or ()),
-        clips_per_scan=inp.clips_per_scan,
-        augment=inp.augment,
-    )
-
-
-def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
-    if cfg.data.input.kind == "tabular":
-        return None
-    root = cfg.data.cache_dir or manifest_path.resolve().parent / ".learner-cache"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        writable = os.access(root, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
-        # A read-only data folder (a shared archive) must not stop training.
-        root = Path.home() / ".cache" / "learner" / "decode"
-        root.mkdir(parents=True, exist_ok=True)
-    return DecodeCache(root)
-
-
-def config_manifest(cfg: Config) -> Manifest:
-    """The manifest ``data.manifest`` names, read with the config's columns."""
-    if cfg.data.manifest is None:
-        raise ConfigError("data.manifest is not set; pass --set data.manifest=PATH/manifest.csv")
-    return load_manifest(
-        cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
-    )
-
-
-def prepare_data(
-    cfg: Config, manifest: Manifest | None = None, assignment: dict[str, str] | None = None
-) -> PreparedData:
-    """Load the manifest, assign patient-level splits and derive the score range."""
-    if manifest is None:
-        manifest = config_manifest(cfg)
-    frame = manifest.frame.copy()
-    split_seed = cfg.data.split.seed if cfg.data.split.seed is not None else cfg.train.seed
-    if assignment is None:
-        frame = assign_splits(frame, seed=split_seed, ratios=cfg.data.split.ratios)
-    else:
-        # A pretraining pool marked in the manifest stays out of the folds.
-        pool = pool_patients(frame)
-        assignment = {**dict.fromkeys(pool, PRETRAIN), **assignment}
-        missing = sorted(set(frame["patient_id"]) - set(assignment))
-        if missing:
-            raise DataError(f"patient {missing[0]} has no split assignment; rerun without folds")
-        frame["split"] = frame["patient_id"].map(assignment)
-    check_no_leakage(frame)
-    assign = dict(frame.groupby("patient_id")["split"].first())
-    train_scores = frame.loc[frame["split"].isin(TRAINING_SPLITS), "score"].dropna()
-    if cfg.data.score_range is not None:
-        score_range = (float(cfg.data.score_range[0]), float(cfg.data.score_range[1]))
-    else:
-        if train_scores.empty:
-            raise DataError(f"{manifest.source}: no labelled training scans; fill the score column")
-        lo, hi = float(train_scores.min()), float(train_scores.max())
-        score_range = (lo, hi if hi > lo else lo + 1.0)
-    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
-    return PreparedData(
-        feature_stats=training_feature_stats(cfg, frame),
-        manifest=manifest,
-        frame=frame,
-        assignment=assign,
-        split_hash=split_hash(assign),
-        score_range=score_range,
-        patient_codes=codes,
-        input=input_spec(cfg),
-        cache=resolve_cache(cfg, manifest.source),
-    )
-
-
-def training_feature_stats(
-    cfg: Config, frame: pd.DataFrame
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mean and std of each feature (columns, or (F,) vector files) over the training rows
-    (tabular input only)."""
-    if cfg.data.input.kind != "tabular":
-        return None
-    train = frame[frame["split"].isin(TRAINING_SPLITS)]
-    if cfg.data.feature_columns:
-        values = train[list(cfg.data.feature_columns)].to_numpy(dtype=np.float64)
-    else:
-        rows = train["row"].tolist() if "row" in train.columns else None
-        values = read_vectors(train, rows).astype(np.float64)
-    std = values.std(axis=0)
-    return values.mean(axis=0), np.where(std > 0, std, 1.0)
-
-
-def model_config(cfg: Config, data: PreparedData) -> dict[str, Any]:
-    """The config a model is built and saved with: ``cfg``, plus the feature count F when
-    (F,) vector files are the input (so that a checkpoint rebuilds the same encoder)."""
-    tree = cfg.to_plain()
-    vectors = cfg.data.input.kind == "tabular" and not cfg.data.feature_columns
-    if vectors and data.feature_stats is not None:
-        tree["data"]["input"]["features"] = int(data.feature_stats[0].shape[0])
-    return tree
-
-
-def make_dataset(data: PreparedData, frame: pd.DataFrame, *, train: bool, seed: int) -> ScanDataset:
-    return ScanDataset(
-        frame.reset_index(drop=True),
-        input=data.input,
-        train=train,
-        cache=data.cache,
-        score_range=data.score_range,
-        patient_codes=data.patient_codes,
-        seed=seed,
-        feature_stats=data.feature_stats,
-    )
 
 
 @dataclass

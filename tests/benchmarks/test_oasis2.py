@@ -17,7 +17,8 @@ import pytest
 from learner.config import load_config
 from learner.data.manifest import load_manifest
 from learner.data.readers import read_scan
-from learner.pipeline.run import CellResult, run_ablation
+from learner.evaluate.aggregate import CellResult
+from learner.pipeline.run import run_ablation
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / ".." / "shared" / "data" / "oasis2-slices"

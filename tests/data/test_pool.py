@@ -49,7 +49,7 @@ def test_partly_empty_splits_other_than_a_pool_are_an_error() -> None:
 def test_kfold_over_the_longitudinal_patients_only(tmp_path: Path) -> None:
     from learner.config import Config
     from learner.data.manifest import Manifest
-    from learner.train.pretrain import prepare_data
+    from learner.train.prepared import prepare_data
 
     frame = pd.DataFrame(
         {

@@ -13,11 +13,13 @@ from tabular_cohort import tabular_config, write_score_table
 
 from learner.config import Config
 from learner.errors import ConfigError
-from learner.evaluate.embed import embed_frame, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.pipeline.embed import embed_frame
 from learner.pipeline.run import run_ablation
+from learner.train.checkpoint import load_checkpoint
 from learner.train.module import LearnerModule
-from learner.train.pretrain import config_manifest, prepare_data, pretrain
+from learner.train.prepared import config_manifest, prepare_data
+from learner.train.pretrain import pretrain
 
 
 def _write_table(folder: Path, seed: int, patients: int) -> Path:

@@ -195,7 +195,7 @@ BLOCKING = {
 }
 COMMANDS = {
     "embed": (
-        "learner.evaluate.embed",
+        "learner.pipeline.embed",
         "embed_checkpoint",
         ["embed", "--checkpoint", "c.ckpt", "--manifest", "m.csv", "--out", "e.parquet"],
     ),

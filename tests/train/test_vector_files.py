@@ -10,8 +10,8 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from learner.cli import app
-from learner.evaluate.embed import load_checkpoint
 from learner.pipeline.change_model import load_change_model
+from learner.train.checkpoint import load_checkpoint
 
 
 def _vector_cohort(folder: Path, patients: int = 20, features: int = 5) -> Path:

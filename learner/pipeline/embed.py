@@ -14,44 +14,12 @@ from learner.config import Config
 from learner.data.dataset import SCAN_RANK
 from learner.data.manifest import Manifest, load_manifest
 from learner.device import resolve_device
-from learner.errors import DataError
 from learner.evaluate.embeddings_io import EmbeddingsWriter
+from learner.train.checkpoint import load_checkpoint
 from learner.train.module import LearnerModule
-from learner.train.pretrain import PreparedData, input_spec, make_dataset, resolve_cache
+from learner.train.prepared import PreparedData, input_spec, make_dataset, resolve_cache
 
 _META_COLUMNS = ("patient_id", "visit", "visit_order", "zone", "path", "score", "split")
-
-
-def load_checkpoint(path: Path) -> tuple[LearnerModule, dict[str, Any]]:
-    """Rebuild the model from a checkpoint (``weights_only=True``: no pickle from disk)."""
-    ckpt, meta = _read_checkpoint(path)
-    info = {k: v for k, v in meta.items() if k not in ("config", "score_range")}
-    model = LearnerModule(meta["config"], tuple(meta["score_range"]), info)
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, meta
-
-
-def checkpoint_meta(path: Path) -> dict[str, Any]:
-    """A learner checkpoint's metadata (its config, score range, run info), no model built."""
-    return _read_checkpoint(path)[1]
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The checkpoint's contents and its learner metadata, or a one-line DataError."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: checkpoint not found; pass a .ckpt from a pretrain run folder")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(
-            f"{path}: not a loadable learner checkpoint ({type(exc).__name__}); "
-            "pass checkpoints/best.ckpt or last.ckpt of a pretrain run"
-        ) from None
-    meta = ckpt.get("learner") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "config" not in meta:
-        raise DataError(f"{path}: checkpoint has no learner metadata; was it written by learner?")
-    return ckpt, meta
 
 
 @torch.no_grad()

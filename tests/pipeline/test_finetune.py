@@ -14,12 +14,13 @@ from tabular_cohort import tabular_config, write_score_table
 
 from learner.config import Config
 from learner.errors import ConfigError, DataError
-from learner.evaluate.embed import embed_checkpoint, load_checkpoint
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.pipeline.embed import embed_checkpoint
+from learner.pipeline.finetune import finetune_change
 from learner.pipeline.run import run_ablation
-from learner.train.finetune import finetune_change
+from learner.train.checkpoint import load_checkpoint
 from learner.train.module import LearnerModule
-from learner.train.pretrain import model_config, prepare_data
+from learner.train.prepared import model_config, prepare_data
 
 
 def _write_table(folder: Path) -> Path:

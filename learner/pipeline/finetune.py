@@ -48,7 +48,7 @@ from learner.evaluate.change import (
 )
 from learner.evaluate.probe import Probe
 from learner.train.module import LearnerModule
-from learner.train.pretrain import PreparedData, make_dataset
+from learner.train.prepared import PreparedData, make_dataset
 
 # A class the training pairs lack gets this logit at the start (never predicted, finite
 # so that the cross-entropy stays defined).

@@ -1,0 +1,322 @@
+"""results.json of `learner run`: the rows, comparisons and ceilings built from the cells'
+results, the warnings that qualify them and the score regressor's floors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from learner.config import Config
+from learner.data.manifest import Manifest
+from learner.evaluate.aggregate import (
+    CellResult,
+    majority_rate,
+    metric_block,
+    paired_difference,
+    paired_statistic,
+    stat_entry,
+)
+from learner.evaluate.ceilings import CHANCE_BALANCED, ORACLES, fraction_of_achievable
+from learner.evaluate.change import CLASS_METRICS, HEAD_DELTA_PREFIX
+from learner.evaluate.interpatient import InterpatientResult, pool_interpatient
+from learner.evaluate.verdict import (
+    class_table_warnings,
+    concat_warning,
+    degenerate_classes,
+    pair_term_warning,
+    regressor_warning,
+    score_range_warnings,
+    verdict,
+)
+from learner.pipeline.grid import FINETUNED, HEAD_DELTA, REFERENCE, UNTRAINED, untrained_name
+from learner.provenance import package_versions
+
+
+def mean_floors(
+    floors: Sequence[dict[str, float]], units: dict[str, list[list[CellResult]]]
+) -> dict[str, Any]:
+    """Means over seeds (folds) of the two floors, beside the mse regressor's own validation
+    MAE, so a reader sees how far the regressor is from what the labels allow (None where
+    undefined)."""
+
+    def mean(values: Sequence[Any]) -> float | None:
+        finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        return float(np.mean(finite)) if finite else None
+
+    regressor = [
+        c.summary.get("regressor", {}).get("val_mae")
+        for cells in units.get(REFERENCE, [])
+        for c in cells
+    ]
+    return {
+        "split": "val",
+        "label_noise": mean([f["label_noise"] for f in floors]),
+        "perfect_reader": mean([f["perfect_reader"] for f in floors]),
+        "mse_regressor": mean(regressor),
+    }
+
+
+def _first_feature_summaries(units: dict[str, list[list[CellResult]]]) -> list[dict[str, Any]]:
+    """Every seed's (fold's) evaluation summary of the reference objective."""
+    name = REFERENCE if REFERENCE in units else next(iter(units), None)
+    if name is None:
+        return []
+    return [c.summary for cells in units[name] for c in cells]
+
+
+def degenerate(units: dict[str, list[list[CellResult]]]) -> str | None:
+    summaries = _first_feature_summaries(units)
+    return degenerate_classes(summaries) if summaries else None
+
+
+def run_warnings(
+    cfg: Config,
+    manifest: Manifest,
+    units: dict[str, list[list[CellResult]]],
+    pair_counts: dict[str, list[tuple[float, float, float]]],
+) -> list[str]:
+    """Every warning that qualifies the run's numbers, one line each, naming the fix."""
+    scores = manifest.frame["score"].to_numpy(dtype=np.float64)
+    out = list(manifest.warnings)
+    out += score_range_warnings(scores, cfg.data.score_range)
+    out += class_table_warnings(_first_feature_summaries(units), cfg.eval.delta)
+    for label, counts in pair_counts.items():
+        line = pair_term_warning(label, tuple(np.sum(counts, axis=0)), cfg.objective.tau)
+        if line is not None:
+            out.append(line)
+    floors = [c.summary.get("regressor", {}) for cells in units.get(REFERENCE, []) for c in cells]
+    val = [f.get("val_mae") for f in floors if f.get("val_mae") is not None]
+    mean = [f.get("val_mae_of_train_mean") for f in floors if f.get("val_mae") is not None]
+    if val and all(m is not None for m in mean):
+        line = regressor_warning(float(np.mean(val)), float(np.mean(mean)))
+        if line is not None:
+            out.append(line)
+    line = concat_warning(cfg.run.features)
+    if line is not None:
+        out.append(line)
+    for cells in units.values():
+        for note in (n for seed_cells in cells for c in seed_cells for n in c.summary["warnings"]):
+            if note not in out:
+                out.append(note)
+    return out
+
+
+def build_results(
+    cfg: Config,
+    manifest: Manifest,
+    units: dict[str, list[list[CellResult]]],
+    datasets: list[dict[str, Any]],
+    *,
+    oracles: dict[str, list[list[CellResult]]] | None = None,
+) -> dict[str, Any]:
+    """results.json (DESIGN section 2) from the per-cell results and, where the cohort's
+    truth is known, the oracles' (the ``ceilings`` block and ``fraction_of_achievable``)."""
+    oracles = oracles or {}
+    n_boot, seed0 = cfg.eval.n_boot, cfg.run.seeds[0]
+    objectives: dict[str, Any] = {}
+    for name, u in units.items():
+        objectives[name] = metric_block(u, head=False, n_boot=n_boot, seed=seed0)
+    if cfg.run.baselines and REFERENCE in units:
+        objectives[HEAD_DELTA] = metric_block(
+            units[REFERENCE], head=True, n_boot=n_boot, seed=seed0
+        )
+    comparisons: dict[str, Any] = {}
+    ref = units.get(REFERENCE)
+    for name, u in units.items():
+        if name == REFERENCE or ref is None:
+            continue
+        comparisons[name] = {
+            m: paired_difference(u, ref, m, n_boot=n_boot, seed=seed0) for m in CLASS_METRICS
+        }
+    if ref is not None:
+        comparisons[HEAD_DELTA] = {
+            m: paired_difference(
+                ref,
+                ref,
+                m,
+                column_a="head_predicted",
+                column_b="predicted",
+                n_boot=n_boot,
+                seed=seed0,
+            )
+            for m in CLASS_METRICS
+        }
+    to_untrained: dict[str, Any] = {}
+    for name, u in units.items():
+        base = untrained_name(name)
+        if name != base and base in units:
+            to_untrained[name] = {
+                "balanced_accuracy": paired_difference(
+                    u, units[base], "balanced_accuracy", n_boot=n_boot, seed=seed0
+                )
+            }
+    if ref is not None and UNTRAINED in units:
+        to_untrained[HEAD_DELTA] = {
+            "balanced_accuracy": paired_difference(
+                ref,
+                units[UNTRAINED],
+                "balanced_accuracy",
+                column_a="head_predicted",
+                n_boot=n_boot,
+                seed=seed0,
+            )
+        }
+    for name in objectives:
+        if name.split("+")[0] == UNTRAINED:
+            # A random head's score error says nothing; the table shows a dash.
+            objectives[name]["score_mae"] = stat_entry([math.nan] * len(units[name]), [])
+
+    first_units = next(iter(units.values()), [])
+    ceilings: dict[str, Any] = {
+        "chance": {"balanced_accuracy": CHANCE_BALANCED, "accuracy": majority_rate(first_units)}
+    }
+    for name, ou in oracles.items():
+        block = metric_block(ou, head=False, n_boot=n_boot, seed=seed0)
+        ceilings[name] = {m: block[m] for m in CLASS_METRICS}
+    ceiling = next((k for k in ORACLES if k in oracles), None)
+    if ceiling is not None:
+        for name, u in units.items():
+            objectives[name]["fraction_of_achievable"] = paired_statistic(
+                u,
+                oracles[ceiling],
+                "balanced_accuracy",
+                fraction_of_achievable,
+                n_boot=n_boot,
+                seed=seed0,
+            )
+        if HEAD_DELTA in objectives and ref is not None:
+            objectives[HEAD_DELTA]["fraction_of_achievable"] = paired_statistic(
+                ref,
+                oracles[ceiling],
+                "balanced_accuracy",
+                fraction_of_achievable,
+                column_a="head_predicted",
+                n_boot=n_boot,
+                seed=seed0,
+            )
+        ceilings["fraction_reference"] = ceiling
+    else:
+        # The contract keeps the key; without a truth.csv there is no oracle to divide by.
+        for block in objectives.values():
+            block["fraction_of_achievable"] = {
+                **stat_entry([math.nan] * len(cfg.run.seeds), []),
+                "note": "no truth.csv beside the manifest: no oracle, no fraction",
+            }
+
+    frame = manifest.frame
+    first = next(iter(units.values()))[0][0].summary if units else {}
+    return {
+        "objectives": objectives,
+        "ceilings": ceilings,
+        "comparisons": {
+            "reference": REFERENCE,
+            "differences": comparisons,
+            "differences_to_untrained": to_untrained,
+        },
+        "dataset": {
+            "manifest": str(manifest.source),
+            "patients": int(frame["patient_id"].nunique()),
+            "scans": len(frame),
+            "visits": int(frame.groupby("patient_id")["visit_order"].nunique().sum()),
+            "stable_band": first.get("band"),
+            "test_pairs_per_seed": first.get("n_test_pairs"),
+            "test_patients_per_seed": first.get("n_test_patients"),
+            "class_counts_test": first.get("class_counts_test"),
+            "splits": datasets,
+        },
+        "config": cfg.to_plain(),
+        "versions": package_versions(),
+        "metric_notes": {
+            "ci95": "95% patient-bootstrap interval on test patients (resamples averaged "
+            "over seeds); std is the seed-to-seed spread",
+            HEAD_DELTA: "the mse model's regression head: predicted score change as the only "
+            "feature of the same classifier",
+            UNTRAINED: "random-init encoder, same classifier; no score_mae (its head is random)",
+            "suffix " + FINETUNED: "eval.finetune: the encoder fine-tuned end to end on the "
+            "training patients' change pairs (validation patients chose the epoch), read by "
+            "the same probe; its score_mae is the unchanged head (random for untrained-ft) "
+            "reading the fine-tuned encoder",
+            "ceilings": "chance: 1/3 balanced accuracy, majority-class rate for accuracy; "
+            "oracle_truth / oracle_clean_score: the same probe, pairs and band on the true "
+            "change of truth.csv's severity / score_clean",
+            "fraction_of_achievable": "(balanced accuracy - 1/3) / (oracle - 1/3), paired "
+            "patient bootstrap on the same test pairs",
+            "min_detectable_difference": "half-width of the paired 95% CI: an effect of that "
+            "size could be missed",
+            "prefix " + HEAD_DELTA_PREFIX: "in per-cell metrics.json only",
+        },
+    }
+
+
+def change_results(
+    cfg: Config,
+    manifest: Manifest,
+    units: dict[str, list[list[CellResult]]],
+    splits: list[dict[str, Any]],
+    *,
+    oracles: dict[str, list[list[CellResult]]],
+    floors: Sequence[dict[str, float]],
+    pair_counts: dict[str, list[tuple[float, float, float]]],
+) -> dict[str, Any]:
+    """results.json of a change run: :func:`build_results`, the score regressor's floors
+    (where truth.csv gave them), every warning, the degenerate-class note and the verdict."""
+    results = build_results(cfg, manifest, units, splits, oracles=oracles)
+    if floors:
+        results["ceilings"]["score_mae_floors"] = mean_floors(floors, units)
+    results["warnings"] = run_warnings(cfg, manifest, units, pair_counts)
+    results["degenerate"] = degenerate(units)
+    results["verdict"] = verdict(results)
+    return results
+
+
+def interpatient_results(
+    cfg: Config,
+    manifest: Manifest,
+    per_tag: Sequence[InterpatientResult],
+    splits: list[dict[str, Any]],
+    *,
+    unit: str,
+) -> dict[str, Any]:
+    """results.json of a data set without change pairs (one visit per patient): each seed's
+    :func:`~learner.evaluate.interpatient.evaluate_interpatient` pooled, with its warnings
+    and verdict."""
+    pooled = pool_interpatient(list(per_tag))
+    for name in pooled["objectives"]:
+        if name == UNTRAINED:
+            pooled["objectives"][name]["score_mae"] = stat_entry([math.nan] * len(per_tag), [])
+    frame = manifest.frame
+    results: dict[str, Any] = {
+        "task": "interpatient",
+        "objectives": pooled["objectives"],
+        "ceilings": {},
+        "comparisons": pooled["comparisons"],
+        "dataset": {
+            "manifest": str(manifest.source),
+            "patients": int(frame["patient_id"].nunique()),
+            "scans": len(frame),
+            "visits": int(frame.groupby("patient_id")["visit_order"].nunique().sum()),
+            "unit": unit,
+            "held_out_patients_per_seed": pooled["held_out_patients_per_seed"],
+            "inter_patient_pairs_per_seed": pooled["inter_patient_pairs_per_seed"],
+            "splits": splits,
+        },
+        "config": cfg.to_plain(),
+        "versions": package_versions(),
+        "metric_notes": {
+            "task": "no patient has two labelled visits, so there is no change to classify: "
+            "accuracy, balanced accuracy and macro-F1 do not exist for this data",
+            "spearman_distance": "rho(cosine distance, |score gap|) over pairs of held-out "
+            f"{unit}s of different patients",
+            "score_mae": "the regression head on held-out scans (raw score units)",
+            "score_spearman": "rho(predicted score, score) on held-out units",
+        },
+    }
+    results["warnings"] = list(manifest.warnings) + score_range_warnings(
+        frame["score"].to_numpy(dtype=np.float64), cfg.data.score_range
+    )
+    results["degenerate"] = None
+    results["verdict"] = verdict(results)
+    return results
