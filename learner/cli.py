@@ -298,7 +298,7 @@ def validate(
     """
     from learner.config import load_config
     from learner.data.manifest import check_scans, load_manifest, parse_column_map
-    from learner.data.pairs import DEFAULT_DELTA
+    from learner.data.pairs import resolve_delta
     from learner.data.summary import (
         render_scan_kinds,
         render_summary,
@@ -308,9 +308,7 @@ def validate(
     from learner.errors import ConfigError
 
     cfg = load_config(config, None) if config is not None else None
-    band: float | str = (
-        delta if delta is not None else (cfg.eval.delta if cfg is not None else DEFAULT_DELTA)
-    )
+    band, _ = resolve_delta(delta, config=(str(config), cfg.eval.delta) if cfg else None)
     higher = not lower_is_better and (cfg is None or cfg.data.higher_is_better)
 
     feature_columns = None
@@ -349,6 +347,7 @@ def pretrain(
     Example: learner pretrain --config configs/demo.yaml --set objective.name=weighted --out runs/w
     """
     from learner.config import load_config
+    from learner.pipeline.commands import pretrain_warnings
     from learner.train.pretrain import pretrain as run_pretrain
 
     cfg = _with_columns(load_config(config, set_), columns)
@@ -356,24 +355,8 @@ def pretrain(
     if _is_rank_zero():  # under DDP every rank runs this command
         console.print(f"run folder: {result.run_dir}")
         console.print(f"best checkpoint: {result.best}")
-        for line in _pretrain_warnings(cfg, result.run_dir):
+        for line in pretrain_warnings(cfg, result.run_dir):
             err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
-
-
-def _pretrain_warnings(cfg: Any, run_dir: Path) -> list[str]:
-    """What makes a finished pretraining suspect: a score range that does not fit the scores,
-    a pair term that saw no negative (or positive) pair in most batches."""
-    from learner.evaluate.verdict import pair_batch_counts, pair_term_warning, score_range_warnings
-    from learner.train.prepared import config_manifest
-
-    manifest = config_manifest(cfg)
-    scores = manifest.frame["score"].to_numpy(dtype=float)
-    lines = score_range_warnings(scores, cfg.data.score_range)
-    counts = pair_batch_counts(run_dir)
-    if counts is not None:
-        line = pair_term_warning(cfg.objective.name, counts, cfg.objective.tau)
-        lines += [line] if line else []
-    return lines
 
 
 @app.command()
@@ -422,50 +405,13 @@ def evaluate(
 
     Example: learner evaluate --embeddings e.parquet --out eval --delta 2
     """
-    from learner.config import load_config
-    from learner.data.pairs import DEFAULT_DELTA
-    from learner.errors import ConfigError
-    from learner.evaluate.change import evaluate_change, has_change_pairs
-    from learner.evaluate.embeddings_io import read_embeddings
-    from learner.evaluate.plots import plot_confusions, plot_figure1, plot_trajectories
-    from learner.io import write_json
+    from learner.pipeline.commands import evaluate_embeddings
 
-    cfg = load_config(config, None)
-    if cfg.eval.finetune:
-        raise ConfigError(
-            f"{config}: eval.finetune fine-tunes encoders and runs in `learner run` only "
-            "(`learner evaluate` reads fixed embeddings); set eval.finetune: 0 here"
-        )
-    frame, meta = read_embeddings(embeddings)
-    higher = bool(meta.get("higher_is_better", cfg.data.higher_is_better))
-    band: float | str
-    if delta is not None:
-        band, source = delta, "--delta"
-    elif config is not None:
-        band, source = cfg.eval.delta, f"{config} eval.delta"
-    elif meta.get("delta") is not None:
-        band, source = meta["delta"], "the run that wrote the embeddings"
-    else:
-        band, source = DEFAULT_DELTA, "the default"
-    if not has_change_pairs(frame):
-        _evaluate_interpatient(frame, meta, out, n_boot=cfg.eval.n_boot, seed=cfg.train.seed)
+    evaluation = evaluate_embeddings(embeddings, out, config=config, delta=delta)
+    result = evaluation.change
+    if result is None:
+        _print_interpatient(evaluation)
         return
-    result = evaluate_change(
-        frame,
-        delta=band,
-        higher_is_better=higher,
-        feature=cfg.eval.feature,
-        classifier=cfg.eval.classifier,
-        pca=cfg.eval.pca,
-        n_boot=cfg.eval.n_boot,
-        seed=cfg.train.seed,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", result.to_json())
-    name = str(meta.get("objective", "embeddings"))
-    plot_figure1({name: result}, out / "figures" / "figure1_distance_vs_change.png")
-    plot_confusions({name: result.confusion}, out / "figures" / "confusion_matrix.png")
-    plot_trajectories(frame, out / "figures" / "trajectories.png")
     for note in result.warnings:
         err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae"):
@@ -475,37 +421,35 @@ def evaluate(
     console.print(f"{'head_delta bal.acc':>18}: {hd:.3f}")
     counts = ", ".join(f"{k} {v}" for k, v in result.class_counts_test.items())
     console.print(
-        f"stable band: |change| <= {result.band:.4g} score units ({band}, from {source}); "
-        f"test pairs: {counts}",
+        f"stable band: |change| <= {result.band:.4g} score units ({evaluation.band}, from "
+        f"{evaluation.band_source}); test pairs: {counts}",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
-    console.print(f"metrics: {out / 'metrics.json'}")
-    _save_evaluated_change_model(frame, meta, out, cfg, higher, band)
+    console.print(f"metrics: {evaluation.metrics_path}")
+    if evaluation.change_model is None:
+        err_console.print(
+            "note: the embeddings do not name an existing checkpoint, so no change model was "
+            "saved; embed with `learner embed --checkpoint ...` (or use `learner run`)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"change model: {evaluation.change_model}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
-def _evaluate_interpatient(
-    frame: Any, meta: dict[str, Any], out: Path, *, n_boot: int, seed: int
-) -> None:
+def _print_interpatient(evaluation: Any) -> None:
     """`evaluate` on one-visit data: held-out inter-patient rho and score MAE with CIs."""
-    from learner.evaluate.interpatient import INTERPATIENT_METRICS, evaluate_interpatient
-    from learner.io import write_json
+    from learner.evaluate.interpatient import INTERPATIENT_METRICS
 
-    name = str(meta.get("objective", "embeddings"))
-    result = evaluate_interpatient({name: frame}, unit="scan", n_boot=n_boot, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        out / "metrics.json",
-        {
-            "task": "inter-patient (no patient has two labelled visits: no change pairs)",
-            "metrics": result.metrics[name],
-            "ci95": {k: list(v) for k, v in result.ci95[name].items()},
-            "held_out_patients": result.n_patients,
-            "held_out_scans": result.n_units,
-            "inter_patient_pairs": result.n_pairs,
-        },
-    )
+    result, name = evaluation.interpatient, evaluation.name
     console.print(
         f"no change pairs (one labelled visit per patient): inter-patient evaluation on "
         f"{result.n_patients} held-out patients",
@@ -514,7 +458,7 @@ def _evaluate_interpatient(
     for key in INTERPATIENT_METRICS:
         lo, hi = result.ci95[name][key]
         console.print(f"{key:>18}: {result.metrics[name][key]:.3f}  [{lo:.3f}, {hi:.3f}]")
-    console.print(f"metrics: {out / 'metrics.json'}")
+    console.print(f"metrics: {evaluation.metrics_path}")
 
 
 @app.command()
@@ -609,24 +553,6 @@ def predict(
         console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _save_evaluated_change_model(
-    frame: Any, meta: dict[str, Any], out: Path, cfg: Any, higher: bool, band: float | str
-) -> None:
-    from learner.pipeline.fit_change import save_evaluated_change_model
-
-    saved = save_evaluated_change_model(frame, meta, out, cfg, higher_is_better=higher, delta=band)
-    if saved is None:
-        err_console.print(
-            "note: the embeddings do not name an existing checkpoint, so no change model was "
-            "saved; embed with `learner embed --checkpoint ...` (or use `learner run`)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-    else:
-        console.print(f"change model: {saved}", markup=False, highlight=False, soft_wrap=True)
-
-
 def _with_columns(cfg: Any, columns: str | None) -> Any:
     """``--columns`` sets ``data.columns`` (the config's own mapping otherwise)."""
     from learner.data.manifest import parse_column_map
@@ -650,27 +576,13 @@ DEMO_POOL = 100
 
 def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
-    from learner.pipeline.fit_change import save_run_change_models
-    from learner.pipeline.report import print_comparison, verdict_text, write_reports
-    from learner.pipeline.run import run_ablation
-
-    if cfg.train.devices * cfg.train.num_nodes > 1:
-        # Lightning's DDP launcher would rerun the whole grid in every process.
-        err_console.print(
-            "note: `learner run` trains each cell in one process on one device "
-            f"(train.devices={cfg.train.devices}, train.num_nodes={cfg.train.num_nodes} "
-            "ignored); for multi-device training use `learner pretrain`, then `learner embed` "
-            "and `learner evaluate` (docs/scale.md)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        cfg.train.devices = cfg.train.num_nodes = 1
+    from learner.pipeline.commands import run_and_report
+    from learner.pipeline.report import print_comparison, verdict_text
 
     log = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
-    ablation = run_ablation(cfg, out, log=log, replace_changed=replace_changed)
-    save_run_change_models(ablation, cfg, out, log=log)
-    md, page = write_reports(ablation, out)
+    warn = functools.partial(err_console.print, highlight=False, markup=False, soft_wrap=True)
+    outcome = run_and_report(cfg, out, replace_changed=replace_changed, log=log, warn=warn)
+    ablation, md, page = outcome.ablation, outcome.report_md, outcome.report_html
     print_comparison(ablation.results, console)
     ds = ablation.results["dataset"]
     if ds.get("stable_band") is not None:

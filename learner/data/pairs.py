@@ -33,6 +33,31 @@ TERTILES: Final = "tertiles"
 DEFAULT_DELTA: Literal["tertiles"] = "tertiles"
 
 
+def resolve_delta(
+    given: float | str | None,
+    *,
+    config: tuple[str, float | str] | None = None,
+    run: float | str | None = None,
+) -> tuple[float | str, str]:
+    """The stable band a command uses, and where it came from, in order of precedence: the
+    command line's ``given``, a config file's ``eval.delta`` (``config`` = (file, value)),
+    the band of the run that wrote the embeddings, else :data:`DEFAULT_DELTA`.
+
+    Example:
+        >>> resolve_delta(None, config=("mri.yaml", 2.0))
+        (2.0, 'mri.yaml eval.delta')
+        >>> resolve_delta(None, run=0.5)
+        (0.5, 'the run that wrote the embeddings')
+    """
+    if given is not None:
+        return given, "--delta"
+    if config is not None:
+        return config[1], f"{config[0]} eval.delta"
+    if run is not None:
+        return run, "the run that wrote the embeddings"
+    return DEFAULT_DELTA, "the default"
+
+
 def _has_zone(frame: pd.DataFrame) -> bool:
     # An embeddings file writes zone as null everywhere when the manifest had none.
     return "zone" in frame.columns and bool(frame["zone"].notna().any())

@@ -12,12 +12,18 @@ from torch.utils.data import DataLoader
 
 from learner.config import Config
 from learner.data.dataset import SCAN_RANK
-from learner.data.manifest import Manifest, load_manifest
+from learner.data.manifest import Manifest
 from learner.device import resolve_device
 from learner.evaluate.embeddings_io import EmbeddingsWriter
 from learner.train.checkpoint import load_checkpoint
 from learner.train.module import LearnerModule
-from learner.train.prepared import PreparedData, input_spec, make_dataset, resolve_cache
+from learner.train.prepared import (
+    PreparedData,
+    config_manifest,
+    input_spec,
+    make_dataset,
+    resolve_cache,
+)
 
 _META_COLUMNS = ("patient_id", "visit", "visit_order", "zone", "path", "score", "split")
 
@@ -121,9 +127,7 @@ def embed_checkpoint(
     cfg: Config = model.cfg
     if clips_per_scan is not None:
         cfg.data.input.clips_per_scan = clips_per_scan
-    manifest = load_manifest(
-        manifest_path, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
-    )
+    manifest = config_manifest(cfg, manifest_path)
     frame = manifest.frame.copy()
     assignment: dict[str, str] = meta.get("split", {})
     frame["split"] = frame["patient_id"].map(assignment).fillna("external")

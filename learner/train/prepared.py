@@ -71,13 +71,14 @@ def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
     return DecodeCache(root)
 
 
-def config_manifest(cfg: Config) -> Manifest:
-    """The manifest ``data.manifest`` names, read with the config's columns."""
-    if cfg.data.manifest is None:
+def config_manifest(cfg: Config, path: Path | None = None) -> Manifest:
+    """The manifest at ``path`` (default: the one ``data.manifest`` names), read with the
+    config's feature columns and column mapping: the one way every command that has a
+    config reads a manifest."""
+    path = path if path is not None else cfg.data.manifest
+    if path is None:
         raise ConfigError("data.manifest is not set; pass --set data.manifest=PATH/manifest.csv")
-    return load_manifest(
-        cfg.data.manifest, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns
-    )
+    return load_manifest(path, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns)
 
 
 def prepare_data(
