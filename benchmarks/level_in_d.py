@@ -34,8 +34,8 @@ from sklearn.linear_model import RidgeCV  # noqa: E402
 from sklearn.model_selection import GroupKFold  # noqa: E402
 
 from learner.data.pairs import consecutive_pairs  # noqa: E402
-from learner.evaluate.change import visit_embeddings  # noqa: E402
 from learner.evaluate.embeddings_io import read_embeddings  # noqa: E402
+from learner.evaluate.features import visit_embeddings  # noqa: E402
 
 ALPHAS = np.logspace(-2, 3, 12)
 

@@ -50,7 +50,7 @@ from learner.config import Config, load_config  # noqa: E402
 from learner.data.manifest import load_manifest  # noqa: E402
 from learner.errors import LearnerError  # noqa: E402
 from learner.evaluate.aggregate import paired_difference  # noqa: E402
-from learner.evaluate.change import CLASS_METRICS  # noqa: E402
+from learner.evaluate.metrics import CLASS_METRICS  # noqa: E402
 from learner.io import write_json  # noqa: E402
 from learner.pipeline.grid import REFERENCE  # noqa: E402
 from learner.pipeline.report import write_reports  # noqa: E402

@@ -19,14 +19,8 @@ import numpy as np
 import pandas as pd
 
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
-from learner.evaluate.change import (
-    CLASS_METRICS,
-    METRICS,
-    ChangeResult,
-    class_metrics,
-    confusion_counts,
-    label_codes,
-)
+from learner.evaluate.change import METRICS, ChangeResult
+from learner.evaluate.metrics import CLASS_METRICS, class_metrics, confusion_counts, label_codes
 from learner.io import atomic_path, write_json
 
 

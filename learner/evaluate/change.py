@@ -23,25 +23,17 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
-from scipy.stats import rankdata
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import GroupKFold
-from sklearn.neural_network import MLPClassifier
+from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.class_weight import compute_sample_weight
 
-from learner.data.manifest import visit_time
 from learner.data.pairs import (
     LABELS,
     consecutive_pairs,
@@ -51,17 +43,29 @@ from learner.data.pairs import (
 )
 from learner.data.splits import check_no_leakage
 from learner.errors import ConfigError, DataError
-from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
+from learner.evaluate.classifier import CLASSIFIERS, build_classifier, chosen_c, fit_classifier
 from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
+from learner.evaluate.features import (
+    FEATURES,
+    change_features,
+    cosine_distance,
+    temporal_pairs,
+    visit_embeddings,
+    visit_times,
+)
+from learner.evaluate.metrics import (
+    CLASS_METRICS,
+    class_metrics,
+    confusion_counts,
+    interval95,
+    label_codes,
+    mae,
+    patient_bootstrap,
+    spearman,
+)
 from learner.evaluate.probe import Probe
 from learner.evaluate.reduce import ScanProjection
 
-FEATURES = ("diff", "concat", "hybrid", "rate")
-CLASSIFIERS = ("logreg", "logreg-cv", "mlp")
-# logreg-cv's grid of inverse regularisation strengths, and its most patient folds.
-CV_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
-CV_FOLDS = 5
-CLASS_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 # Metrics of the embedding probe and its companions, in the order results report them.
 METRICS = (
     *CLASS_METRICS,
@@ -186,266 +190,10 @@ def _plain(obj: Any) -> Any:
 # --------------------------------------------------------------------------- features
 
 
-def visit_embeddings(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Average scans into visits: embeddings, score and predicted score.
-
-    Args:
-        frame: an embeddings frame (one row per scan; see docs/architecture.md).
-
-    Returns:
-        ``(visits, matrix)``: ``visits`` has one row per (patient_id, [zone,] visit_order)
-        as :func:`learner.data.pairs.visit_table` gives it, with the mean ``score`` (NaN
-        ignored) and ``pred_score``; ``matrix`` (V, D) float64 holds row i's mean embedding.
-    """
-    values = ["score", "embedding"]
-    if "pred_score" in frame.columns:
-        values.insert(1, "pred_score")
-    prepared = frame.copy()
-    # visit_table averages array cells element-wise; give it float64 arrays of one length.
-    matrix = embedding_matrix(frame).astype(np.float64)
-    prepared["embedding"] = list(matrix)
-    visits = visit_table(prepared, value_cols=values)
-    embedded = embedding_matrix(visits).astype(np.float64)
-    return visits.drop(columns=["embedding"]), embedded
-
-
-def change_features(
-    visit_matrix: np.ndarray,
-    pairs: pd.DataFrame,
-    feature: Literal["diff", "concat", "hybrid", "rate"] | str = "diff",
-    head: np.ndarray | None = None,
-    times: np.ndarray | None = None,
-) -> np.ndarray:
-    """Pair features from visit embeddings.
-
-    Args:
-        visit_matrix: (V, D) visit embeddings from :func:`visit_embeddings`.
-        pairs: from :func:`learner.data.pairs.consecutive_pairs` (``index_from``,
-            ``index_to`` are rows of ``visit_matrix``).
-        feature: ``"diff"``: ``u_to - u_from`` (P, D); ``"concat"``: ``[u_from, u_to]``
-            (P, 2D), the ablation; ``"hybrid"``: ``[head_to - head_from, u_to - u_from]``
-            (P, 1 + D), the score head's predicted change beside ``d``, so that a probe can
-            start from ``head_delta`` and add what the embedding knows; ``"rate"``:
-            ``(u_to - u_from) / (t_to - t_from)``, the change per unit of time between the
-            visits (``times``; days where visits are dates).
-        head: (V,) the score head's prediction per visit (``pred_score``); ``hybrid`` only.
-        times: (V,) each visit's time (:func:`visit_times`); ``rate`` only.
-
-    Returns:
-        float64 array (P, D), (P, 2D) or (P, 1 + D).
-
-    Raises:
-        ConfigError: an unknown feature.
-        DataError: ``hybrid`` without a finite head prediction for every visit of a pair.
-    """
-    index_from = pairs["index_from"].to_numpy(dtype=np.int64)
-    index_to = pairs["index_to"].to_numpy(dtype=np.int64)
-    start, end = visit_matrix[index_from], visit_matrix[index_to]
-    if feature == "diff":
-        return end - start
-    if feature == "concat":
-        return np.concatenate([start, end], axis=1)
-    if feature == "hybrid":
-        if head is None:
-            raise DataError("feature 'hybrid' needs pred_score (the score head) for every visit")
-        predicted = np.asarray(head, dtype=np.float64)
-        change = (predicted[index_to] - predicted[index_from])[:, None]
-        if not np.isfinite(change).all():
-            raise DataError(
-                "feature 'hybrid' needs pred_score for every visit of a pair, and some are "
-                "missing (an untrained or head-less model): use feature diff"
-            )
-        return np.concatenate([change, end - start], axis=1)
-    if feature == "rate":
-        return (end - start) / _intervals(pairs, times)[:, None]
-    raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
-
-
-def visit_times(visits: pd.DataFrame) -> np.ndarray | None:
-    """(V,) each visit's time from its ``visit`` value (a number as written, an ISO date in
-    days; :func:`learner.data.manifest.visit_time`), or None when visits carry none."""
-    if "visit" not in visits.columns:
-        return None
-    return np.array([visit_time(v) for v in visits["visit"]], dtype=np.float64)
-
-
-def _intervals(pairs: pd.DataFrame, times: np.ndarray | None) -> np.ndarray:
-    """(P,) time between the two visits of each pair; a clear error where there is none."""
-    fix = (
-        "feature 'rate' divides d by the time between visits: write the visit column as "
-        "numbers (e.g. days since baseline) or ISO dates, or use feature diff"
-    )
-    if times is None:
-        raise DataError(f"the visits carry no visit values; {fix}")
-    index_from = pairs["index_from"].to_numpy(dtype=np.int64)
-    index_to = pairs["index_to"].to_numpy(dtype=np.int64)
-    interval = times[index_to] - times[index_from]
-    bad = ~(np.isfinite(interval) & (interval > 0))
-    if bad.any():
-        first = int(np.argmax(bad))
-        patient = pairs["patient_id"].iloc[first] if "patient_id" in pairs.columns else "?"
-        raise DataError(
-            f"patient {patient!r}: no positive time between visits {times[index_from[first]]:g} "
-            f"and {times[index_to[first]]:g} ({int(bad.sum())} pairs); {fix}"
-        )
-    return interval
-
-
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise ``1 - cos(a_i, b_i)`` for (N, D) arrays; a zero vector counts as distance 1."""
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    dots = np.einsum("nd,nd->n", a, b)
-    return 1.0 - dots / np.maximum(norms, np.finfo(np.float64).tiny)
-
-
 # --------------------------------------------------------------------------- models
 
 
-def build_classifier(name: str, seed: int = 0, groups: npt.ArrayLike | None = None) -> Pipeline:
-    """Standardisation + classifier, the probe on frozen features.
-
-    Args:
-        name: ``"logreg"``: multinomial logistic regression (lbfgs fits the multinomial
-            loss for 3 classes) with balanced class weights and C = 1; ``"logreg-cv"``: the
-            same with C chosen from :data:`CV_CS` by balanced accuracy in folds of *patients*
-            (``groups``; at most :data:`CV_FOLDS`), refitted on all rows; ``"mlp"``: one
-            hidden layer of 64 units. ``MLPClassifier`` has no ``class_weight``:
-            :func:`evaluate_change` passes balanced per-sample weights instead where
-            scikit-learn supports them.
-        seed: seeds the MLP's initialisation.
-        groups: (N,) the patient of each training row; ``logreg-cv`` only, required there.
-
-    Returns:
-        An unfitted ``Pipeline(scale, clf)``.
-    """
-    clf: LogisticRegression | MLPClassifier
-    if name == "logreg":
-        clf = LogisticRegression(class_weight="balanced", max_iter=2000)
-    elif name == "logreg-cv":
-        if groups is None:
-            raise ConfigError("classifier 'logreg-cv' needs the patient of each training pair")
-        patients = np.asarray(groups).ravel()
-        n_folds = min(CV_FOLDS, len(np.unique(patients)))
-        if n_folds < 2:
-            raise DataError(
-                "classifier 'logreg-cv' needs training pairs from at least 2 patients to "
-                "choose C; use classifier logreg"
-            )
-        folds = list(GroupKFold(n_splits=n_folds).split(patients, groups=patients))
-        clf = LogisticRegressionCV(
-            Cs=list(CV_CS),
-            cv=folds,
-            scoring="balanced_accuracy",
-            class_weight="balanced",
-            max_iter=2000,
-            **_cv_quiet_options(),
-        )
-    elif name == "mlp":
-        clf = MLPClassifier(hidden_layer_sizes=(64,), alpha=1e-3, max_iter=1000, random_state=seed)
-    else:
-        raise ConfigError(f"classifier={name!r} is not known; use one of {list(CLASSIFIERS)}")
-    return Pipeline([("scale", StandardScaler()), ("clf", clf)])
-
-
-def _cv_quiet_options() -> dict[str, Any]:
-    """Options newer scikit-learn releases ask for explicitly (an L2 penalty, the simplified
-    fitted attributes); older ones have neither and mean the same by default."""
-    params = inspect.signature(LogisticRegressionCV.__init__).parameters
-    options: dict[str, Any] = {}
-    if "l1_ratios" in params:
-        options["l1_ratios"] = (0.0,)
-    if "use_legacy_attributes" in params:
-        options["use_legacy_attributes"] = False
-    return options
-
-
-def fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[str]) -> Pipeline:
-    """Fit, balancing classes, and record convergence warnings as one line each."""
-    clf = model.named_steps["clf"]
-    params: dict[str, Any] = {}
-    if isinstance(clf, MLPClassifier):
-        if "sample_weight" in inspect.signature(clf.fit).parameters:
-            params["clf__sample_weight"] = compute_sample_weight("balanced", y)
-        else:
-            notes.append(
-                "this scikit-learn's MLPClassifier takes no sample weights: classes unbalanced"
-            )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(x, y, **params)
-    for item in caught:
-        if "converge" in str(item.message).lower():
-            notes.append(f"{type(clf).__name__} did not converge; results may be unstable")
-            break
-    return model
-
-
 # --------------------------------------------------------------------------- metrics
-
-
-def label_codes(labels: npt.ArrayLike) -> np.ndarray:
-    """Label strings -> 0 worsen, 1 stable, 2 improve."""
-    lookup = {label: i for i, label in enumerate(LABELS)}
-    return np.array([lookup[str(v)] for v in np.asarray(labels).ravel()], dtype=np.int64)
-
-
-def confusion_counts(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """(3, 3) counts, rows true, columns predicted, from integer codes 0..2."""
-    flat = np.bincount(true * 3 + pred, minlength=9)
-    return flat.reshape(3, 3)
-
-
-def class_metrics(confusion: np.ndarray) -> tuple[float, float, float]:
-    """Accuracy, balanced accuracy and macro-F1 from a (3, 3) confusion matrix.
-
-    Balanced accuracy averages recall over the classes present in the truth (as
-    scikit-learn does); macro-F1 averages over all three labels, an undefined F1 counting
-    as 0 (``zero_division=0``). NaN for an empty matrix.
-    """
-    total = confusion.sum()
-    if total == 0:
-        return math.nan, math.nan, math.nan
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    accuracy = tp.sum() / total
-    present = support > 0
-    balanced = float(np.mean(tp[present] / support[present]))
-    denom = support + predicted
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros(3), where=denom > 0)
-    return float(accuracy), balanced, float(f1.mean())
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN if < 3 points or constant."""
-    keep = np.isfinite(x) & np.isfinite(y)
-    if keep.sum() < 3:
-        return math.nan
-    rx = rankdata(x[keep])
-    ry = rankdata(y[keep])
-    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def _mae(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean(np.abs(a - b))) if a.size else math.nan
-
-
-def _interval(samples: np.ndarray | None) -> tuple[float, float]:
-    if samples is None:
-        return math.nan, math.nan
-    lo, hi = percentile_interval(samples)
-    return float(lo), float(hi)
-
-
-def _bootstrap(
-    patient_ids: np.ndarray, stat: Callable[[np.ndarray], Any], n_boot: int, seed: int
-) -> np.ndarray | None:
-    """Patient bootstrap samples, or None when disabled or there is nothing to resample."""
-    if n_boot < 1 or patient_ids.size == 0:
-        return None
-    return bootstrap_distribution(patient_ids, stat, n_boot, seed)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -470,35 +218,6 @@ def _check_frame(frame: pd.DataFrame) -> None:
         )
 
 
-def _temporal_pairs(visits: pd.DataFrame, matrix: np.ndarray) -> pd.DataFrame:
-    """All visit pairs (not only consecutive) of (patient, [zone]) groups with 3+ visits.
-
-    Returns:
-        Columns patient_id, distance, abs_change; one row per pair i < j.
-    """
-    keys = ["patient_id", "zone"] if "zone" in visits.columns else ["patient_id"]
-    labelled = visits[np.isfinite(visits["score"].to_numpy(dtype=np.float64))]
-    rows: list[pd.DataFrame] = []
-    for _, group in labelled.groupby(keys, sort=True, dropna=False):
-        if len(group) < 3:
-            continue
-        first, second = np.triu_indices(len(group), k=1)
-        index = group.index.to_numpy()
-        scores = group["score"].to_numpy(dtype=np.float64)
-        rows.append(
-            pd.DataFrame(
-                {
-                    "patient_id": group["patient_id"].iloc[0],
-                    "distance": cosine_distance(matrix[index[first]], matrix[index[second]]),
-                    "abs_change": np.abs(scores[second] - scores[first]),
-                }
-            )
-        )
-    if not rows:
-        return pd.DataFrame({"patient_id": [], "distance": [], "abs_change": []})
-    return pd.concat(rows, ignore_index=True)
-
-
 def _training_classes_check(labels: np.ndarray, band: float, notes: list[str]) -> None:
     present = [label for label in LABELS if np.any(labels == label)]
     if len(present) < 2:
@@ -514,6 +233,112 @@ def _training_classes_check(labels: np.ndarray, band: float, notes: list[str]) -
                 f"no '{label}' pairs among training patients (band {band:.4g}): "
                 "the classifier never predicts it"
             )
+
+
+def _check_options(
+    feature: str, classifier: str, train_splits: Sequence[str], test_split: str
+) -> None:
+    if feature not in FEATURES:
+        raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
+    if classifier not in CLASSIFIERS:
+        raise ConfigError(f"classifier={classifier!r} is not known; use one of {list(CLASSIFIERS)}")
+    if test_split in train_splits:
+        raise ConfigError(
+            f"test split {test_split!r} is also a training split {list(train_splits)}; "
+            "test on patients the classifier never saw"
+        )
+
+
+def _train_test_pairs(
+    visits: pd.DataFrame, train_splits: Sequence[str], test_split: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The consecutive visit pairs of training and of test patients, each non-empty, no
+    patient in both."""
+    pairs = consecutive_pairs(visits)
+    train = pairs[pairs["split"].isin(list(train_splits))].reset_index(drop=True)
+    test = pairs[pairs["split"] == test_split].reset_index(drop=True)
+    if len(train) == 0:
+        raise DataError(
+            f"no training pairs: no patient in splits {list(train_splits)} has two consecutive "
+            "labelled visits; add such patients or change the split"
+        )
+    if len(test) == 0:
+        raise DataError(
+            f"no test pairs: no patient in split {test_split!r} has two consecutive labelled "
+            "visits; add such patients or change the split"
+        )
+    shared = sorted(set(train["patient_id"].astype(str)) & set(test["patient_id"].astype(str)))
+    if shared:
+        # Guarded again here, on the pairs actually used, so no refactor can leak silently.
+        raise DataError(
+            f"patient {shared[0]!r} has pairs in both training and test ({len(shared)} such "
+            "patients); keep each patient in one split"
+        )
+    return train, test
+
+
+def _head_delta_codes(
+    visits: pd.DataFrame,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    y_train: np.ndarray,
+    classifier: str,
+    seed: int,
+    notes: list[str],
+) -> np.ndarray | None:
+    """``head_delta``'s predicted codes on the test pairs: the same classifier on one
+    feature, the regression head's predicted change; None (with a note) where the head
+    predicted no score for some visit."""
+    pred_visit = visits["pred_score"].to_numpy(dtype=np.float64)
+    head_train = (pred_visit[train["index_to"]] - pred_visit[train["index_from"]])[:, None]
+    head_test = (pred_visit[test["index_to"]] - pred_visit[test["index_from"]])[:, None]
+    if not (np.isfinite(head_train).all() and np.isfinite(head_test).all()):
+        notes.append("pred_score is missing for some visits: head_delta not computed")
+        return None
+    groups = train["patient_id"].astype(str).to_numpy()
+    head_model = fit_classifier(build_classifier(classifier, seed, groups), head_train, y_train, [])
+    return label_codes(np.asarray(head_model.predict(head_test)).astype(str))
+
+
+def _test_score_mae(
+    frame: pd.DataFrame, test_split: str, n_boot: int, seed: int
+) -> tuple[float, np.ndarray | None]:
+    """``score_mae``: the regression head's error on labelled test scans, and its patient
+    bootstrap."""
+    scan_score = frame["score"].to_numpy(dtype=np.float64)
+    scan_pred = frame["pred_score"].to_numpy(dtype=np.float64)
+    scans = (
+        (frame["split"].astype(str).to_numpy() == test_split)
+        & np.isfinite(scan_score)
+        & np.isfinite(scan_pred)
+    )
+    scan_error = np.abs(scan_pred[scans] - scan_score[scans])
+    score_mae = float(scan_error.mean()) if scan_error.size else math.nan
+    samples = patient_bootstrap(
+        frame.loc[scans, "patient_id"].astype(str).to_numpy(),
+        lambda idx: float(scan_error[idx].mean()),
+        n_boot,
+        seed,
+    )
+    return score_mae, samples
+
+
+def _temporal_rho(
+    visits: pd.DataFrame, matrix: np.ndarray, test_patients: set[str], n_boot: int, seed: int
+) -> tuple[float, np.ndarray | None]:
+    """``temporal_spearman``: rho(cosine distance, |score change|) over all visit pairs of
+    test patients with 3+ visits, and its patient bootstrap."""
+    test_visits = visits["patient_id"].astype(str).isin(test_patients).to_numpy()
+    temporal = temporal_pairs(visits[test_visits], matrix)
+    t_distance = temporal["distance"].to_numpy(dtype=np.float64)
+    t_change = temporal["abs_change"].to_numpy(dtype=np.float64)
+    samples = patient_bootstrap(
+        temporal["patient_id"].astype(str).to_numpy(),
+        lambda idx: spearman(t_distance[idx], t_change[idx]),
+        n_boot,
+        seed,
+    )
+    return spearman(t_distance, t_change), samples
 
 
 def evaluate_change(
@@ -557,41 +382,14 @@ def evaluate_change(
         ConfigError: an unknown feature or classifier, a bad delta, or ``test_split`` among
             ``train_splits``.
     """
-    if feature not in FEATURES:
-        raise ConfigError(f"feature={feature!r} is not known; use one of {list(FEATURES)}")
-    if classifier not in CLASSIFIERS:
-        raise ConfigError(f"classifier={classifier!r} is not known; use one of {list(CLASSIFIERS)}")
-    if test_split in train_splits:
-        raise ConfigError(
-            f"test split {test_split!r} is also a training split {list(train_splits)}; "
-            "test on patients the classifier never saw"
-        )
+    _check_options(feature, classifier, train_splits, test_split)
     _check_frame(frame)
     notes: list[str] = []
 
     visits, matrix = visit_embeddings(frame)
-    pairs = consecutive_pairs(visits)
-    train = pairs[pairs["split"].isin(list(train_splits))].reset_index(drop=True)
-    test = pairs[pairs["split"] == test_split].reset_index(drop=True)
-    if len(train) == 0:
-        raise DataError(
-            f"no training pairs: no patient in splits {list(train_splits)} has two consecutive "
-            "labelled visits; add such patients or change the split"
-        )
-    if len(test) == 0:
-        raise DataError(
-            f"no test pairs: no patient in split {test_split!r} has two consecutive labelled "
-            "visits; add such patients or change the split"
-        )
+    train, test = _train_test_pairs(visits, train_splits, test_split)
     train_patients = set(train["patient_id"].astype(str))
     test_patients = set(test["patient_id"].astype(str))
-    shared = sorted(train_patients & test_patients)
-    if shared:
-        # Guarded again here, on the pairs actually used, so no refactor can leak silently.
-        raise DataError(
-            f"patient {shared[0]!r} has pairs in both training and test ({len(shared)} such "
-            "patients); keep each patient in one split"
-        )
 
     band = resolve_stable_band(train["change"].to_numpy(), delta)
     y_train = label_changes(train["change"].to_numpy(), band, higher_is_better=higher_is_better)
@@ -619,18 +417,7 @@ def evaluate_change(
     predicted = np.asarray(model.predict(probe_test)).astype(str)
     pred_codes = label_codes(predicted)
 
-    # head_delta: one feature, the regression head's predicted change.
-    head_codes: np.ndarray | None = None
-    pred_visit = visits["pred_score"].to_numpy(dtype=np.float64)
-    head_train = (pred_visit[train["index_to"]] - pred_visit[train["index_from"]])[:, None]
-    head_test = (pred_visit[test["index_to"]] - pred_visit[test["index_from"]])[:, None]
-    if np.isfinite(head_train).all() and np.isfinite(head_test).all():
-        head_model = fit_classifier(
-            build_classifier(classifier, seed, groups), head_train, y_train, []
-        )
-        head_codes = label_codes(np.asarray(head_model.predict(head_test)).astype(str))
-    else:
-        notes.append("pred_score is missing for some visits: head_delta not computed")
+    head_codes = _head_delta_codes(visits, train, test, y_train, classifier, seed, notes)
 
     # Figure 1 and the change regression (both on test pairs).
     start = matrix[test["index_from"].to_numpy()]
@@ -659,44 +446,17 @@ def evaluate_change(
                 *probe,
                 *head,
                 spearman(distance[idx], abs_change[idx]),
-                _mae(change_pred[idx], change_true[idx]),
+                mae(change_pred[idx], change_true[idx]),
                 spearman(change_pred[idx], change_true[idx]),
             ]
         )
 
     everything = np.arange(len(test))
     point = pair_stats(everything)
-    pair_samples = _bootstrap(pair_patients, pair_stats, n_boot, seed)
+    pair_samples = patient_bootstrap(pair_patients, pair_stats, n_boot, seed)
 
-    # score_mae on labelled test scans (the head's own quality).
-    scan_score = frame["score"].to_numpy(dtype=np.float64)
-    scan_pred = frame["pred_score"].to_numpy(dtype=np.float64)
-    scans = (
-        (frame["split"].astype(str).to_numpy() == test_split)
-        & np.isfinite(scan_score)
-        & np.isfinite(scan_pred)
-    )
-    scan_error = np.abs(scan_pred[scans] - scan_score[scans])
-    score_mae = float(scan_error.mean()) if scan_error.size else math.nan
-    scan_samples = _bootstrap(
-        frame.loc[scans, "patient_id"].astype(str).to_numpy(),
-        lambda idx: float(scan_error[idx].mean()),
-        n_boot,
-        seed,
-    )
-
-    # Temporal consistency over all visit pairs of test patients with 3+ visits.
-    test_visits = visits["patient_id"].astype(str).isin(test_patients).to_numpy()
-    temporal = _temporal_pairs(visits[test_visits], matrix)
-    t_distance = temporal["distance"].to_numpy(dtype=np.float64)
-    t_change = temporal["abs_change"].to_numpy(dtype=np.float64)
-    temporal_rho = spearman(t_distance, t_change)
-    temporal_samples = _bootstrap(
-        temporal["patient_id"].astype(str).to_numpy(),
-        lambda idx: spearman(t_distance[idx], t_change[idx]),
-        n_boot,
-        seed,
-    )
+    score_mae, scan_samples = _test_score_mae(frame, test_split, n_boot, seed)
+    temporal_rho, temporal_samples = _temporal_rho(visits, matrix, test_patients, n_boot, seed)
 
     pair_keys = [
         *CLASS_METRICS,
@@ -717,9 +477,9 @@ def evaluate_change(
     values["temporal_spearman"] = temporal_rho
 
     metrics = {key: float(values[key]) for key in METRICS}
-    ci95 = {key: _interval(samples.get(key)) for key in METRICS}
+    ci95 = {key: interval95(samples.get(key)) for key in METRICS}
     head_delta = {m: float(values[HEAD_DELTA_PREFIX + m]) for m in CLASS_METRICS}
-    head_delta_ci95 = {m: _interval(samples.get(HEAD_DELTA_PREFIX + m)) for m in CLASS_METRICS}
+    head_delta_ci95 = {m: interval95(samples.get(HEAD_DELTA_PREFIX + m)) for m in CLASS_METRICS}
 
     zone = ["zone"] if "zone" in test.columns else []
     test_table = test[["patient_id", *zone, "visit_from", "visit_to", "change"]].assign(
@@ -767,15 +527,8 @@ def evaluate_change(
             else Probe.from_pipeline(model)
         ),
         pca=projection.k if projection is not None else 0,
-        chosen_c=_chosen_c(model),
+        chosen_c=chosen_c(model),
     )
-
-
-def _chosen_c(model: Pipeline) -> float | None:
-    clf = model.named_steps["clf"]
-    if not isinstance(clf, LogisticRegressionCV):
-        return None
-    return float(np.ravel(clf.C_)[0])
 
 
 def has_change_pairs(frame: pd.DataFrame) -> bool:

@@ -32,8 +32,9 @@ import pandas as pd
 
 from learner.errors import ConfigError, DataError
 from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
-from learner.evaluate.change import cosine_distance, spearman
 from learner.evaluate.embeddings_io import embedding_matrix
+from learner.evaluate.features import cosine_distance
+from learner.evaluate.metrics import spearman
 
 INTERPATIENT_METRICS = ("spearman_distance", "score_mae", "score_spearman")
 Unit = Literal["scan", "patient"]

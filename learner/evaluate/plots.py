@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator
 
 from learner.data.pairs import LABELS
 from learner.errors import DataError
-from learner.evaluate.change import ChangeResult, cosine_distance, visit_embeddings
+from learner.evaluate.change import ChangeResult
+from learner.evaluate.features import cosine_distance, visit_embeddings
 from learner.io import atomic_path
 
 # Lightning CSVLogger columns worth a panel, in panel order. A metric logged both per step

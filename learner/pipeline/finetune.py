@@ -39,13 +39,8 @@ from learner.data.pairs import (
     visit_table,
 )
 from learner.errors import DataError
-from learner.evaluate.change import (
-    build_classifier,
-    class_metrics,
-    confusion_counts,
-    fit_classifier,
-    label_codes,
-)
+from learner.evaluate.classifier import build_classifier, fit_classifier
+from learner.evaluate.metrics import class_metrics, confusion_counts, label_codes
 from learner.evaluate.probe import Probe
 from learner.train.module import LearnerModule
 from learner.train.prepared import PreparedData, make_dataset

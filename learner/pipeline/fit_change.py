@@ -35,15 +35,10 @@ from learner.evaluate.calibration import (
     reliability_bins,
     softmax,
 )
-from learner.evaluate.change import (
-    CLASS_METRICS,
-    change_features,
-    evaluate_change,
-    label_codes,
-    visit_embeddings,
-    visit_times,
-)
+from learner.evaluate.change import evaluate_change
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.features import change_features, visit_embeddings, visit_times
+from learner.evaluate.metrics import CLASS_METRICS, label_codes
 from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
 from learner.io import write_json

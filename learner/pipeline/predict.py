@@ -28,16 +28,14 @@ import pandas as pd
 from learner.data.manifest import Manifest, load_manifest
 from learner.data.pairs import consecutive_pairs, label_changes
 from learner.errors import ConfigError
-from learner.evaluate.change import (
+from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.features import (
     change_features,
-    class_metrics,
-    confusion_counts,
     cosine_distance,
-    label_codes,
     visit_embeddings,
     visit_times,
 )
-from learner.evaluate.embeddings_io import read_embeddings
+from learner.evaluate.metrics import class_metrics, confusion_counts, label_codes
 from learner.io import atomic_path, write_json
 from learner.pipeline.change_model import CLASSES, ChangeModel
 from learner.pipeline.embed import embed_frame, prepared_for_model

@@ -20,8 +20,9 @@ from learner.evaluate.aggregate import (
     stat_entry,
 )
 from learner.evaluate.ceilings import CHANCE_BALANCED, ORACLES, fraction_of_achievable
-from learner.evaluate.change import CLASS_METRICS, HEAD_DELTA_PREFIX
+from learner.evaluate.change import HEAD_DELTA_PREFIX
 from learner.evaluate.interpatient import InterpatientResult, pool_interpatient
+from learner.evaluate.metrics import CLASS_METRICS
 from learner.evaluate.verdict import (
     class_table_warnings,
     concat_warning,

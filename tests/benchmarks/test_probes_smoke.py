@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 
-from learner.evaluate.change import CV_CS
+from learner.evaluate.classifier import CV_CS
 from learner.evaluate.embeddings_io import write_embeddings
 from tests.evaluate.test_change import make_cohort
 

@@ -21,20 +21,15 @@ from sklearn.metrics import (
 
 from learner.data.pairs import LABELS
 from learner.errors import ConfigError, DataError
-from learner.evaluate.change import (
-    change_features,
-    class_metrics,
-    confusion_counts,
-    evaluate_change,
-    visit_embeddings,
-    visit_times,
-)
+from learner.evaluate.change import evaluate_change
 from learner.evaluate.embeddings_io import (
     EmbeddingsWriter,
     embedding_matrix,
     read_embeddings,
     write_embeddings,
 )
+from learner.evaluate.features import change_features, visit_embeddings, visit_times
+from learner.evaluate.metrics import class_metrics, confusion_counts
 
 
 def make_cohort(

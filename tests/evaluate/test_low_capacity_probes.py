@@ -10,14 +10,9 @@ import pytest
 from learner.config import Config
 from learner.data.pairs import consecutive_pairs
 from learner.errors import ConfigError, DataError
-from learner.evaluate.change import (
-    CV_CS,
-    build_classifier,
-    change_features,
-    evaluate_change,
-    visit_embeddings,
-    visit_times,
-)
+from learner.evaluate.change import evaluate_change
+from learner.evaluate.classifier import CV_CS, build_classifier
+from learner.evaluate.features import change_features, visit_embeddings, visit_times
 from learner.evaluate.reduce import ScanProjection
 from tests.evaluate.test_change import make_cohort
 

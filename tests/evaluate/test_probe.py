@@ -15,7 +15,7 @@ from learner.evaluate.calibration import (
     reliability_bins,
     softmax,
 )
-from learner.evaluate.change import build_classifier
+from learner.evaluate.classifier import build_classifier
 from learner.evaluate.probe import CLASSES, Probe
 
 
