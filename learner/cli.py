@@ -1,5 +1,9 @@
 """Command-line interface (Typer). Every command is thin: it parses options, calls the
 library, and turns :class:`learner.errors.LearnerError` into one line and an exit code.
+
+Why one long module: most of its length is each command's options with their help texts and
+examples; the work behind a command that puts several steps together is one call into
+:mod:`learner.pipeline.commands`.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ one line each, naming the manifest, the spreadsheet row (header = row 1), the co
 Scan files are checked for existence, readability and extension only; decoding them is the
 readers' job (:mod:`learner.data.readers`), which :func:`check_scans` runs over every file.
 
+Why one long module: it is one concern, the manifest contract, and most of its length is that
+contract's rules (columns, visits, dates, scores, zones, splits, paths, duplicates), each check
+beside the one-line error that names its fix; splitting it would separate a rule from its
+message.
+
 Example:
     >>> manifest = load_manifest("cohort/manifest.csv")  # doctest: +SKIP
     >>> manifest.frame[["patient_id", "visit", "visit_order", "score"]].head()  # doctest: +SKIP

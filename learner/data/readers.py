@@ -21,6 +21,10 @@ Example:
     >>> scan = read_scan("patient_01_L1.mp4")
     >>> scan.kind, scan.array.shape, scan.fps
     ('video', (120, 350, 350), 25.0)
+
+Why one long module: one reader per container (video through PyAV, DICOM single and multi-frame
+and series, NIfTI 2-D and 3-D, ``.npy``, stills), each short, sharing the orientation and
+rescaling rules above; the dispatch and those rules are easiest to check on one page.
 """
 
 from __future__ import annotations
