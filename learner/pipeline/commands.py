@@ -26,7 +26,11 @@ from learner.evaluate.interpatient import InterpatientResult, evaluate_interpati
 from learner.evaluate.plots import plot_confusions, plot_figure1, plot_trajectories
 from learner.evaluate.verdict import pair_batch_counts, pair_term_warning, score_range_warnings
 from learner.io import write_json
-from learner.pipeline.fit_change import save_evaluated_change_model, save_run_change_models
+from learner.pipeline.fit_change import (
+    probe_settings,
+    save_evaluated_change_model,
+    save_run_change_models,
+)
 from learner.pipeline.report import write_reports
 from learner.pipeline.run import AblationResult, run_ablation
 from learner.train.prepared import config_manifest
@@ -87,11 +91,8 @@ def evaluate_embeddings(
         frame,
         delta=band,
         higher_is_better=higher,
-        feature=cfg.eval.feature,
-        classifier=cfg.eval.classifier,
-        pca=cfg.eval.pca,
         n_boot=cfg.eval.n_boot,
-        seed=cfg.train.seed,
+        **probe_settings(cfg),
     )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", result.to_json())

@@ -244,6 +244,18 @@ def save_cell_change_model(
     return info
 
 
+def probe_settings(cfg: Config) -> dict[str, Any]:
+    """The config's probe: ``feature``, ``classifier``, ``pca`` and the ``seed``, as
+    keyword arguments of :func:`~learner.evaluate.change.evaluate_change` (and of the change
+    model fitted with it)."""
+    return {
+        "feature": cfg.eval.feature,
+        "classifier": cfg.eval.classifier,
+        "pca": cfg.eval.pca,
+        "seed": cfg.train.seed,
+    }
+
+
 def save_evaluated_change_model(
     frame: pd.DataFrame,
     meta: dict[str, Any],
@@ -266,10 +278,7 @@ def save_evaluated_change_model(
         checkpoint,
         delta=delta,
         higher_is_better=higher_is_better,
-        feature=cfg.eval.feature,
-        classifier=cfg.eval.classifier,
-        pca=cfg.eval.pca,
-        seed=cfg.train.seed,
+        **probe_settings(cfg),
         source={"objective": meta.get("objective"), "checkpoint": str(checkpoint)},
     )
     return folder
