@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from learner.data.pairs import DEFAULT_DELTA
 from learner.errors import ConfigError
+from learner.objective_hparams import HYPERPARAMETERS, ObjectiveName, PairSet, Partition, Weighting
 
 
 class _Section(BaseModel):
@@ -104,32 +105,42 @@ class ModelConfig(_Section):
     pretrained: Path | None = Field(None, description="Local torchvision resnet18 state dict.")
 
 
-class ObjectiveConfig(_Section):
-    """Pair objective; only the hyperparameters the named objective takes are passed to it."""
+def _hparam(name: str) -> Any:
+    """The config field of objective hyperparameter ``name``: its default, bounds and
+    description as declared in :data:`learner.objective_hparams.HYPERPARAMETERS`, which the
+    objective modules check against too."""
+    spec = HYPERPARAMETERS[name]
+    if spec.choices:  # the field's Literal type holds them
+        return Field(spec.default, description=spec.description)
+    return Field(spec.default, allow_inf_nan=False, description=spec.description, **spec.bounds())
 
-    name: Literal["mse", "contrastive", "weighted", "yaware", "rnc"] = "weighted"
-    lam: float = Field(1.0, ge=0.0, description="lambda: weight of the pair term.")
-    tau: float = Field(0.1, ge=0.0, le=1.0)
-    margin: float = Field(0.5, gt=0.0, le=2.0)
-    partition: Literal["threshold", "soft"] = "threshold"
-    weighting: Literal["linear", "exp", "log", "rank"] = "linear"
-    alpha: float = Field(3.0, gt=0.0)
-    temperature: float | None = Field(None, gt=0.0, description="null = the objective's default.")
-    sigma: float = Field(0.1, gt=0.0)
-    score_noise: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="sd of one score's measurement noise in normalised units (score sd / "
-        "score-range width), like tau; > 0 makes the threshold partition noise-aware: a gap "
-        "that noise could explain weighs partly as a positive and partly as a negative "
-        "(contrastive, weighted with partition threshold; beyond the paper). 0 = the paper.",
-    )
-    pairs: Literal["inter", "intra", "all"] = Field(
-        "inter",
-        description="which pairs the pair term compares: inter-patient (the paper), a "
-        "patient's own scans (intra), or both (all); contrastive, weighted and yaware.",
-    )
+
+class ObjectiveConfig(_Section):
+    """Pair objective; only the hyperparameters the named objective takes are passed to it.
+
+    Defaults and allowed values come from :mod:`learner.objective_hparams`; a number must be
+    finite and not a boolean, as the objective modules require.
+    """
+
+    name: ObjectiveName = "weighted"
+    lam: float = _hparam("lam")
+    tau: float = _hparam("tau")
+    margin: float = _hparam("margin")
+    partition: Partition = _hparam("partition")
+    weighting: Weighting = _hparam("weighting")
+    alpha: float = _hparam("alpha")
+    temperature: float | None = _hparam("temperature")
+    sigma: float = _hparam("sigma")
+    score_noise: float = _hparam("score_noise")
+    pairs: PairSet = _hparam("pairs")
+
+    @field_validator(*(n for n, h in HYPERPARAMETERS.items() if not h.choices), mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: Any) -> Any:
+        # pydantic reads true as 1.0; the objective modules reject it.
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not a boolean")
+        return v
 
     @model_validator(mode="after")
     def _pairs_supported(self) -> ObjectiveConfig:

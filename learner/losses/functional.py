@@ -33,18 +33,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-Weighting = Literal["linear", "exp", "log", "rank"]
-WEIGHTINGS: tuple[str, ...] = ("linear", "exp", "log", "rank")
-Partition = Literal["threshold", "soft"]
-PairSet = Literal["inter", "intra", "all"]
-PAIR_SETS: tuple[str, ...] = ("inter", "intra", "all")
+# The choices are declared once, beside the hyperparameters' ranges.
+from learner.objective_hparams import PAIR_SETS, WEIGHTINGS, PairSet, Partition, Weighting
 
 # Norm floor of the cosine normalisation: a zero embedding maps to the zero direction (cosine
 # 0 with everything) and the gradient through 1/||u|| stays bounded by 1/_NORM_EPS.

@@ -1,10 +1,31 @@
 """Thin ``nn.Module`` wrappers of the pair objectives, the ``OBJECTIVES`` registry and its factory.
 
-Each module validates its hyperparameters once in ``__init__`` (``ValueError`` naming the
-hyperparameter and its allowed range) and, in ``forward``, gathers the batch across ranks when
-``torch.distributed`` runs with more than one process, so that a global batch behaves exactly
-like one large local batch (see :mod:`learner.dist`). The maths lives in
-:mod:`learner.losses.functional`.
+Each module validates its hyperparameters once in ``__init__`` against their single declaration
+in :mod:`learner.objective_hparams` (``ValueError`` naming the hyperparameter and its allowed
+range; the config derives its checks from the same declaration) and, in ``forward``, gathers
+the batch across ranks when ``torch.distributed`` runs with more than one process, so that a
+global batch behaves exactly like one large local batch (see :mod:`learner.dist`). The maths
+lives in :mod:`learner.losses.functional`.
+
+Adding an objective:
+
+1. One file, e.g. ``learner/losses/<name>.py``: its pure function (the signature of
+   :mod:`learner.losses.functional`) and a subclass of
+   :class:`learner.losses.base.PairObjective`. Its ``__init__`` takes each hyperparameter as
+   a keyword argument defaulting to ``default("<hparam>")`` (or to its own value where the
+   declared default is None, as for ``temperature``) and passes them all to
+   ``super().__init__(**...)``, which validates and keeps them; its ``pair_loss`` calls the
+   function with ``**self.hparams``.
+2. One line in ``OBJECTIVES`` below (importing the class), and its name in
+   :data:`learner.objective_hparams.ObjectiveName` (the config checks names without importing
+   torch; ``tests/losses/test_registry.py`` fails if the two differ).
+
+``tests/losses/test_registry.py`` then builds it from its defaults, checks that its loss is
+finite, and that every out-of-range value of each of its hyperparameters fails both the
+module and the config. A hyperparameter that no objective has yet also needs an entry in
+:data:`learner.objective_hparams.HYPERPARAMETERS` and a field in
+:class:`learner.config.ObjectiveConfig` (typed, with ``_hparam("<name>")``); the registry
+test fails if either is missing.
 
 Example:
     >>> objective = build_objective("weighted", partition="soft")
@@ -15,95 +36,22 @@ Example:
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from learner import dist
 from learner.errors import ConfigError
 from learner.losses import functional as fn
+from learner.losses.base import PairObjective
 from learner.losses.functional import PairLoss
-
-
-def _check_number(name: str, value: object) -> float:
-    """``value`` as a finite float, or ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _check_interval(
-    name: str, value: object, low: float, high: float, *, low_open: bool = False
-) -> float:
-    """``value`` in [low, high] (or (low, high] with ``low_open``), else ValueError."""
-    x = _check_number(name, value)
-    if x > high or x < low or (low_open and x == low):
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
-    return x
-
-
-def _check_positive(name: str, value: object) -> float:
-    """``value`` > 0, else ValueError."""
-    x = _check_number(name, value)
-    if x <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return x
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    """``value`` one of ``choices``, else ValueError listing them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return str(value)
-
-
-def _check_pairs(pairs: object) -> fn.PairSet:
-    """``objective.pairs`` one of ``inter`` / ``intra`` / ``all``, else ValueError."""
-    _check_choice("pairs", pairs, fn.PAIR_SETS)
-    return pairs  # type: ignore[return-value]
-
-
-class PairObjective(nn.Module):
-    """Base class: gathers across ranks, then applies :meth:`pair_loss` to the global batch."""
-
-    def forward(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        """Compute the objective on the (global) batch.
-
-        Args:
-            embeddings: (B, D) float, this rank's batch.
-            scores: (B,) in [0, 1], NaN = unlabelled.
-            patient_ids: (B,) int64, unique per patient across the whole data set.
-
-        Returns:
-            PairLoss of the global batch (identical on every rank).
-        """
-        if dist.world_size() > 1:
-            embeddings = dist.gather_with_grad(embeddings)
-            scores = dist.gather_no_grad(scores)
-            patient_ids = dist.gather_no_grad(patient_ids)
-        return self.pair_loss(embeddings, scores, patient_ids)
-
-    def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
-        """The objective on an already gathered batch; subclasses call their pure function
-        with ``**self.hparams``, whose names are exactly its keyword arguments."""
-        raise NotImplementedError
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        """The validated hyperparameters, by name (for logs and reports)."""
-        return {}
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+from learner.objective_hparams import PairSet, Partition, Weighting, default
 
 
 class NoPairLoss(PairObjective):
     """``mse``: the regression baseline, no pair term (loss 0, counts 0)."""
 
     def __init__(self) -> None:
-        # Explicit so that the signature lists no hyperparameters (nn.Module's takes *args).
+        # Explicit so that the signature lists, and the module accepts, no hyperparameters.
         super().__init__()
 
     def forward(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
@@ -127,25 +75,12 @@ class ContrastiveLoss(PairObjective):
 
     def __init__(
         self,
-        tau: float = 0.1,
-        margin: float = 0.5,
-        pairs: fn.PairSet = "inter",
-        score_noise: float = 0.0,
+        tau: float = default("tau"),
+        margin: float = default("margin"),
+        pairs: PairSet = default("pairs"),
+        score_noise: float = default("score_noise"),
     ) -> None:
-        super().__init__()
-        self.tau = _check_interval("tau", tau, 0.0, 1.0)
-        self.margin = _check_interval("margin", margin, 0.0, 2.0, low_open=True)
-        self.pairs = _check_pairs(pairs)
-        self.score_noise = _check_interval("score_noise", score_noise, 0.0, 1.0)
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {
-            "tau": self.tau,
-            "margin": self.margin,
-            "pairs": self.pairs,
-            "score_noise": self.score_noise,
-        }
+        super().__init__(tau=tau, margin=margin, pairs=pairs, score_noise=score_noise)
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.contrastive_loss(embeddings, scores, patient_ids, **self.hparams)
@@ -167,41 +102,28 @@ class WeightedContrastiveLoss(PairObjective):
 
     def __init__(
         self,
-        tau: float = 0.1,
-        margin: float = 0.5,
-        weighting: fn.Weighting = "linear",
-        alpha: float = 3.0,
-        partition: fn.Partition = "threshold",
-        pairs: fn.PairSet = "inter",
-        score_noise: float = 0.0,
+        tau: float = default("tau"),
+        margin: float = default("margin"),
+        weighting: Weighting = default("weighting"),
+        alpha: float = default("alpha"),
+        partition: Partition = default("partition"),
+        pairs: PairSet = default("pairs"),
+        score_noise: float = default("score_noise"),
     ) -> None:
-        super().__init__()
-        self.tau = _check_interval("tau", tau, 0.0, 1.0)
-        self.margin = _check_interval("margin", margin, 0.0, 2.0, low_open=True)
-        _check_choice("weighting", weighting, fn.WEIGHTINGS)
-        _check_choice("partition", partition, ("threshold", "soft"))
-        self.weighting: fn.Weighting = weighting
-        self.alpha = _check_positive("alpha", alpha)
-        self.partition: fn.Partition = partition
-        self.pairs = _check_pairs(pairs)
-        self.score_noise = _check_interval("score_noise", score_noise, 0.0, 1.0)
-        if self.score_noise > 0 and partition != "threshold":
+        super().__init__(
+            tau=tau,
+            margin=margin,
+            weighting=weighting,
+            alpha=alpha,
+            partition=partition,
+            pairs=pairs,
+            score_noise=score_noise,
+        )
+        if self._hparams["score_noise"] > 0 and partition != "threshold":
             raise ValueError(
                 "score_noise needs partition threshold (the soft partition has no tau); "
                 "set score_noise: 0 or partition: threshold"
             )
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {
-            "tau": self.tau,
-            "margin": self.margin,
-            "weighting": self.weighting,
-            "alpha": self.alpha,
-            "partition": self.partition,
-            "pairs": self.pairs,
-            "score_noise": self.score_noise,
-        }
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.weighted_contrastive_loss(embeddings, scores, patient_ids, **self.hparams)
@@ -211,22 +133,18 @@ class YAwareLoss(PairObjective):
     """y-Aware InfoNCE (see :func:`functional.yaware_loss`).
 
     Args:
-        temperature: softmax temperature, > 0.
+        temperature: softmax temperature, > 0 (its own default: 0.1).
         sigma: RBF kernel bandwidth in normalised score units, > 0.
         pairs: ``inter`` (the paper), ``intra`` or ``all``.
     """
 
     def __init__(
-        self, temperature: float = 0.1, sigma: float = 0.1, pairs: fn.PairSet = "inter"
+        self,
+        temperature: float = 0.1,
+        sigma: float = default("sigma"),
+        pairs: PairSet = default("pairs"),
     ) -> None:
-        super().__init__()
-        self.temperature = _check_positive("temperature", temperature)
-        self.sigma = _check_positive("sigma", sigma)
-        self.pairs = _check_pairs(pairs)
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "sigma": self.sigma, "pairs": self.pairs}
+        super().__init__(temperature=temperature, sigma=sigma, pairs=pairs)
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.yaware_loss(embeddings, scores, patient_ids, **self.hparams)
@@ -236,16 +154,11 @@ class RnCLoss(PairObjective):
     """Rank-N-Contrast (see :func:`functional.rnc_loss`).
 
     Args:
-        temperature: similarity temperature, > 0.
+        temperature: similarity temperature, > 0 (its own default: 2.0).
     """
 
     def __init__(self, temperature: float = 2.0) -> None:
-        super().__init__()
-        self.temperature = _check_positive("temperature", temperature)
-
-    @property
-    def hparams(self) -> dict[str, Any]:
-        return {"temperature": self.temperature}
+        super().__init__(temperature=temperature)
 
     def pair_loss(self, embeddings: Tensor, scores: Tensor, patient_ids: Tensor) -> PairLoss:
         return fn.rnc_loss(embeddings, scores, patient_ids, **self.hparams)

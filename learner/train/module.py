@@ -7,7 +7,6 @@ Figure-1 Spearman (cosine distance against |score difference| over inter-patient
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 from learner import dist
 from learner.config import Config
 from learner.errors import ConfigError
-from learner.losses import build_objective
+from learner.losses import build_objective, objective_hparam_names
 from learner.losses.modules import PairObjective
 from learner.models import ProjectionHead, RegressionHead, build_encoder
 
@@ -53,14 +52,12 @@ def build_encoder_from_config(cfg: Config) -> nn.Module:
 
 
 def objective_from_config(cfg: Config) -> PairObjective:
-    """Build the named objective, passing only the hyperparameters it accepts."""
-    from learner.losses import OBJECTIVES
-
-    o = cfg.objective
-    accepted = inspect.signature(OBJECTIVES[o.name].__init__).parameters
-    candidates = o.model_dump(exclude={"name", "lam"})
-    params = {k: v for k, v in candidates.items() if k in accepted and v is not None}
-    return build_objective(o.name, **params)
+    """Build the named objective, passing only the hyperparameters it accepts (a null one,
+    such as ``temperature``, leaves the objective's own default)."""
+    values = cfg.objective.model_dump()
+    accepted = objective_hparam_names(cfg.objective.name)
+    params = {k: values[k] for k in accepted if values[k] is not None}
+    return build_objective(cfg.objective.name, **params)
 
 
 def cosine_distance_spearman(u: Tensor, y: Tensor, pid: Tensor) -> float:
