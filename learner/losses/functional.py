@@ -26,6 +26,11 @@ Example:
     >>> pid = torch.tensor([0, 1, 2, 3, 4, 4])
     >>> out = contrastive_loss(u, y, pid, tau=0.1, margin=0.5)
     >>> out.loss.backward()
+
+Why one long module: every objective shares the pair masks, the partitions and the
+zero-not-NaN rule above, and each function carries its maths in its docstring; kept on one
+page, the objectives can be compared line by line (the tests check each against a loop over
+pairs).
 """
 
 from __future__ import annotations
