@@ -24,7 +24,6 @@ import pandas as pd
 from learner.errors import ConfigError
 
 Modality = Literal["lus", "mri"]
-PresetName = Literal["tiny", "demo", "bench"]
 
 MODALITIES: tuple[str, ...] = ("lus", "mri")
 
