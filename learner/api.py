@@ -12,11 +12,38 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from learner.errors import DataError
+from learner.pipeline import predict
 from learner.pipeline.change_model import ChangeModel, is_change_model, load_change_model
 from learner.pipeline.fit_change import CHANGE_MODEL_DIR
+
+
+class Model(ChangeModel):
+    """What :func:`load_model` returns: a :class:`ChangeModel` (``info``, ``band``, ``probe``,
+    ``classes``, ...) that also embeds scans and predicts, by :mod:`learner.pipeline.predict`."""
+
+    def embed(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
+        """(N, D) float32 embeddings of scans given as file paths or arrays (a reader's
+        layout: video (T, H, W) uint8, volume (D, H, W), feature vector (F,))."""
+        return predict.embed_scans(self, items)
+
+    def predict_scores(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
+        """The regression head's score (raw units) for scans given as paths or arrays: (N,)."""
+        return predict.predict_scores(self, items)
+
+    def predict_change(
+        self, manifest: str | Path | pd.DataFrame, *, columns: Mapping[str, str] | None = None
+    ) -> predict.Predictions:
+        """Per scan and per consecutive visit pair predictions for a manifest (path or frame);
+        see :func:`learner.pipeline.predict.predict_change`."""
+        return predict.predict_change(self, manifest, columns=columns)
 
 
 def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
@@ -34,10 +61,11 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     )
 
 
-def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> ChangeModel:
+def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:
     """Load a change model (or a run folder's validation-chosen one) to run on ``device``.
 
     Nothing in the folder is unpickled or executed: weights are a numeric ``.npz``, the rest
     is JSON.
     """
-    return load_change_model(resolve_model_dir(path)).to(device)
+    loaded = load_change_model(resolve_model_dir(path))
+    return Model(**{f.name: getattr(loaded, f.name) for f in fields(loaded)}).to(device)

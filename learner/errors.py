@@ -42,9 +42,3 @@ class DataError(LearnerError):
     """A bad manifest, scan file or data set (exit 3)."""
 
     exit_code = 3
-
-
-class NotBuiltError(LearnerError):
-    """A documented command that this version does not provide yet (exit 2)."""
-
-    exit_code = 2

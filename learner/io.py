@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the target folder, then ``os.replace``.
 
 A crash or Ctrl-C mid-write leaves the previous file (or nothing), never a half-written one.
+This is the package's only atomic writer; every module that writes a file goes through it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ _PARTIAL_SUFFIX = ".tmp"
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    The folder is created if missing. The temporary file is ``.<name>.<random>.tmp``: it does
+    not end in ``path``'s suffix, so a writer that picks its format from the file name must be
+    told the format (``savefig(tmp, format="png")``, ``av.open(tmp, "w", format="mp4")``) or
+    write to an open handle (``np.save`` appends ``.npy`` to a path that lacks it). The result
+    gets the permissions a plain ``open()`` would give (``0o666`` less the umask). If the block
+    raises, the temporary file is removed and ``path`` is left as it was.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_PARTIAL_SUFFIX, dir=target.parent)

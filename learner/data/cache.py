@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from learner.errors import DataError
+from learner.io import atomic_path
 
 
 def file_identity(path: Path) -> list[Any]:
@@ -124,19 +123,11 @@ class DecodeCache:
         return _open_read_only(target)
 
     def _write(self, target: Path, array: np.ndarray) -> None:
-        """Write ``array`` to ``target`` atomically (temp file in the same folder + rename)."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-            # mkstemp makes the file private (0600); a cache is plain data others may share.
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, target)
-        except BaseException:
-            # Leave no temp file behind, whatever went wrong (disk full, interrupt).
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        """Write ``array`` to ``target`` atomically (:func:`learner.io.atomic_path`): whatever
+        goes wrong (disk full, interrupt), no temporary file stays behind."""
+        # An open handle, not the path: np.save would append ".npy" to the temporary name.
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
 
 
 def _open_read_only(path: Path) -> np.ndarray:

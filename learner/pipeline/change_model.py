@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 import numpy as np
-import pandas as pd
 import torch
 
 from learner.device import resolve_device
@@ -38,9 +36,6 @@ from learner.errors import DataError
 from learner.evaluate.probe import CLASSES, Probe
 from learner.io import atomic_path, atomic_write_text, write_json
 from learner.train.module import LearnerModule
-
-if TYPE_CHECKING:
-    from learner.pipeline.predict import Predictions
 
 FORMAT = "learner-change-model"
 FORMAT_VERSION = 1
@@ -52,6 +47,10 @@ UNSAFE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin",
 @dataclass
 class ChangeModel:
     """A loaded change model: encoder + regression head + probe + what they mean.
+
+    Predicting with it is :mod:`learner.pipeline.predict`'s (``embed_scans``,
+    ``predict_scores``, ``predict_change``); :func:`learner.load_model` returns a
+    :class:`learner.api.Model`, this with those as methods.
 
     Attributes:
         module: the encoder and regression head (eval mode).
@@ -80,38 +79,10 @@ class ChangeModel:
     def higher_is_better(self) -> bool:
         return bool(self.info["higher_is_better"])
 
-    def to(self, device: str) -> ChangeModel:
+    def to(self, device: str) -> Self:
         """Run the encoder on ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``)."""
         self.module.to(resolve_device(device))
         return self
-
-    def embed(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
-        """Embed scans given as file paths or arrays; returns (N, D) float32.
-
-        Arrays are what a reader returns for the model's input kind: video (T, H, W) uint8,
-        volume (D, H, W), feature vector (F,); they go through the same preprocessing as
-        files.
-        """
-        from learner.pipeline.predict import embed_items
-
-        return np.stack(list(embed_items(self, items)["embedding"]))
-
-    def predict_scores(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
-        """The regression head's score (raw units) for scans given as paths or arrays: (N,)."""
-        from learner.pipeline.predict import embed_items
-
-        return embed_items(self, items)["pred_score"].to_numpy(np.float64)
-
-    def predict_change(
-        self, manifest: str | Path | pd.DataFrame, *, columns: dict[str, str] | None = None
-    ) -> Predictions:
-        """Per scan and per consecutive visit pair predictions for a manifest (path or frame).
-
-        See :func:`learner.pipeline.predict.predict_change`.
-        """
-        from learner.pipeline.predict import predict_change
-
-        return predict_change(self, manifest, columns=columns)
 
 
 def save_change_model(

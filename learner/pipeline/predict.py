@@ -36,8 +36,9 @@ from learner.evaluate.features import (
     visit_times,
 )
 from learner.evaluate.metrics import class_metrics, confusion_counts, label_codes
+from learner.evaluate.probe import CLASSES
 from learner.io import atomic_path, write_json
-from learner.pipeline.change_model import CLASSES, ChangeModel
+from learner.pipeline.change_model import ChangeModel
 from learner.pipeline.embed import embed_frame, prepared_for_model
 
 PROBABILITIES = tuple(f"p_{c}" for c in CLASSES)
@@ -129,6 +130,20 @@ def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) ->
         # Every item is its own patient: no duplicate-row or pairing rule applies across items.
         embedded = _embed_manifest(model, manifest)
     return embedded.sort_values("patient_id", kind="stable").reset_index(drop=True)
+
+
+def embed_scans(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
+    """Embed scans given as file paths or arrays; returns (N, D) float32.
+
+    Arrays are what a reader returns for the model's input kind: video (T, H, W) uint8,
+    volume (D, H, W), feature vector (F,); they go through the same preprocessing as files.
+    """
+    return np.stack(list(embed_items(model, items)["embedding"]))
+
+
+def predict_scores(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
+    """The regression head's score (raw units) for scans given as paths or arrays: (N,)."""
+    return embed_items(model, items)["pred_score"].to_numpy(np.float64)
 
 
 def _as_manifest(

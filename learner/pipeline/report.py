@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import base64
-import html
 import math
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
+from markdown_it import MarkdownIt
 from rich.console import Console
 from rich.table import Table
 
@@ -264,7 +265,9 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> s
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     for key, path in figures.items():
-        lines += [f"![{key}]({path.relative_to(out).as_posix()})", "", CAPTIONS[key], ""]
+        # Percent-encoded, so a label with a space or a bracket still makes an image link.
+        link = quote(path.relative_to(out).as_posix())
+        lines += [f"![{key}]({link})", "", CAPTIONS[key], ""]
     lines += [
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
         "",
@@ -272,46 +275,30 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> s
     return "\n".join(lines)
 
 
-def _inline_html(text: str) -> str:
-    """Escape a markdown sentence and render its `code` spans as <code> (no literal backticks)."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+# What report.html adds to report.md: a page title and a style (markdown has neither).
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:right}td:first-child,th:first-child{text-align:left}"
+    "td:first-child{font-weight:bold}img{max-width:100%}"
+    "p:has(>img){margin:1.5em 0 0.3em}p:has(>img)+p{color:#555}"
+)
 
 
-def _html(results: dict[str, Any], figures: dict[str, Path]) -> str:
-    head = ["objective", *(HEADERS[m] for m in TABLE_METRICS), *LAST_COLUMNS]
-    verdict = "<p><b>Verdict.</b> " + _inline_html(" ".join(results.get("verdict", []))) + "</p>"
-    warnings = results.get("warnings", [])
-    if warnings:
-        verdict += (
-            "<p><b>Warnings.</b></p><ul>"
-            + "".join(f"<li>{_inline_html(w)}</li>" for w in warnings)
-            + "</ul>"
-        )
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-        for row in comparison_rows(results)
-    )
-    imgs = "".join(
-        f"<figure><img alt='{key}' src='data:image/png;base64,"
-        f"{base64.b64encode(path.read_bytes()).decode('ascii')}'/>"
-        f"<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>"
-        for key, path in figures.items()
-    )
-    style = (
-        "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}td:first-child{text-align:left;font-weight:bold}"
-        "img{max-width:100%}figure{margin:1.5em 0}figcaption{color:#555}"
-    )
+def _html(markdown: str, figures: dict[str, Path]) -> str:
+    """``report.md`` rendered as a self-contained page: each figure (the image whose alt text
+    is its key) embedded as base64 PNG, raw HTML in the text shown as text."""
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = renderer.parse(markdown)
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "image" and child.content in figures:
+                png = figures[child.content].read_bytes()
+                child.attrSet("src", "data:image/png;base64," + base64.b64encode(png).decode())
+    body = renderer.renderer.render(tokens, renderer.options, {})
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>learner run report</title>"
-        f"<style>{style}</style></head><body><h1>learner run report</h1>"
-        + verdict
-        + "".join(f"<p>{_inline_html(p)}</p>" for p in _intro(results))
-        + "<table><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + f"</tr>{rows}</table>{imgs}</body></html>"
+        f"<style>{_STYLE}</style></head><body>\n{body}</body></html>\n"
     )
 
 
@@ -321,5 +308,5 @@ def write_reports(ablation: AblationResult, out: Path) -> tuple[Path, Path]:
     md = _markdown(ablation.results, figures, out)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)
-    atomic_write_text(html_path, _html(ablation.results, figures))
+    atomic_write_text(html_path, _html(md, figures))
     return md_path, html_path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,6 +156,7 @@ def test_concurrent_writers_of_one_key(tmp_path: Path, source: Path) -> None:
 TWO_JOBS = """
 import sys, time
 from pathlib import Path
+from typing import Any
 import numpy as np
 from learner.data.cache import DecodeCache
 
@@ -199,3 +201,26 @@ def test_two_processes_share_one_cache_folder(tmp_path: Path) -> None:
     assert sum(m for _, m in hits_misses) >= 12
     files = sorted(p.name for p in root.rglob("*") if p.is_file())
     assert len(files) == 12 and not [f for f in files if f.endswith(".tmp")], files
+
+
+def test_entries_are_written_through_learner_io(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry is saved to a temporary file that ``is_partial_write`` recognises (so a write
+    killed before its rename is known as a leftover), then renamed to its ``.npy`` name."""
+    from learner.io import is_partial_write
+
+    written: list[Path] = []
+    real_save = np.save
+
+    def spy(handle: Any, array: np.ndarray, **kwargs: Any) -> None:
+        written.append(Path(handle.name))
+        real_save(handle, array, **kwargs)
+
+    monkeypatch.setattr(np, "save", spy)
+    cache = DecodeCache(tmp_path / "cache")
+    cache.get(source, {}, lambda: np.arange(10, dtype=np.uint8))
+    stored = cache.location(cache.key(source, {}))
+    assert len(written) == 1 and written[0].parent == stored.parent
+    assert is_partial_write(written[0]) and not written[0].exists()
+    np.testing.assert_array_equal(np.load(stored), np.arange(10))

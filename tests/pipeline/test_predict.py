@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from learner.api import load_model
 from learner.cli import app
 from learner.errors import DataError
 from learner.pipeline.change_model import CLASSES, load_change_model
@@ -115,7 +116,7 @@ def test_single_visit_patient_gets_scan_predictions_and_a_note(
     one = frame[first_visit & (frame["patient_id"] == frame["patient_id"].iloc[0])]
     manifest = tmp_path / "one.csv"
     one.assign(path=[str(second.parent / p) for p in one["path"]]).to_csv(manifest, index=False)
-    model = load_change_model(trained["run"] / "change-model")
+    model = load_model(trained["run"] / "change-model")
     result = model.predict_change(manifest)
     assert len(result.scans) == len(one) and result.pairs.empty
     assert any("1 patient(s) with one visit get per-scan" in n for n in result.summary["notes"])
@@ -147,7 +148,7 @@ def test_evaluate_saves_a_change_model_from_embed_output(
     evaluate = ["evaluate", "--embeddings", str(embeddings), "--config", str(config)]
     output = _invoke([*evaluate, "--out", str(tmp_path / "eval")])
     assert f"change model: {tmp_path / 'eval' / 'change-model'}" in output
-    model = load_change_model(tmp_path / "eval" / "change-model")
+    model = load_model(tmp_path / "eval" / "change-model")
     assert model.info["objective"] == "mse" and model.info["checkpoint"] == str(checkpoint)
     paths = [trained["first"].parent / p for p in pd.read_csv(trained["first"])["path"][:3]]
     scores = model.predict_scores(paths)

@@ -5,6 +5,8 @@ crash mid-write leaves the previous file intact. Killed and signalled runs: test
 from __future__ import annotations
 
 import ast
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from learner.io import write_json
+from learner.io import atomic_path, is_partial_write, write_json
 from learner.train.pretrain import AtomicCheckpointIO
 
 LEARNER = [sys.executable, "-m", "learner.cli"]
@@ -60,6 +62,34 @@ def test_interrupted_json_write_keeps_the_previous_file(
     monkeypatch.undo()
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_atomic_path_leaves_a_recognisable_leftover_and_follows_the_umask(tmp_path: Path) -> None:
+    """The temporary file is one :func:`is_partial_write` recognises (what a SIGKILL before
+    the rename leaves), the folder is created, and the result gets ``0o666`` less the umask,
+    as a plain ``open()`` would give it."""
+    target = tmp_path / "new" / "scan.nii.gz"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and is_partial_write(tmp), tmp.name
+        tmp.write_bytes(b"x")
+    assert [p.name for p in target.parent.iterdir()] == ["scan.nii.gz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_only_learner_io_makes_atomic_temporary_files() -> None:
+    """One atomic writer: a module that calls ``mkstemp`` or ``os.replace`` itself should use
+    ``learner.io.atomic_path`` instead (its leftovers are what ``is_partial_write`` knows)."""
+    offenders = []
+    for source in sorted(PACKAGE.rglob("*.py")):
+        if source == PACKAGE / "io.py":
+            continue
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("mkstemp", "replace"):
+                if isinstance(node.value, ast.Name) and node.value.id in ("os", "tempfile"):
+                    offenders.append(f"{source.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not offenders, offenders
 
 
 # Calls that write a file, and which argument names the file (None: the receiver).

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from typer.testing import CliRunner
 
+from learner.api import load_model
 from learner.cli import app
-from learner.pipeline.change_model import load_change_model
 from learner.train.checkpoint import load_checkpoint
 
 
@@ -49,7 +49,7 @@ def test_vector_files_train_run_and_predict(tmp_path: Path) -> None:
         out / "cells" / "weighted" / "seed0" / "run" / "checkpoints" / "best.ckpt"
     )
     assert model.cfg.data.input.features == 5 and len(meta["feature_stats"][0]) == 5
-    change = load_change_model(out / "change-model")
+    change = load_model(out / "change-model")
     predictions = change.predict_change(manifest)
     assert len(predictions.scans) == 60 and len(predictions.pairs) == 40
     vector = np.load(tmp_path / "p00_v0.npy")

@@ -30,10 +30,10 @@ from learner.data.synthetic.common import (
     cohort_table,
     resolve_preset,
     with_pool,
-    write_bytes_atomic,
 )
 from learner.data.synthetic.video_io import write_mp4
 from learner.errors import ConfigError
+from learner.io import atomic_write_bytes
 
 __all__ = ["PRESETS", "CohortFiles", "cohort_table", "write_cohort"]
 
@@ -125,7 +125,7 @@ def _write_preview(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_cohort(
@@ -224,9 +224,9 @@ def write_cohort(
     columns += ["split"] if pool else []
     manifest = out / "manifest.csv"
     truth = out / "truth.csv"
-    write_bytes_atomic(manifest, _csv_bytes(table[columns]))
+    atomic_write_bytes(manifest, _csv_bytes(table[columns]))
     truth_columns = columns + [c for c in table.columns if c not in columns]
-    write_bytes_atomic(truth, _csv_bytes(table[truth_columns]))
+    atomic_write_bytes(truth, _csv_bytes(table[truth_columns]))
     preview_path = None
     if preview:
         preview_path = out / "preview.png"

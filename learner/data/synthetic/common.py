@@ -15,12 +15,7 @@ ordinary cohort of the same seed.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +24,6 @@ import pandas as pd
 from learner.errors import ConfigError
 
 Modality = Literal["lus", "mri"]
-PresetName = Literal["tiny", "demo", "bench"]
 
 MODALITIES: tuple[str, ...] = ("lus", "mri")
 
@@ -455,38 +449,3 @@ def consecutive_changes(table: pd.DataFrame, column: str = "score") -> np.ndarra
     visits = visit_scores(table)
     diffs = visits.groupby("patient_id", sort=True)[column].diff()
     return diffs.dropna().to_numpy(dtype=float)
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
-
-    The temporary name keeps ``target``'s suffixes (``.mp4``, ``.nii.gz``) so that writers
-    which infer the format from the name still work. A failed write leaves no partial file.
-
-    Args:
-        target: Final file path (its folder must exist).
-
-    Yields:
-        The temporary path to write.
-    """
-    suffix = "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp creates 0600 files; scans are ordinary data files that others read.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_bytes_atomic(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically (temp file + rename)."""
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)

@@ -37,8 +37,8 @@ from learner.data.synthetic.common import (
     Preset,
     keyed_rng,
     nuisance_rng,
-    write_bytes_atomic,
 )
+from learner.io import atomic_write_bytes
 
 # Anatomical landmarks in head coordinates (fractions of the half field of view).
 _HEAD_RADII = np.array([0.70, 0.86, 0.78])
@@ -272,4 +272,4 @@ def write_nifti(path: Path, volume: np.ndarray, *, voxel_mm: float) -> None:
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    write_bytes_atomic(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))
+    atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))

@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from learner.data.synthetic.common import atomic_path
+from learner.io import atomic_path
 
 
 def write_mp4(path: Path, frames: np.ndarray, *, fps: int = 20, crf: int = 23) -> None:
