@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from tests.train.test_finetune import _config, _write_table
+from tests.pipeline.test_finetune import _config, _write_table
 
 from learner.pipeline.run import run_ablation
 
