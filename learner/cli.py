@@ -163,7 +163,8 @@ def demo(
     """Run the main job on the embedded synthetic LUS cohort: build the cohort (60 patients
     followed over time plus a pretraining pool of single-visit patients), pretrain mse /
     contrastive / weighted, evaluate change classification, print the comparison and write
-    a report.
+    a report; the change is judged against the observed score and against the cohort's true
+    severity (eval.target truth).
 
     Example: learner demo --out demo-output
     """
@@ -184,7 +185,8 @@ def demo(
         write_cohort(
             "lus", cohort, patients=None, seed=0, preset="demo", preview=True, pool=DEMO_POOL
         )
-    cfg = load_config(DEMO_CONFIG, [f"data.manifest={manifest}"])
+    # The cohort knows its truth: judge change against it too, beside the observed score.
+    cfg = load_config(DEMO_CONFIG, [f"data.manifest={manifest}", "eval.target=truth"])
     _run_and_report(cfg, out / "run")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 
@@ -225,6 +227,13 @@ def synth(
             "typical ones (severity, scores and per-visit noise unchanged).",
         ),
     ] = 1.0,
+    score_quantum: Annotated[
+        float | None,
+        typer.Option(
+            help="Round scores to this step instead of the modality's own (S/F 5, MMSE 1): a "
+            "coarser score for the same patients and images.",
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic longitudinal cohort as real files (mp4 / NIfTI) plus manifest.csv.
 
@@ -245,6 +254,7 @@ def synth(
         preview=preview,
         pool=pool,
         nuisance=nuisance,
+        score_quantum=score_quantum,
     )
     kind = "null-control " if null else ""
     lines = [
@@ -581,13 +591,14 @@ DEMO_POOL = 100
 def _run_and_report(cfg: Any, out: Path, *, replace_changed: bool = False) -> None:
     """Shared by `run` and `demo`: the ablation grid, the table, the reports."""
     from learner.pipeline.commands import run_and_report
-    from learner.pipeline.report import print_comparison, verdict_text
+    from learner.pipeline.report import print_comparison, print_target, verdict_text
 
     log = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
     warn = functools.partial(err_console.print, highlight=False, markup=False, soft_wrap=True)
     outcome = run_and_report(cfg, out, replace_changed=replace_changed, log=log, warn=warn)
     ablation, md, page = outcome.ablation, outcome.report_md, outcome.report_html
     print_comparison(ablation.results, console)
+    print_target(ablation.results, console)
     ds = ablation.results["dataset"]
     if ds.get("stable_band") is not None:
         console.print(

@@ -197,6 +197,14 @@ class EvalConfig(_Section):
     finetune_lr: float = Field(
         1e-4, gt=0.0, description="Fine-tuning learning rate (eval.finetune)."
     )
+    target: Literal["observed", "truth"] = Field(
+        "observed",
+        description="What test pairs are also judged against. observed: the observed score's "
+        "change (the labels the probe is fitted on). truth: the change of the latent severity "
+        "in the truth.csv beside the manifest (synthetic cohorts), reported in results.json "
+        "'target' beside the observed-score rows; the probe is still fitted on observed labels "
+        "of training patients.",
+    )
 
     @field_validator("delta")
     @classmethod

@@ -33,6 +33,8 @@ TRUTH_FILE = "truth.csv"
 # Ceiling name -> truth.csv column holding the per-scan quantity whose change it classifies.
 ORACLES = {"oracle_truth": "severity", "oracle_clean_score": "score_clean"}
 CHANCE_BALANCED = 1.0 / 3.0
+# The truth.csv column whose change ``eval.target: truth`` judges (negated: higher = better).
+TRUTH_TARGET = "severity"
 
 
 def load_truth(manifest_source: Path) -> pd.DataFrame | None:
@@ -69,6 +71,23 @@ def _truth_values(frame: pd.DataFrame, truth: pd.DataFrame, column: str) -> np.n
     merged = left.merge(right, on=keys, how="left")
     values = pd.to_numeric(merged[column], errors="coerce").to_numpy(dtype=np.float64)
     return values if np.isfinite(values).all() else None
+
+
+def truth_target(frame: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """``eval.target: truth``: per row of ``frame``, the scan's latent severity from
+    ``truth``, negated: severity grows with disease (0 healthy), and every change the target
+    block compares is oriented so that higher = better.
+
+    Raises:
+        DataError: some scan of ``frame`` has no finite severity in truth.csv.
+    """
+    values = _truth_values(frame, truth, TRUTH_TARGET)
+    if values is None:
+        raise DataError(
+            f"{TRUTH_FILE}: some scans have no {TRUTH_TARGET!r} value; eval.target truth needs "
+            "one per scan (a cohort written by `learner synth`), or set eval.target: observed"
+        )
+    return -values
 
 
 def evaluate_oracle(

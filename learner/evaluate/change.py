@@ -76,6 +76,10 @@ METRICS = (
     "temporal_spearman",
 )
 HEAD_DELTA_PREFIX = "head_delta_"
+# The frame column a caller may add to judge change against a finer reference than the
+# observed score (``eval.target``): one value per scan, oriented so that higher = better.
+# Only test patients' values are read, and only after every prediction is made.
+TARGET_COLUMN = "target"
 
 
 @dataclass
@@ -101,7 +105,11 @@ class ChangeResult:
         n_boot, seed: bootstrap resamples and seed.
         warnings: one line each (a class absent from training, no convergence, ...).
         test_pairs: per test pair: patient_id, [zone,] visit_from, visit_to, change, label,
-            predicted, head_predicted, distance, predicted_change.
+            predicted, head_predicted, distance, predicted_change; and each predicted change
+            oriented so that higher = better: ``score_change`` (the observed score's),
+            ``head_change`` (the regression head's), ``probe_change`` (the probe's expected
+            signed change, p_improve - p_worsen); with a :data:`TARGET_COLUMN` in the frame
+            also ``target_change`` and ``target_label`` (see ``target_band``).
         train_patients, test_patients: sorted patient ids whose pairs trained / tested.
         model: the fitted classifier pipeline (scaler + classifier) on the embedding feature;
             scikit-learn orders its ``classes_`` alphabetically: use ``probe``.
@@ -109,6 +117,9 @@ class ChangeResult:
             pair features (a ``pca`` projection folded in).
         pca: the number of principal axes the probe read (0: the full embedding).
         chosen_c: ``logreg-cv``'s inverse regularisation strength (None for the others).
+        target_band: with a :data:`TARGET_COLUMN`: the band on |target change| that makes
+            the test pairs' target classes as frequent as the observed classes among
+            training pairs (so the two targets' accuracies compare like with like).
         bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
             seeds (see :func:`learner.pipeline.run.metric_block`).
     """
@@ -141,6 +152,7 @@ class ChangeResult:
     probe: Probe | None = None
     pca: int = 0
     chosen_c: float | None = None
+    target_band: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict (floats, ints, strings, lists; NaN -> None)."""
@@ -164,6 +176,7 @@ class ChangeResult:
             "classifier": self.classifier,
             "pca": self.pca,
             "chosen_c": self.chosen_c,
+            "target_band": self.target_band,
             "n_boot": self.n_boot,
             "seed": self.seed,
             "warnings": self.warnings,
@@ -482,13 +495,26 @@ def evaluate_change(
     head_delta_ci95 = {m: interval95(samples.get(HEAD_DELTA_PREFIX + m)) for m in CLASS_METRICS}
 
     zone = ["zone"] if "zone" in test.columns else []
+    sign = 1.0 if higher_is_better else -1.0
+    pred_visit = visits["pred_score"].to_numpy(dtype=np.float64)
     test_table = test[["patient_id", *zone, "visit_from", "visit_to", "change"]].assign(
         label=y_test,
         predicted=predicted,
         head_predicted=(np.asarray(LABELS)[head_codes] if head_codes is not None else None),
         distance=distance,
         predicted_change=change_pred,
+        score_change=sign * change_true,
+        head_change=sign * (pred_visit[test["index_to"]] - pred_visit[test["index_from"]]),
+        probe_change=_expected_change(model, probe_test),
     )
+    # Judged only now, every prediction made: the target never reaches a model.
+    target_change = _test_target_change(frame, test, test_split)
+    target_band: float | None = None
+    if target_change is not None:
+        stable_share = float(np.mean(y_train == "stable"))
+        target_band = float(np.quantile(np.abs(target_change), stable_share))
+        test_table["target_change"] = target_change
+        test_table["target_label"] = label_changes(target_change, target_band)
     return ChangeResult(
         metrics=metrics,
         ci95=ci95,
@@ -528,7 +554,54 @@ def evaluate_change(
         ),
         pca=projection.k if projection is not None else 0,
         chosen_c=chosen_c(model),
+        target_band=target_band,
     )
+
+
+def _expected_change(model: Pipeline, features: np.ndarray) -> np.ndarray:
+    """(P,) the probe's expected signed change, p_improve - p_worsen (a class the probe
+    never saw in training has probability 0)."""
+    probabilities = np.asarray(model.predict_proba(features), dtype=np.float64)
+    classes = [str(c) for c in model.classes_]
+
+    def column(label: str) -> np.ndarray:
+        if label not in classes:
+            return np.zeros(len(probabilities))
+        return probabilities[:, classes.index(label)]
+
+    return column("improve") - column("worsen")
+
+
+def _test_target_change(
+    frame: pd.DataFrame, test: pd.DataFrame, test_split: str
+) -> np.ndarray | None:
+    """(P,) the change of the :data:`TARGET_COLUMN` over each test pair (its visits' means,
+    per zone where the frame has zones), read from the test patients' rows alone; None
+    without the column.
+
+    Raises:
+        DataError: a test visit without a finite target value.
+    """
+    if TARGET_COLUMN not in frame.columns:
+        return None
+    rows = frame[frame["split"].astype(str) == test_split]
+    rows = rows.assign(**{TARGET_COLUMN: pd.to_numeric(rows[TARGET_COLUMN], errors="coerce")})
+    table = visit_table(rows, value_cols=[TARGET_COLUMN])
+    keys = [k for k in ("patient_id", "zone") if k in table.columns and k in test.columns]
+    index = table.set_index([*keys, "visit_order"])[TARGET_COLUMN]
+
+    def lookup(column: str) -> np.ndarray:
+        at = pd.MultiIndex.from_frame(test[[*keys, column]].rename(columns={column: "visit_order"}))
+        return index.reindex(at).to_numpy(dtype=np.float64)
+
+    change = lookup("visit_to") - lookup("visit_from")
+    if not np.isfinite(change).all():
+        first = test.iloc[int(np.argmax(~np.isfinite(change)))]
+        raise DataError(
+            f"patient {first['patient_id']!r}: no {TARGET_COLUMN} value for a test visit; "
+            "every test visit needs one (or set eval.target: observed)"
+        )
+    return change
 
 
 def has_change_pairs(frame: pd.DataFrame) -> bool:

@@ -124,6 +124,113 @@ def print_comparison(results: dict[str, Any], console: Console) -> None:
     console.print(comparison_table(results))
 
 
+TARGET_HEADERS = {
+    "spearman_visit": "rho, visit pairs",
+    "spearman_pair": "rho, zone pairs",
+    "balanced_accuracy": "bal. acc.",
+}
+
+
+def target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """The ``target`` block's rows: each predicted change against the true change (mean
+    [95% CI] over seeds and patients); empty without a target block."""
+    block = results.get("target")
+    if not block:
+        return []
+    return [
+        [name] + [_fmt(stats.get(m)) for m in TARGET_HEADERS]
+        for name, stats in block["rows"].items()
+    ]
+
+
+def target_comparisons(results: dict[str, Any]) -> list[list[str]]:
+    """The primary comparisons: difference [CI], Holm-adjusted p and the minimum detectable
+    difference at 80% power."""
+    block = results.get("target") or {}
+    return [
+        [
+            f"{c['a']} - {c['b']}",
+            _fmt(c),
+            "-" if not math.isfinite(c.get("p_holm", math.nan)) else f"{c['p_holm']:.3f}",
+            "-" if not math.isfinite(c.get("mdd80", math.nan)) else f"{c['mdd80']:.3f}",
+        ]
+        for c in block.get("primary", [])
+    ]
+
+
+def target_answer(results: dict[str, Any]) -> str | None:
+    """One sentence: is some model's own head finer than the score, on this run?"""
+    block = results.get("target")
+    if not block:
+        return None
+    answer = block["answer"]
+    seeds = block.get("seeds")
+    if answer["finer"]:
+        return (
+            f"Finer than the score? Yes on this run ({seeds} seed(s)): "
+            + ", ".join(answer["rows"])
+            + " track the true change better than score_delta and the mse head "
+            f"(Holm-adjusted p < {answer['alpha']})."
+        )
+    return (
+        f"Finer than the score? Not shown on this run ({seeds} seed(s)): no model's own head "
+        f"beats both score_delta and the mse head on rho over visit pairs (Holm-adjusted p < "
+        f"{answer['alpha']}); see the minimum detectable differences."
+    )
+
+
+def print_target(results: dict[str, Any], console: Console) -> None:
+    """The truth-target table and its primary comparisons, when the run has a target."""
+    rows = target_rows(results)
+    if not rows:
+        return
+    if not console.is_terminal and console.width < WIDTH_OFF_TERMINAL:
+        console = Console(file=console.file, width=WIDTH_OFF_TERMINAL)
+    table = Table(
+        title="Against the true change (truth.csv severity; probes fitted on observed labels)"
+    )
+    table.add_column("row", style="bold", no_wrap=True)
+    for header in TARGET_HEADERS.values():
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    comparisons = Table(title="Primary comparisons (rho over visit pairs)")
+    for header in ("difference", "mean [95% CI]", "Holm p", "MDD (80%)"):
+        comparisons.add_column(header, justify="right" if header != "difference" else "left")
+    for row in target_comparisons(results):
+        comparisons.add_row(*row)
+    console.print(comparisons)
+    answer = target_answer(results)
+    if answer:
+        console.print(answer, markup=False, highlight=False)
+
+
+def _target_markdown(results: dict[str, Any]) -> list[str]:
+    rows = target_rows(results)
+    if not rows:
+        return []
+    block = results["target"]
+    lines = [
+        "## Against the true change",
+        "",
+        f"Each row's predicted change (oriented so that higher = better) against the "
+        f"{block['source']}. The probes are fitted on {block['probes_fitted_on']}; intervals: "
+        f"{block['intervals']}. These rows never share a table with the observed-score rows.",
+        "",
+        "| row | " + " | ".join(TARGET_HEADERS.values()) + " |",
+        "|---" * (len(TARGET_HEADERS) + 1) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "| primary comparison | difference [95% CI] | Holm p | MDD (80% power) |",
+        "|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in target_comparisons(results)),
+        "",
+    ]
+    answer = target_answer(results)
+    return [*lines, f"**{answer}**", ""] if answer else lines
+
+
 def verdict_text(results: dict[str, Any]) -> list[str]:
     """The verdict paragraph and the warnings, as lines for the terminal (no markdown)."""
     lines = ["Verdict: " + " ".join(results.get("verdict", [])).replace("`", "")]
@@ -264,6 +371,7 @@ def _markdown(results: dict[str, Any], figures: dict[str, Path], out: Path) -> s
     for row in comparison_rows(results):
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    lines += _target_markdown(results)
     for key, path in figures.items():
         # Percent-encoded, so a label with a space or a bracket still makes an image link.
         link = quote(path.relative_to(out).as_posix())

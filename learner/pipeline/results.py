@@ -19,10 +19,16 @@ from learner.evaluate.aggregate import (
     paired_statistic,
     stat_entry,
 )
-from learner.evaluate.ceilings import CHANCE_BALANCED, ORACLES, fraction_of_achievable
+from learner.evaluate.ceilings import (
+    CHANCE_BALANCED,
+    ORACLES,
+    TRUTH_TARGET,
+    fraction_of_achievable,
+)
 from learner.evaluate.change import HEAD_DELTA_PREFIX
 from learner.evaluate.interpatient import InterpatientResult, pool_interpatient
 from learner.evaluate.metrics import CLASS_METRICS
+from learner.evaluate.target import target_block
 from learner.evaluate.verdict import (
     class_table_warnings,
     concat_warning,
@@ -269,8 +275,42 @@ def change_results(
         results["ceilings"]["score_mae_floors"] = mean_floors(floors, units)
     results["warnings"] = run_warnings(cfg, manifest, units, pair_counts)
     results["degenerate"] = degenerate(units)
+    target = target_results(cfg, units, oracles)
+    if target is not None:
+        results["target"] = target
     results["verdict"] = verdict(results)
     return results
+
+
+def target_results(
+    cfg: Config,
+    units: dict[str, list[list[CellResult]]],
+    oracles: dict[str, list[list[CellResult]]],
+) -> dict[str, Any] | None:
+    """results.json's ``target`` block (``eval.target`` other than observed): every row judged
+    against the target, kept apart from the observed-score rows, with where the target came
+    from and how the probes were fitted; None for ``eval.target: observed``."""
+    if cfg.eval.target == "observed":
+        return None
+    block = target_block(
+        units,
+        reference=REFERENCE,
+        untrained=UNTRAINED,
+        oracles=oracles,
+        n_boot=cfg.eval.n_boot,
+        seed=cfg.run.seeds[0],
+    )
+    if block is None:
+        return None
+    return {
+        "name": cfg.eval.target,
+        "source": f"truth.csv column {TRUTH_TARGET!r}, negated so that higher = better",
+        "probes_fitted_on": "observed-score labels of training patients (as every row)",
+        "class_band": "|target change| quantile that makes the test pairs' target classes as "
+        "frequent as the observed classes among training pairs",
+        "intervals": "two-stage bootstrap: seeds resampled, then patients within each seed",
+        **block,
+    }
 
 
 def interpatient_results(

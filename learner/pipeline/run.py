@@ -28,8 +28,9 @@ from learner.evaluate.ceilings import (
     regressor_against_mean,
     render_regressor_mae,
     score_noise_mae,
+    truth_target,
 )
-from learner.evaluate.change import evaluate_change, has_change_pairs
+from learner.evaluate.change import TARGET_COLUMN, evaluate_change, has_change_pairs
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.interpatient import evaluate_interpatient
 from learner.evaluate.verdict import pair_batch_counts
@@ -62,8 +63,14 @@ from learner.train.prepared import PreparedData, config_manifest, model_config
 from learner.train.pretrain import pretrain
 
 
-def _evaluate_cell(cell: Cell, features: Sequence[str], log: Log) -> dict[str, CellResult]:
-    """Evaluate each feature, reusing a cached evaluation only when its key still holds."""
+def _evaluate_cell(
+    cell: Cell, features: Sequence[str], log: Log, truth: pd.DataFrame | None = None
+) -> dict[str, CellResult]:
+    """Evaluate each feature, reusing a cached evaluation only when its key still holds.
+
+    With ``eval.target: truth`` the frame carries each scan's true severity
+    (:func:`~learner.evaluate.ceilings.truth_target`), which ``evaluate_change`` reads for the
+    test pairs only, after every prediction."""
     emb_path = cell.folder / "embeddings.parquet"
     frame: pd.DataFrame | None = None
     out: dict[str, CellResult] = {}
@@ -79,6 +86,8 @@ def _evaluate_cell(cell: Cell, features: Sequence[str], log: Log) -> dict[str, C
             log(f"[{cell.tag}] {cell.label}: re-evaluating {feature} ({'; '.join(changes)})")
         if frame is None:
             frame, _ = read_embeddings(emb_path)
+            if cell.cfg.eval.target == "truth" and truth is not None:
+                frame[TARGET_COLUMN] = truth_target(frame, truth)
         result = evaluate_change(
             frame,
             delta=cell.cfg.eval.delta,
@@ -106,11 +115,17 @@ def _cell_done(cell: Cell, features: Sequence[str]) -> bool:
 
 
 def run_cell(
-    cell: Cell, *, features: Sequence[str], progress: bool, log: Log = print
+    cell: Cell,
+    *,
+    features: Sequence[str],
+    progress: bool,
+    log: Log = print,
+    truth: pd.DataFrame | None = None,
 ) -> dict[str, CellResult]:
-    """Pretrain (or resume), embed and evaluate one objective x seed (x fold)."""
+    """Pretrain (or resume), embed and evaluate one objective x seed (x fold); ``truth``
+    (the cohort's truth.csv) serves ``eval.target: truth``."""
     embed_cell(cell, progress=progress)
-    return _evaluate_cell(cell, features, log)
+    return _evaluate_cell(cell, features, log, truth)
 
 
 def embed_cell(cell: Cell, *, progress: bool) -> Path:
@@ -297,6 +312,11 @@ def run_ablation(
         return run_interpatient(cfg, manifest, out, every, splits, progress=progress, log=log)
 
     truth = load_truth(manifest.source)
+    if cfg.eval.target == "truth" and truth is None:
+        raise ConfigError(
+            f"{manifest.source}: eval.target truth needs the truth.csv a synthetic cohort "
+            "writes beside its manifest, and there is none; set eval.target: observed"
+        )
     units: dict[str, list[list[CellResult]]] = {}
     oracles: dict[str, list[list[CellResult]]] = {}
     pair_counts: dict[str, list[tuple[float, float, float]]] = {}
@@ -314,7 +334,7 @@ def run_ablation(
             for cell in fold:
                 state = "cached" if _cell_done(cell, features) else "running"
                 log(f"[{cell.tag}] {cell.label}: {state}")
-                res = run_cell(cell, features=features, progress=progress, log=log)
+                res = run_cell(cell, features=features, progress=progress, log=log, truth=truth)
                 if cell.trained_here:
                     run_dirs.setdefault(cell.label, []).append(cell.folder / "run")
                     counts = pair_batch_counts(cell.folder / "run")

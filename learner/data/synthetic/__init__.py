@@ -139,6 +139,7 @@ def write_cohort(
     preview: bool = False,
     pool: int = 0,
     nuisance: float = 1.0,
+    score_quantum: float | None = None,
 ) -> CohortFiles:
     """Simulate a longitudinal cohort and write it as real files plus a manifest.
 
@@ -166,6 +167,9 @@ def write_cohort(
             anatomy and acquisition settings toward the typical ones, leaving severity,
             scores and the per-visit acquisition as they are
             (:class:`~learner.data.synthetic.common.ShrunkNuisance`). Recorded in truth.csv.
+        score_quantum: The step the scores are rounded to (``None``: the modality's own); a
+            coarser score for the same latent cohort and images (a positive control of
+            judging change against the truth).
 
     Returns:
         The paths written and the patient and scan counts.
@@ -180,7 +184,15 @@ def write_cohort(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the cohort")
-    table = with_pool(modality, patients=patients, pool=pool, seed=seed, preset=preset, null=null)
+    table = with_pool(
+        modality,
+        patients=patients,
+        pool=pool,
+        seed=seed,
+        preset=preset,
+        null=null,
+        score_quantum=score_quantum,
+    )
 
     preview_rows = set(_preview_patients(table)) if preview else set()
     images: dict[tuple[int, int], np.ndarray] = {}
@@ -219,7 +231,8 @@ def write_cohort(
                 images[p, visit] = _preview_image(volume, modality)
         paths.append(rel)
 
-    table = table.assign(path=paths, null=null, nuisance=nuisance)
+    quantum = SCORE_MODELS[modality].quantum if score_quantum is None else score_quantum
+    table = table.assign(path=paths, null=null, nuisance=nuisance, score_quantum=quantum)
     columns = ["patient_id", "visit", "path", "score"] + (["zone"] if modality == "lus" else [])
     columns += ["split"] if pool else []
     manifest = out / "manifest.csv"

@@ -15,6 +15,8 @@ ordinary cohort of the same seed.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -248,6 +250,7 @@ def with_pool(
     seed: int = 0,
     preset: str = "demo",
     null: bool = False,
+    score_quantum: float | None = None,
 ) -> pd.DataFrame:
     """:func:`cohort_table` plus a cross-sectional pretraining pool of ``pool`` patients.
 
@@ -262,8 +265,22 @@ def with_pool(
         raise ConfigError(f"--pool {pool}: the pool size must be 0 or larger")
     n = resolve_preset(preset).patients if patients is None else int(patients)
     if pool == 0:
-        return cohort_table(modality, patients=n, seed=seed, preset=preset, null=null)
-    table = cohort_table(modality, patients=n + pool, seed=seed, preset=preset, null=null)
+        return cohort_table(
+            modality,
+            patients=n,
+            seed=seed,
+            preset=preset,
+            null=null,
+            score_quantum=score_quantum,
+        )
+    table = cohort_table(
+        modality,
+        patients=n + pool,
+        seed=seed,
+        preset=preset,
+        null=null,
+        score_quantum=score_quantum,
+    )
     longitudinal = table[table["patient_index"] < n].copy()
     longitudinal["patient_id"] = longitudinal["patient_index"].map(dict(enumerate(patient_ids(n))))
     rest = table[table["patient_index"] >= n]
@@ -325,6 +342,7 @@ def cohort_table(
     preset: str = "demo",
     null: bool = False,
     latent: LatentModel = LATENT,
+    score_quantum: float | None = None,
 ) -> pd.DataFrame:
     """Simulate the cohort's latent trajectories and scores without rendering any image.
 
@@ -337,6 +355,9 @@ def cohort_table(
         null: Control cohort: ``render_severity`` is the patient's (zone's) mean severity over
             its visits, so images carry no within-patient change; scores are unchanged.
         latent: Trajectory parameters.
+        score_quantum: The step scores are rounded to (``None``: the modality's own, S/F 5,
+            MMSE 1). A coarser step makes the score coarser and nothing else: every random
+            draw, and so the latent trajectories and the images, stay those of the seed.
 
     Returns:
         One row per scan, ordered by patient, visit, zone, with columns ``patient_id``,
@@ -359,6 +380,10 @@ def cohort_table(
     if seed < 0:
         raise ConfigError(f"--seed {seed}: the seed must be 0 or larger")
     model = SCORE_MODELS[modality]
+    if score_quantum is not None:
+        if not (math.isfinite(score_quantum) and score_quantum > 0):
+            raise ConfigError(f"--score-quantum {score_quantum}: give a step > 0")
+        model = dataclasses.replace(model, quantum=float(score_quantum))
     zones = spec.zones if modality == "lus" else 1
     ids = patient_ids(n)
     columns: dict[str, list[object]] = {
