@@ -19,6 +19,7 @@ from learner.cli import app
 from learner.config import Config
 from learner.data import dataset as dataset_module
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.train import prepared as prepared_module
 from learner.train import pretrain as pretrain_module
 from learner.train.pretrain import pretrain
 
@@ -34,7 +35,7 @@ def test_pretrain_writes_run_folder_and_embeds(
             seen.append((bool(kwargs["train"]), set(frame["split"])))
             super().__init__(frame, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pretrain_module, "ScanDataset", Spy)
+    monkeypatch.setattr(prepared_module, "ScanDataset", Spy)  # make_dataset builds it there
     run = tmp_path / "run"
     result = pretrain(tiny_config, run, progress=False)
 
