@@ -1,16 +1,17 @@
-# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`. They install
+# the exact versions of constraints.txt (pyproject.toml states the ranges the code accepts).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-speed bench-quality clean
+.PHONY: demo test lint bench-speed bench-quality constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned, so that no dependency pulls a CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# torch first, at its constrained version, so that no dependency pulls a CUDA build.
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,6 +36,15 @@ bench-quality: $(STAMP)
 # Speed benchmarks of BENCHMARKS.md (## Speed): writes benchmarks/results/speed.json.
 bench-speed: $(STAMP)
 	$(PY) benchmarks/speed.py
+
+# Rewrites the versions in constraints.txt (its header kept) from what .venv holds now: after
+# upgrading a package there on purpose; then `make test`. Not a prerequisite of the stamp, so
+# that an older constraints.txt is never installed over the upgrade first.
+constraints:
+	test -x $(PY)
+	{ sed -n '/^#/!q;p' constraints.txt; \
+	  $(PY) -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,11 +1,13 @@
 """`learner pretrain`: split by patient, build loaders, train with Lightning, write a run folder.
 
 Run folder: ``config.yaml`` (resolved), ``split.json`` (+ hash), ``checkpoints/{last,best}.ckpt``,
-``logs/tensorboard`` and ``logs/csv/metrics.csv``.
+``logs/csv/metrics.csv`` and, where TensorBoard is installed (the ``tensorboard`` extra),
+``logs/tensorboard``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ import lightning as L
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
@@ -136,6 +138,23 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
 
 
+def tensorboard_available() -> bool:
+    """Whether Lightning's TensorBoard logger can write: ``tensorboard`` or ``tensorboardX``
+    is importable (neither is a dependency: the ``tensorboard`` extra installs it)."""
+    return any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX"))
+
+
+def _loggers(out: Path) -> list[Logger]:
+    """The CSV log, which the report reads, and a TensorBoard log where TensorBoard is
+    installed."""
+    logs = str(out / "logs")
+    loggers: list[Logger] = []
+    if tensorboard_available():
+        loggers.append(TensorBoardLogger(logs, name="tensorboard", version=""))
+    loggers.append(CSVLogger(logs, name="csv", version=""))
+    return loggers
+
+
 def pretrain(
     cfg: Config,
     out: Path,
@@ -249,10 +268,7 @@ def pretrain(
         callbacks=[checkpoint_cb, EpochSeeding(seed, sampler, train_ds), StopOnSignal(last)]
         + ([RichProgressBar()] if progress else [])
         + list(callbacks or []),
-        logger=[
-            TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
-            CSVLogger(str(out / "logs"), name="csv", version=""),
-        ],
+        logger=_loggers(out),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
         enable_model_summary=False,

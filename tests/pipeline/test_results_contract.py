@@ -9,9 +9,9 @@ import math
 from pathlib import Path
 
 import pytest
-from tests.pipeline.test_finetune import _config, _write_table
 
 from learner.pipeline.run import run_ablation
+from tests.pipeline.test_finetune import _config, _write_table
 
 CHECKER = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_results.py"
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "spearman_distance", "score_mae")

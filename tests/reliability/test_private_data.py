@@ -152,7 +152,8 @@ def test_dicom_patient_tags_reach_no_output(
     # Every kind of output was produced and is searched: checkpoints, embeddings, cached
     # arrays, TensorBoard and CSV logs, metrics, results, reports, figures.
     assert {".ckpt", ".parquet", ".npy", ".csv", ".json", ".md", ".html", ".png"} <= kinds
-    assert any(p.name.startswith("events.out.tfevents") for p in files)
+    # TensorBoard is optional; the dev extra installs it so that its event files are searched.
+    assert any(p.name.startswith("events.out.tfevents") for p in files), "no TensorBoard log"
     found = {str(p.relative_to(out)): leaks(p.read_bytes()) for p in files}
     assert not {k: v for k, v in found.items() if v}, "patient tags written to disk"
 

@@ -19,6 +19,7 @@ from learner.cli import app
 from learner.config import Config
 from learner.data import dataset as dataset_module
 from learner.evaluate.embeddings_io import read_embeddings
+from learner.train import prepared as prepared_module
 from learner.train import pretrain as pretrain_module
 from learner.train.pretrain import pretrain
 
@@ -34,7 +35,7 @@ def test_pretrain_writes_run_folder_and_embeds(
             seen.append((bool(kwargs["train"]), set(frame["split"])))
             super().__init__(frame, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pretrain_module, "ScanDataset", Spy)
+    monkeypatch.setattr(prepared_module, "ScanDataset", Spy)  # make_dataset builds it there
     run = tmp_path / "run"
     result = pretrain(tiny_config, run, progress=False)
 
@@ -46,6 +47,8 @@ def test_pretrain_writes_run_folder_and_embeds(
         "logs/csv/metrics.csv",
     ):
         assert (run / rel).is_file(), rel
+    # The dev extra installs tensorboard, so the tests see its event files too.
+    assert pretrain_module.tensorboard_available(), "install the dev extra (it has tensorboard)"
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
     # Only training patients reach the training dataset.
     assert [splits for is_train, splits in seen if is_train] == [{"train"}]
@@ -85,6 +88,24 @@ def test_pretrain_writes_run_folder_and_embeds(
     assert len(frame["embedding"].iloc[0]) == 8 * 8  # width 8 -> 64-d
     assert set(frame.loc[frame["split"] == "test", "patient_id"]) == test
     assert emb_meta["objective"] == "weighted"
+
+
+def test_pretrain_without_tensorboard_writes_the_csv_log(
+    tiny_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tensorboard is an optional extra: without it training runs and logs to CSV only.
+    monkeypatch.setattr(pretrain_module, "tensorboard_available", lambda: False)
+    monkeypatch.setattr(
+        pretrain_module,
+        "TensorBoardLogger",
+        lambda *a, **k: pytest.fail("TensorBoardLogger made without tensorboard"),
+    )
+    tiny_config.train.epochs = 1
+    run = tmp_path / "run"
+    pretrain(tiny_config, run, progress=False)
+    metrics = pd.read_csv(run / "logs" / "csv" / "metrics.csv")
+    assert {"val/loss", "train/loss"} <= set(metrics.columns)
+    assert not (run / "logs" / "tensorboard").exists()
 
 
 def test_existing_run_is_not_overwritten(tiny_config: Config, tmp_path: Path) -> None:
