@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
+from learner.evaluate.bootstrap import (
+    bootstrap_distribution,
+    hierarchical_resamples,
+    minimum_detectable_difference,
+    percentile_interval,
+)
 from learner.evaluate.change import METRICS, ChangeResult
 from learner.evaluate.metrics import CLASS_METRICS, class_metrics, confusion_counts, label_codes
 from learner.io import atomic_path, write_json
@@ -125,7 +130,7 @@ def metric_block(
                 key_boots = [c.bootstrap.get(name) for c in cells]
                 if all(b is not None for b in key_boots):
                     boots.append(_fold_mean_resamples(key_boots))
-        out[name] = stat_entry(per_seed, boots)
+        out[name] = stat_entry(per_seed, boots, seed)
     return out
 
 
@@ -140,24 +145,73 @@ def _fold_mean_resamples(boots: Sequence[Any]) -> np.ndarray:
         return np.asarray(np.nanmean(stacked, axis=0))
 
 
-def stat_entry(per_seed: list[float], boots: list[np.ndarray]) -> dict[str, Any]:
+def pooled_resamples(boots: Sequence[np.ndarray], n_seeds: int, seed: int = 0) -> np.ndarray | None:
+    """Resamples of a mean over seeds from each seed's patient resamples: two-stage (seeds,
+    then patients within each; :func:`~learner.evaluate.bootstrap.hierarchical_resamples`),
+    so the interval carries seed-to-seed (split and training) variance as well as patient
+    variance. None unless every seed has resamples."""
+    if not boots or len(boots) != n_seeds:
+        return None
+    n = min(np.asarray(b).shape[0] for b in boots)
+    return hierarchical_resamples(boots, n, seed)
+
+
+def stat_entry(
+    per_seed: Sequence[float], boots: Sequence[np.ndarray], seed: int = 0
+) -> dict[str, Any]:
+    """``{mean, std, per_seed, ci95}``: the mean over seeds, their spread and the 95% interval
+    of :func:`pooled_resamples` (the value itself for one seed without resamples)."""
     values = np.asarray(per_seed, dtype=float)
     finite = values[np.isfinite(values)]
     mean = float(finite.mean()) if finite.size else math.nan
     std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
     ci = [math.nan, math.nan]
-    if boots and len(boots) == len(per_seed):
-        n = min(b.shape[0] for b in boots)
-        stacked = np.stack([np.asarray(b[:n], dtype=float) for b in boots])
-        with warnings.catch_warnings():
-            # A resample undefined in every seed stays NaN; percentile_interval skips it.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            pooled = np.nanmean(stacked, axis=0)
-        lo, hi = percentile_interval(pooled, 0.95)
+    resamples = pooled_resamples(boots, len(values), seed)
+    if resamples is not None:
+        # A resample undefined in every seed stays NaN; percentile_interval skips it.
+        lo, hi = percentile_interval(resamples, 0.95)
         ci = [float(lo), float(hi)]
     elif finite.size == 1:
         ci = [mean, mean]
     return {"mean": mean, "std": std, "per_seed": values.tolist(), "ci95": ci}
+
+
+def _paired_metric(
+    units_a: Sequence[Sequence[CellResult]],
+    units_b: Sequence[Sequence[CellResult]],
+    metric: str,
+    *,
+    column_a: str,
+    column_b: str,
+    n_boot: int,
+    seed: int,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per seed, ``(metric(a), metric(b))`` on the test pairs both evaluated (same seeds and
+    splits): an (S, 2) array and, with ``n_boot``, each seed's (B, 2) patient resamples (both
+    rows on the same resamples, so their differences and ratios are paired)."""
+    values: list[np.ndarray] = []
+    boots: list[np.ndarray] = []
+    keys = ["patient_id", "visit_from", "visit_to"]
+    for cells_a, cells_b in zip(units_a, units_b, strict=True):
+        ta, tb = pooled_pairs(cells_a), pooled_pairs(cells_b)
+        extra = [k for k in ("zone",) if k in ta.columns and k in tb.columns]
+        merged = ta[[*keys, *extra, "label", column_a]].merge(
+            tb[[*keys, *extra, column_b]], on=keys + extra, suffixes=("_a", "_b")
+        )
+        col_a = column_a + "_a" if column_a == column_b else column_a
+        col_b = column_b + "_b" if column_a == column_b else column_b
+        sa = _class_stat(merged, col_a, metric)
+        sb = _class_stat(merged, col_b, metric)
+
+        def stat(idx: np.ndarray, sa: Any = sa, sb: Any = sb) -> np.ndarray:
+            return np.array([sa(idx), sb(idx)])
+
+        values.append(stat(np.arange(len(merged))))
+        if n_boot > 0:
+            boots.append(
+                bootstrap_distribution(merged["patient_id"].to_numpy(), stat, n_boot, seed)
+            )
+    return np.asarray(values, dtype=float).reshape(-1, 2), boots
 
 
 def paired_difference(
@@ -170,23 +224,18 @@ def paired_difference(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Metric(a) - metric(b) on the same test pairs (same seeds and splits), with a patient
-    bootstrap of the difference (resample b averaged over seeds) and the
-    ``min_detectable_difference``: the half-width of that interval, the size of an effect
-    the comparison could have missed."""
-    entry = paired_statistic(
-        units_a,
-        units_b,
-        metric,
-        lambda a, b: a - b,
-        column_a=column_a,
-        column_b=column_b,
-        n_boot=n_boot,
-        seed=seed,
+    """Metric(a) - metric(b) on the same test pairs (same seeds and splits), with a paired
+    two-stage bootstrap of the difference and the ``min_detectable_difference``: the
+    difference this comparison detects with 80% power at the 5% level (2.8 standard errors;
+    :func:`~learner.evaluate.bootstrap.minimum_detectable_difference`), the size of an
+    effect it could have missed."""
+    values, boots = _paired_metric(
+        units_a, units_b, metric, column_a=column_a, column_b=column_b, n_boot=n_boot, seed=seed
     )
-    lo, hi = entry["ci95"]
-    entry["min_detectable_difference"] = (
-        (hi - lo) / 2.0 if math.isfinite(lo) and math.isfinite(hi) else math.nan
+    diffs = [b[:, 0] - b[:, 1] for b in boots]
+    entry = stat_entry(list(values[:, 0] - values[:, 1]), diffs, seed)
+    entry["min_detectable_difference"] = minimum_detectable_difference(
+        pooled_resamples(diffs, len(values), seed)
     )
     return entry
 
@@ -202,35 +251,55 @@ def paired_statistic(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """``combine(metric(a), metric(b))`` on the test pairs both evaluated (same seeds and
-    splits), with a patient bootstrap that resamples both together (resample b averaged over
-    seeds)."""
-    per_seed: list[float] = []
-    boots: list[np.ndarray] = []
-    keys = ["patient_id", "visit_from", "visit_to"]
-    for cells_a, cells_b in zip(units_a, units_b, strict=True):
-        ta, tb = pooled_pairs(cells_a), pooled_pairs(cells_b)
-        extra = [k for k in ("zone",) if k in ta.columns and k in tb.columns]
-        merged = ta[[*keys, *extra, "label", column_a]].merge(
-            tb[[*keys, *extra, column_b]], on=keys + extra, suffixes=("_a", "_b")
-        )
-        col_a = column_a + "_a" if column_a == column_b else column_a
-        col_b = column_b + "_b" if column_a == column_b else column_b
-        sa = _class_stat(merged, col_a, metric)
-        sb = _class_stat(merged, col_b, metric)
-
-        def stat(idx: np.ndarray, sa: Any = sa, sb: Any = sb) -> float:
-            return float(combine(sa(idx), sb(idx)))
-
-        per_seed.append(stat(np.arange(len(merged))))
-        if n_boot > 0:
-            boots.append(
-                bootstrap_distribution(merged["patient_id"].to_numpy(), stat, n_boot, seed)
-            )
-    entry = stat_entry(per_seed, boots)
+    """``combine(metric(a), metric(b))`` per seed on the test pairs both evaluated (same
+    seeds and splits), averaged over seeds, with a paired two-stage bootstrap."""
+    values, boots = _paired_metric(
+        units_a, units_b, metric, column_a=column_a, column_b=column_b, n_boot=n_boot, seed=seed
+    )
+    per_seed = [float(combine(a, b)) for a, b in values]
+    combined = [np.array([combine(a, b) for a, b in boot]) for boot in boots]
+    entry = stat_entry(per_seed, combined, seed)
     if not math.isfinite(entry["mean"]):  # undefined (e.g. an oracle at chance): no interval
         entry["ci95"] = [math.nan, math.nan]
     return entry
+
+
+def ratio_of_means(
+    units_a: Sequence[Sequence[CellResult]],
+    units_b: Sequence[Sequence[CellResult]],
+    metric: str,
+    combine: Callable[[float, float], float],
+    *,
+    column_a: str = "predicted",
+    column_b: str = "predicted",
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """``combine(mean metric(a), mean metric(b))``, the means over seeds taken first (for
+    ``fraction_of_achievable``: a ratio of means, not a mean of per-seed ratios, which a
+    seed with an oracle barely above chance would blow up), with a paired two-stage
+    bootstrap; ``per_seed`` lists each seed's own ratio for reference."""
+    values, boots = _paired_metric(
+        units_a, units_b, metric, column_a=column_a, column_b=column_b, n_boot=n_boot, seed=seed
+    )
+    per_seed = [float(combine(a, b)) for a, b in values]
+    finite = np.asarray([v for v in per_seed if math.isfinite(v)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined in every seed
+        mean_a, mean_b = np.nanmean(values, axis=0)
+    ci = [math.nan, math.nan]
+    resamples = pooled_resamples(boots, len(values), seed)
+    if resamples is not None:
+        ratios = np.array([combine(a, b) for a, b in resamples], dtype=float)
+        if np.isfinite(ratios).any():
+            lo, hi = percentile_interval(ratios, 0.95)
+            ci = [float(lo), float(hi)]
+    return {
+        "mean": float(combine(float(mean_a), float(mean_b))),
+        "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+        "per_seed": per_seed,
+        "ci95": ci,
+    }
 
 
 def majority_rate(units: list[list[CellResult]]) -> float:

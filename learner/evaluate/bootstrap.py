@@ -12,11 +12,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+
+# (z_0.975 + z_0.80): a true difference of this many standard errors is detected at the 5%
+# level with 80% probability: the minimum detectable difference of a comparison.
+MDD_80_SE = 2.80
 
 
 def resample_patients(patient_ids: npt.ArrayLike, n_boot: int, seed: int) -> Iterator[np.ndarray]:
@@ -128,3 +133,42 @@ def patient_bootstrap(
     samples = bootstrap_distribution(patient_ids, stat_fn, n_boot, seed)
     lo, hi = percentile_interval(samples, level)
     return float(lo), float(hi)
+
+
+def hierarchical_resamples(per_seed: Sequence[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
+    """Two-stage resamples of a mean over seeds: each resample draws as many seeds as there
+    are, with replacement, then one patient-bootstrap resample of each drawn seed, and
+    averages them. Seed-to-seed (split and training) variance and patient variance both
+    enter the interval.
+
+    Args:
+        per_seed: one (B, ...) array of patient-bootstrap resamples per seed (the shortest
+            B of them is used).
+        n_boot: two-stage resamples to draw.
+        seed: seeds the draws.
+
+    Returns:
+        (n_boot, ...) array.
+    """
+    length = min(np.asarray(b).shape[0] for b in per_seed)
+    stacked = np.stack([np.asarray(b, dtype=np.float64)[:length] for b in per_seed])
+    n_seeds, n_inner = stacked.shape[:2]
+    if n_seeds == 1:  # nothing to resample between seeds: the seed's own patient bootstrap
+        return np.asarray(stacked[0][:n_boot])
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    inner = rng.integers(0, n_inner, size=(n_boot, n_seeds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample undefined in every draw
+        return np.asarray(np.nanmean(stacked[seeds, inner], axis=1))
+
+
+def minimum_detectable_difference(resamples: npt.ArrayLike | None) -> float:
+    """The difference a comparison detects with 80% power at the 5% level: :data:`MDD_80_SE`
+    times the standard error (the sd of the difference's bootstrap resamples); NaN without
+    two finite resamples."""
+    if resamples is None:
+        return float("nan")
+    values = np.asarray(resamples, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(MDD_80_SE * finite.std(ddof=1)) if finite.size > 1 else float("nan")

@@ -31,7 +31,12 @@ import numpy as np
 import pandas as pd
 
 from learner.errors import ConfigError, DataError
-from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
+from learner.evaluate.bootstrap import (
+    bootstrap_distribution,
+    hierarchical_resamples,
+    minimum_detectable_difference,
+    percentile_interval,
+)
 from learner.evaluate.embeddings_io import embedding_matrix
 from learner.evaluate.features import cosine_distance
 from learner.evaluate.metrics import spearman
@@ -268,7 +273,11 @@ def pool_interpatient(per_seed: list[InterpatientResult]) -> dict[str, Any]:
         objectives[name] = {}
         for j, m in enumerate(INTERPATIENT_METRICS):
             vals = np.array([r.metrics[name][m] for r in per_seed], dtype=float)
-            pooled = np.nanmean(np.stack([r.bootstrap[name][:, j] for r in per_seed]), axis=0)
+            pooled = hierarchical_resamples(
+                [r.bootstrap[name][:, j] for r in per_seed],
+                n_boot=min(len(r.bootstrap[name]) for r in per_seed),
+                seed=0,
+            )
             lo, hi = percentile_interval(pooled)
             objectives[name][m] = {
                 "mean": float(np.nanmean(vals)),
@@ -283,18 +292,17 @@ def pool_interpatient(per_seed: list[InterpatientResult]) -> dict[str, Any]:
             vals = np.array(
                 [r.metrics[name][m] - r.metrics[reference][m] for r in per_seed], dtype=float
             )
-            pooled = np.nanmean(
-                np.stack(
-                    [r.bootstrap[name][:, j] - r.bootstrap[reference][:, j] for r in per_seed]
-                ),
-                axis=0,
+            pooled = hierarchical_resamples(
+                [r.bootstrap[name][:, j] - r.bootstrap[reference][:, j] for r in per_seed],
+                n_boot=min(len(r.bootstrap[name]) for r in per_seed),
+                seed=0,
             )
             lo, hi = percentile_interval(pooled)
             differences[name][m] = {
                 "mean": float(np.nanmean(vals)),
                 "per_seed": vals.tolist(),
                 "ci95": [float(lo), float(hi)],
-                "min_detectable_difference": float(hi - lo) / 2.0,
+                "min_detectable_difference": minimum_detectable_difference(pooled),
             }
     first = per_seed[0]
     return {

