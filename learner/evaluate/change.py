@@ -60,7 +60,7 @@ from learner.evaluate.metrics import (
     interval95,
     label_codes,
     mae,
-    patient_bootstrap,
+    resamples_or_none,
     spearman,
 )
 from learner.evaluate.probe import Probe
@@ -327,7 +327,7 @@ def _test_score_mae(
     )
     scan_error = np.abs(scan_pred[scans] - scan_score[scans])
     score_mae = float(scan_error.mean()) if scan_error.size else math.nan
-    samples = patient_bootstrap(
+    samples = resamples_or_none(
         frame.loc[scans, "patient_id"].astype(str).to_numpy(),
         lambda idx: float(scan_error[idx].mean()),
         n_boot,
@@ -345,7 +345,7 @@ def _temporal_rho(
     temporal = temporal_pairs(visits[test_visits], matrix)
     t_distance = temporal["distance"].to_numpy(dtype=np.float64)
     t_change = temporal["abs_change"].to_numpy(dtype=np.float64)
-    samples = patient_bootstrap(
+    samples = resamples_or_none(
         temporal["patient_id"].astype(str).to_numpy(),
         lambda idx: spearman(t_distance[idx], t_change[idx]),
         n_boot,
@@ -466,7 +466,7 @@ def evaluate_change(
 
     everything = np.arange(len(test))
     point = pair_stats(everything)
-    pair_samples = patient_bootstrap(pair_patients, pair_stats, n_boot, seed)
+    pair_samples = resamples_or_none(pair_patients, pair_stats, n_boot, seed)
 
     score_mae, scan_samples = _test_score_mae(frame, test_split, n_boot, seed)
     temporal_rho, temporal_samples = _temporal_rho(visits, matrix, test_patients, n_boot, seed)

@@ -73,7 +73,7 @@ def interval95(samples: np.ndarray | None) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def patient_bootstrap(
+def resamples_or_none(
     patient_ids: np.ndarray, stat: Callable[[np.ndarray], Any], n_boot: int, seed: int
 ) -> np.ndarray | None:
     """Patient bootstrap samples, or None when disabled or there is nothing to resample."""

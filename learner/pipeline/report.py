@@ -137,10 +137,12 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
     block = results.get("target")
     if not block:
         return []
-    return [
+    rows = [
         [name] + [_fmt(stats.get(m)) for m in TARGET_HEADERS]
         for name, stats in block["rows"].items()
     ]
+    # No relation at all: rho 0, a third of each class right.
+    return [*rows, ["chance", "0.000", "0.000", f"{1 / 3:.3f}"]]
 
 
 def target_comparisons(results: dict[str, Any]) -> list[list[str]]:
@@ -192,8 +194,9 @@ def print_target(results: dict[str, Any], console: Console) -> None:
     table.add_column("row", style="bold", no_wrap=True)
     for header in TARGET_HEADERS.values():
         table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*row)
+    yardsticks = sum(row[0] == "chance" or row[0].startswith("oracle") for row in rows)
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=i == len(rows) - yardsticks - 1)
     console.print(table)
     comparisons = Table(title="Primary comparisons (rho over visit pairs)")
     for header in ("difference", "mean [95% CI]", "Holm p", "MDD (80%)"):
