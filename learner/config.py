@@ -181,6 +181,15 @@ class TrainConfig(_Section):
     out: Path = Path("runs/pretrain")
 
 
+class TargetColumn(_Section):
+    """``eval.target: {column: NAME}``: a finer per-visit measurement of the manifest."""
+
+    column: str = Field(description="The manifest column; empty cells where not measured.")
+    higher_is_better: bool = Field(
+        True, description="Whether a rising value means better health (nWBV: true)."
+    )
+
+
 class EvalConfig(_Section):
     delta: float | Literal["tertiles"] = DEFAULT_DELTA
     feature: Literal["diff", "concat", "hybrid", "rate"] = "diff"
@@ -197,13 +206,14 @@ class EvalConfig(_Section):
     finetune_lr: float = Field(
         1e-4, gt=0.0, description="Fine-tuning learning rate (eval.finetune)."
     )
-    target: Literal["observed", "truth"] = Field(
+    target: Literal["observed", "truth"] | TargetColumn = Field(
         "observed",
         description="What test pairs are also judged against. observed: the observed score's "
         "change (the labels the probe is fitted on). truth: the change of the latent severity "
-        "in the truth.csv beside the manifest (synthetic cohorts), reported in results.json "
-        "'target' beside the observed-score rows; the probe is still fitted on observed labels "
-        "of training patients.",
+        "in the truth.csv beside the manifest (synthetic cohorts). {column: NAME, "
+        "higher_is_better: true}: a finer per-visit measurement in a manifest column (empty "
+        "where not measured). Reported in results.json 'target', apart from the observed-score "
+        "rows; the probe is still fitted on observed labels of training patients.",
     )
 
     @field_validator("delta")

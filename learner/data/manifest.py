@@ -128,6 +128,7 @@ def load_manifest(
     check_files: bool = True,
     columns: Mapping[str, str] | None = None,
     require_score: bool = True,
+    measurement_columns: Sequence[str] = (),
 ) -> Manifest:
     """Read and validate a manifest (CSV, or Parquet with ``.parquet`` / ``.pq``).
 
@@ -140,6 +141,8 @@ def load_manifest(
             ``{"patient_id": "subject#", "score": "total_UPDRS", "visit": "test_time"}``.
         require_score: False for data to predict on: a missing ``score`` column then means
             every scan is unlabelled.
+        measurement_columns: numeric per-scan measurements kept in the frame (an empty cell
+            is NaN), e.g. a finer reference of change (``eval.target: {column: nWBV}``).
 
     Returns:
         The :class:`Manifest`; ``frame`` has one row per scan (n_rows, n_columns).
@@ -158,7 +161,9 @@ def load_manifest(
     raw = _rename_columns(raw, columns or {}, problems)
     if not require_score and "score" not in raw.columns:
         raw = raw.assign(score="")
+    measured = [c for c in measurement_columns if c not in ("patient_id", "visit", "score")]
     required = ["patient_id", "visit", "score"] + (features if features else ["path"])
+    required += [c for c in measured if c not in required]
     missing = [column for column in required if column not in raw.columns]
     for column in missing:
         problems.cell(1, column, _missing_column_text(column, raw.columns, features is not None))
@@ -204,6 +209,9 @@ def load_manifest(
     for column in features or []:
         if column in present:
             frame[column] = _numbers(raw[column], rows, column, problems, allow_empty=False)
+    for column in measured:
+        if column in present and column not in frame.columns:
+            frame[column] = _numbers(raw[column], rows, column, problems, allow_empty=True)
     if "zone" in present:
         frame["zone"] = raw["zone"].to_numpy(dtype=object)
         for row, value in zip(rows, frame["zone"], strict=True):
@@ -238,6 +246,7 @@ def load_manifest(
     order += ["score"]
     order += [c for c in OPTIONAL_COLUMNS if c in frame.columns]
     order += features or []
+    order += [c for c in measured if c not in order]
     order += ["row"]
     frame = frame[order].reset_index(drop=True)
     frame["visit_order"] = frame["visit_order"].astype(np.int64)

@@ -511,10 +511,23 @@ def evaluate_change(
     target_change = _test_target_change(frame, test, test_split)
     target_band: float | None = None
     if target_change is not None:
+        measured = np.isfinite(target_change)
+        if not measured.any():
+            raise DataError(
+                f"no test pair has a {TARGET_COLUMN} value at both visits; measure the "
+                "target at the test patients' visits or set eval.target: observed"
+            )
+        if not measured.all():
+            notes.append(
+                f"{int((~measured).sum())} of {len(test)} test pairs have no target value at "
+                "one of their visits: the target table leaves them out"
+            )
         stable_share = float(np.mean(y_train == "stable"))
-        target_band = float(np.quantile(np.abs(target_change), stable_share))
+        target_band = float(np.quantile(np.abs(target_change[measured]), stable_share))
+        target_label = np.full(len(test), None, dtype=object)
+        target_label[measured] = label_changes(target_change[measured], target_band)
         test_table["target_change"] = target_change
-        test_table["target_label"] = label_changes(target_change, target_band)
+        test_table["target_label"] = target_label
     return ChangeResult(
         metrics=metrics,
         ci95=ci95,
@@ -576,12 +589,8 @@ def _test_target_change(
     frame: pd.DataFrame, test: pd.DataFrame, test_split: str
 ) -> np.ndarray | None:
     """(P,) the change of the :data:`TARGET_COLUMN` over each test pair (its visits' means,
-    per zone where the frame has zones), read from the test patients' rows alone; None
-    without the column.
-
-    Raises:
-        DataError: a test visit without a finite target value.
-    """
+    per zone where the frame has zones; NaN where a visit has no value), read from the test
+    patients' rows alone; None without the column."""
     if TARGET_COLUMN not in frame.columns:
         return None
     rows = frame[frame["split"].astype(str) == test_split]
@@ -594,14 +603,7 @@ def _test_target_change(
         at = pd.MultiIndex.from_frame(test[[*keys, column]].rename(columns={column: "visit_order"}))
         return index.reindex(at).to_numpy(dtype=np.float64)
 
-    change = lookup("visit_to") - lookup("visit_from")
-    if not np.isfinite(change).all():
-        first = test.iloc[int(np.argmax(~np.isfinite(change)))]
-        raise DataError(
-            f"patient {first['patient_id']!r}: no {TARGET_COLUMN} value for a test visit; "
-            "every test visit needs one (or set eval.target: observed)"
-        )
-    return change
+    return lookup("visit_to") - lookup("visit_from")
 
 
 def has_change_pairs(frame: pd.DataFrame) -> bool:

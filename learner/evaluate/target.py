@@ -155,7 +155,9 @@ def seed_table(
                 picked[f"{name}|label"] = table[row.label].to_numpy()
         merged = picked if merged is None else merged.merge(picked, on=keys, how="inner")
     assert merged is not None, "no rows"
-    return merged.reset_index(drop=True)
+    # Pairs without a target value at both visits (a measurement not taken) are left out.
+    measured = np.isfinite(merged["target_change"].to_numpy(dtype=np.float64))
+    return merged[measured].reset_index(drop=True)
 
 
 def visit_pairs(table: pd.DataFrame) -> pd.DataFrame:
@@ -356,3 +358,26 @@ def finer_than_the_score(
     needed = {c["b"] for c in primary}
     finer = sorted(a for a, beaten in wins.items() if beaten >= needed)
     return {"finer": bool(finer), "rows": finer, "alpha": alpha}
+
+
+def column_target(
+    frame: pd.DataFrame, measured: pd.DataFrame, column: str, *, higher_is_better: bool
+) -> np.ndarray:
+    """``eval.target: {column: NAME}``: per row of the embeddings ``frame``, the mean of
+    ``measured[column]`` over the manifest rows of the same patient, visit (and zone),
+    oriented so that higher = better; NaN where the visit was not measured.
+
+    Args:
+        frame: an embeddings frame (patient_id, visit, [zone]).
+        measured: the manifest frame holding ``column`` (one row per scan).
+        column: the measurement.
+        higher_is_better: whether a rising value means better health.
+    """
+    keys = ["patient_id", "visit"] + (
+        ["zone"] if "zone" in frame.columns and "zone" in measured.columns else []
+    )
+    values = pd.to_numeric(measured[column], errors="coerce")
+    per_visit = values.groupby([measured[k].astype(str) for k in keys]).mean()
+    at = pd.MultiIndex.from_frame(frame[keys].astype(str))
+    sign = 1.0 if higher_is_better else -1.0
+    return sign * per_visit.reindex(at).to_numpy(dtype=np.float64)

@@ -171,7 +171,7 @@ def target_answer(results: dict[str, Any]) -> str | None:
         return (
             f"Finer than the score? Yes on this run ({seeds} seed(s)): "
             + ", ".join(answer["rows"])
-            + " track the true change better than score_delta and the mse head "
+            + " track the target better than score_delta and the mse head "
             f"(Holm-adjusted p < {answer['alpha']})."
         )
     return (
@@ -188,8 +188,9 @@ def print_target(results: dict[str, Any], console: Console) -> None:
         return
     if not console.is_terminal and console.width < WIDTH_OFF_TERMINAL:
         console = Console(file=console.file, width=WIDTH_OFF_TERMINAL)
+    block = results["target"]
     table = Table(
-        title="Against the true change (truth.csv severity; probes fitted on observed labels)"
+        title=f"{_target_title(block)} ({block['source']}; probes fitted on observed labels)"
     )
     table.add_column("row", style="bold", no_wrap=True)
     for header in TARGET_HEADERS.values():
@@ -209,13 +210,17 @@ def print_target(results: dict[str, Any], console: Console) -> None:
         console.print(answer, markup=False, highlight=False)
 
 
+def _target_title(block: dict[str, Any]) -> str:
+    return "Against the true change" if block["name"] == "truth" else "Against the target"
+
+
 def _target_markdown(results: dict[str, Any]) -> list[str]:
     rows = target_rows(results)
     if not rows:
         return []
     block = results["target"]
     lines = [
-        "## Against the true change",
+        f"## {_target_title(block)}",
         "",
         f"Each row's predicted change (oriented so that higher = better) against the "
         f"{block['source']}. The probes are fitted on {block['probes_fitted_on']}; intervals: "

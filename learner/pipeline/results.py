@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from learner.config import Config
+from learner.config import Config, TargetColumn
 from learner.data.manifest import Manifest
 from learner.evaluate.aggregate import (
     CellResult,
@@ -293,7 +293,8 @@ def target_results(
     """results.json's ``target`` block (``eval.target`` other than observed): every row judged
     against the target, kept apart from the observed-score rows, with where the target came
     from and how the probes were fitted; None for ``eval.target: observed``."""
-    if cfg.eval.target == "observed":
+    target = cfg.eval.target
+    if target == "observed":
         return None
     block = target_block(
         units,
@@ -305,9 +306,17 @@ def target_results(
     )
     if block is None:
         return None
+    if isinstance(target, TargetColumn):
+        name = f"column {target.column}"
+        source = f"manifest column {target.column!r}" + (
+            "" if target.higher_is_better else ", negated so that higher = better"
+        )
+    else:
+        name = str(target)
+        source = f"truth.csv column {TRUTH_TARGET!r}, negated so that higher = better"
     return {
-        "name": cfg.eval.target,
-        "source": f"truth.csv column {TRUTH_TARGET!r}, negated so that higher = better",
+        "name": name,
+        "source": source,
         "probes_fitted_on": "observed-score labels of training patients (as every row)",
         "class_band": "|target change| quantile that makes the test pairs' target classes as "
         "frequent as the observed classes among training pairs",

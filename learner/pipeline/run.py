@@ -16,7 +16,7 @@ from typing import Any, Literal
 import lightning as L
 import pandas as pd
 
-from learner.config import Config
+from learner.config import Config, TargetColumn
 from learner.data.manifest import Manifest
 from learner.device import training_device
 from learner.errors import ConfigError
@@ -33,6 +33,7 @@ from learner.evaluate.ceilings import (
 from learner.evaluate.change import TARGET_COLUMN, evaluate_change, has_change_pairs
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.interpatient import evaluate_interpatient
+from learner.evaluate.target import column_target
 from learner.evaluate.verdict import pair_batch_counts
 from learner.io import write_json
 from learner.pipeline.embed import embed_frame
@@ -86,8 +87,16 @@ def _evaluate_cell(
             log(f"[{cell.tag}] {cell.label}: re-evaluating {feature} ({'; '.join(changes)})")
         if frame is None:
             frame, _ = read_embeddings(emb_path)
-            if cell.cfg.eval.target == "truth" and truth is not None:
+            target = cell.cfg.eval.target
+            if target == "truth" and truth is not None:
                 frame[TARGET_COLUMN] = truth_target(frame, truth)
+            elif isinstance(target, TargetColumn):
+                frame[TARGET_COLUMN] = column_target(
+                    frame,
+                    cell.data.frame,
+                    target.column,
+                    higher_is_better=target.higher_is_better,
+                )
         result = evaluate_change(
             frame,
             delta=cell.cfg.eval.delta,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from learner.config import Config
+from learner.config import Config, TargetColumn
 from learner.data.cache import DecodeCache
 from learner.data.dataset import InputSpec, ScanDataset, read_vectors
 from learner.data.manifest import Manifest, load_manifest
@@ -73,12 +73,18 @@ def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
 
 def config_manifest(cfg: Config, path: Path | None = None) -> Manifest:
     """The manifest at ``path`` (default: the one ``data.manifest`` names), read with the
-    config's feature columns and column mapping: the one way every command that has a
-    config reads a manifest."""
+    config's feature columns and column mapping (and an ``eval.target`` column): the one way
+    every command that has a config reads a manifest."""
     path = path if path is not None else cfg.data.manifest
     if path is None:
         raise ConfigError("data.manifest is not set; pass --set data.manifest=PATH/manifest.csv")
-    return load_manifest(path, feature_columns=cfg.data.feature_columns, columns=cfg.data.columns)
+    target = cfg.eval.target
+    return load_manifest(
+        path,
+        feature_columns=cfg.data.feature_columns,
+        columns=cfg.data.columns,
+        measurement_columns=[target.column] if isinstance(target, TargetColumn) else [],
+    )
 
 
 def prepare_data(

@@ -4,10 +4,13 @@ and a positive control: a coarser score falls on the truth target while the trut
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from learner.data.manifest import load_manifest
 from learner.data.synthetic import cohort_table
 from learner.errors import DataError
 from learner.evaluate.aggregate import CellResult, paired_difference, ratio_of_means
@@ -18,6 +21,7 @@ from learner.evaluate.metrics import spearman
 from learner.evaluate.target import (
     SCORE_DELTA,
     bootstrap_p_value,
+    column_target,
     holm_adjust,
     primary_family,
     target_block,
@@ -73,14 +77,53 @@ def test_the_target_is_read_for_test_pairs_only_and_never_reaches_a_model() -> N
     target_share = float(np.mean(pairs["target_label"] == "stable"))
     assert target_share == pytest.approx(train_share, abs=1.5 / len(pairs))
 
+    # A test visit without a value (a measurement not taken): its pairs leave the target
+    # table, with a note; the observed rows keep them.
     missing = with_target(frame)
     first = missing[missing["split"] == "test"].iloc[0]
     visit = (missing["patient_id"] == first["patient_id"]) & (
         missing["visit_order"] == first["visit_order"]
     )
     missing.loc[visit, TARGET_COLUMN] = np.nan  # every scan of one test visit
-    with pytest.raises(DataError, match="no target value for a test visit"):
-        evaluate_change(missing, delta="tertiles", n_boot=0)
+    partial = evaluate_change(missing, delta="tertiles", n_boot=0)
+    unmeasured = partial.test_pairs["target_change"].isna()
+    assert (
+        1 <= unmeasured.sum() <= 2
+        and partial.test_pairs.loc[unmeasured, "target_label"].isna().all()
+    )
+    assert any("no target value" in note for note in partial.warnings)
+    assert len(partial.test_pairs) == len(judged.test_pairs)
+    nothing = with_target(frame).assign(**{TARGET_COLUMN: np.nan})
+    with pytest.raises(DataError, match="no test pair has a target value"):
+        evaluate_change(nothing, delta="tertiles", n_boot=0)
+
+
+def test_a_manifest_column_target_is_the_visit_mean_oriented_higher_is_better(
+    tmp_path: Path,
+) -> None:
+    """``eval.target: {column: nWBV}``: the loader keeps the column (empty = NaN) and each
+    embeddings row gets its visit's mean, negated where lower is better."""
+    (tmp_path / "a.npy").write_bytes(b"")
+    rows = [
+        "patient_id,visit,path,score,nWBV",
+        "p1,1,a.npy,28,0.80",
+        "p1,2,a.npy,27,",
+        "p2,1,a.npy,25,0.70",
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    manifest = load_manifest(tmp_path / "m.csv", measurement_columns=["nWBV"], check_files=False)
+    assert manifest.frame["nWBV"].tolist()[0] == 0.80 and np.isnan(manifest.frame["nWBV"][1])
+    assert not any("nWBV" in w for w in manifest.warnings)
+    with pytest.raises(DataError, match="'CDR'"):
+        load_manifest(tmp_path / "m.csv", measurement_columns=["CDR"], check_files=False)
+
+    embeddings = pd.DataFrame(
+        {"patient_id": ["p2", "p1", "p1", "p1"], "visit": ["1", "2", "1", "1"]}
+    )
+    up = column_target(embeddings, manifest.frame, "nWBV", higher_is_better=True)
+    np.testing.assert_allclose(up, [0.70, np.nan, 0.80, 0.80])
+    down = column_target(embeddings, manifest.frame, "nWBV", higher_is_better=False)
+    np.testing.assert_allclose(down, -up)
 
 
 def test_predicted_changes_are_oriented_so_that_higher_is_better() -> None:
