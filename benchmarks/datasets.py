@@ -327,6 +327,9 @@ def build_oasis2_slices(out: Path, root: Path | None = None) -> Path:
             "patient_id": item["Subject ID"],
             "visit": int(item["MR Delay"]),  # days since the subject's first scan
             "score": float(item["MMSE"]) if pd.notna(item["MMSE"]) else math.nan,
+            # Normalised whole-brain volume from the visit's full 3-D scan: a finer reference
+            # of change than MMSE (`--set "eval.target={column: nWBV}"`).
+            "nWBV": float(item["nWBV"]) if pd.notna(item["nWBV"]) else math.nan,
         }
         for view, path in views.items():
             zones.append({**base, "path": str(path), "zone": view})
