@@ -65,6 +65,7 @@ from learner.provenance import (  # noqa: E402
     read_key,
     write_key,
 )
+from learner.train.prepared import config_manifest  # noqa: E402
 
 CONFIGS = REPO / "benchmarks" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
@@ -278,7 +279,7 @@ def run_change(
     """
     manifest_path = datasets.build(SOURCE.get(name, name))
     cfg.data.manifest = manifest_path
-    manifest = load_manifest(manifest_path, feature_columns=cfg.data.feature_columns)
+    manifest = config_manifest(cfg)  # with its eval.target column, where it names one
     start = time.perf_counter()
     ablation = run_ablation(
         cfg, out, progress=False, manifest=manifest, replace_changed=replace_changed

@@ -320,8 +320,15 @@ def run_ablation(
             )
         return run_interpatient(cfg, manifest, out, every, splits, progress=progress, log=log)
 
+    target = cfg.eval.target
+    if isinstance(target, TargetColumn) and target.column not in manifest.frame.columns:
+        raise ConfigError(
+            f"{manifest.source}: eval.target names column {target.column!r}, which the "
+            "manifest does not have (or was read without); add the column, or read the "
+            "manifest with learner.train.prepared.config_manifest(cfg)"
+        )
     truth = load_truth(manifest.source)
-    if cfg.eval.target == "truth" and truth is None:
+    if target == "truth" and truth is None:
         raise ConfigError(
             f"{manifest.source}: eval.target truth needs the truth.csv a synthetic cohort "
             "writes beside its manifest, and there is none; set eval.target: observed"
