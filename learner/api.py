@@ -1,6 +1,6 @@
 """The public Python API: one import, one ``load_model``, no internals (docs/api.md).
 
-Example (needs a trained model: the folder `learner run` writes):
+Example (needs a trained model: a `learner run` folder or a change-model folder):
     >>> import learner
     >>> model = learner.load_model("runs/demo")  # doctest: +SKIP
     >>> model.classes  # doctest: +SKIP
