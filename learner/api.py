@@ -1,12 +1,12 @@
 """The public Python API: one import, one ``load_model``, no internals (docs/api.md).
 
-Example:
+Example (needs a trained model: a `learner run` folder or a change-model folder):
     >>> import learner
-    >>> model = learner.load_model("runs/demo")  # a run folder or a change-model folder
-    >>> model.classes
+    >>> model = learner.load_model("runs/demo")  # doctest: +SKIP
+    >>> model.classes  # doctest: +SKIP
     ('worsen', 'stable', 'improve')
-    >>> result = model.predict_change("new_patients/manifest.csv")
-    >>> result.pairs[["patient_id", "visit_from", "visit_to", "label"]]
+    >>> result = model.predict_change("new_patients/manifest.csv")  # doctest: +SKIP
+    >>> result.pairs[["patient_id", "visit_from", "visit_to", "label"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ evaluation key includes the pretraining digest, so an evaluation-only change (``
 re-evaluates cached embeddings while a pretraining change invalidates both.
 
 Example:
-    >>> key = pretrain_key(cfg, manifest_fingerprint(manifest), split_hash="ab12...")
+    >>> from learner.config import build_config
+    >>> frame = pd.DataFrame({"patient_id": ["a", "a"], "visit": ["v0", "v1"], "score": [3, 5]})
+    >>> content = manifest_fingerprint(frame)  # a manifest frame, as load_manifest gives it
+    >>> old_key = pretrain_key(build_config({}, ["train.epochs=12"]), content, split_hash="ab12")
+    >>> key = pretrain_key(build_config({}), content, split_hash="ab12")  # epochs: 20
     >>> changed_keys(old_key, key)
     ['train.epochs: 12 -> 20']
 """

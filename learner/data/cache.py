@@ -6,8 +6,15 @@ plain ``.npy`` file keyed by the source file's identity and the preprocessing pa
 later epochs (and later runs) read a memory map instead of decoding.
 
 Example:
-    >>> cache = DecodeCache(Path("/tmp/learner-cache"))
-    >>> arr = cache.get(Path("clip.mp4"), {"size": 112}, lambda: decode_and_resize("clip.mp4"))
+    >>> from learner.data.clips import resize_frames
+    >>> np.save("clip.npy", np.zeros((8, 64, 64), np.uint8))  # a scan file
+    >>> cache = DecodeCache(Path("cache"))
+    >>> build = lambda: resize_frames(np.load("clip.npy"), 32)  # decode and resize
+    >>> cache.get(Path("clip.npy"), {"size": 32}, build).shape  # a miss: built, then stored
+    (8, 32, 32)
+    >>> arr = cache.get(Path("clip.npy"), {"size": 32}, build)  # a hit: read memory-mapped
+    >>> cache.misses, cache.hits, arr.shape
+    (1, 1, (8, 32, 32))
 """
 
 from __future__ import annotations

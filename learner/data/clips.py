@@ -10,6 +10,7 @@ Shapes: videos are uint8 ``(T, H, W)`` (grey) or ``(T, H, W, 3)`` (RGB); model c
 ``(T, C, H, W)``; volumes are ``(D, H, W)``.
 
 Example:
+    >>> video = np.random.default_rng(0).integers(0, 256, (40, 120, 160), dtype=np.uint8)
     >>> clip = prepare_clip(video, frames=16, size=112, channels=1, train=False)
     >>> clip.shape, clip.dtype
     ((16, 1, 112, 112), dtype('float32'))
@@ -104,8 +105,9 @@ def grey_frames(video: np.ndarray) -> np.ndarray:
     """uint8 ``(T, H, W, 3)`` -> uint8 ``(T, H, W)`` BT.601 luma; a grey clip is returned as is.
 
     Example:
-        >>> grey_frames(np.full((2, 4, 4, 3), 200, np.uint8))[0, 0, 0]
-        200
+        >>> grey = grey_frames(np.full((2, 4, 4, 3), 200, np.uint8))
+        >>> grey.shape, grey.dtype, int(grey[0, 0, 0])
+        ((2, 4, 4), dtype('uint8'), 200)
     """
     if video.ndim != 4:
         return video

@@ -18,11 +18,14 @@ DataLoader worker count or order. Call :meth:`ScanDataset.set_epoch` each epoch;
 held in shared memory so that persistent workers see the change.
 
 Example:
+    >>> np.save("clip.npy", np.zeros((20, 64, 64), np.uint8))  # a (T, H, W) grey clip
+    >>> frame = pd.DataFrame({"patient_id": ["P1"], "path": ["clip.npy"], "score": [250.0]})
     >>> spec = InputSpec(kind="video", frames=16, size=112, channels=1)
-    >>> ds = ScanDataset(manifest.frame, input=spec, train=True, cache=None,
-    ...                  score_range=(0.0, 500.0), patient_codes=codes)  # doctest: +SKIP
-    >>> ds[0]["x"].shape  # doctest: +SKIP
-    torch.Size([16, 1, 112, 112])
+    >>> ds = ScanDataset(frame, input=spec, train=True, cache=None,
+    ...                  score_range=(0.0, 500.0), patient_codes={"P1": 0})
+    >>> item = ds[0]
+    >>> item["x"].shape, item["y"], int(item["pid"])
+    (torch.Size([16, 1, 112, 112]), 0.5, 0)
 """
 
 from __future__ import annotations

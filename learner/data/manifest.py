@@ -11,8 +11,18 @@ beside the one-line error that names its fix; splitting it would separate a rule
 message.
 
 Example:
-    >>> manifest = load_manifest("cohort/manifest.csv")  # doctest: +SKIP
-    >>> manifest.frame[["patient_id", "visit", "visit_order", "score"]].head()  # doctest: +SKIP
+    >>> pd.DataFrame({
+    ...     "patient_id": ["P1", "P1", "P2", "P2"],
+    ...     "visit": ["2024-01-10", "2024-03-02", "2024-05-30", "2024-02-11"],
+    ...     "path": ["p1_jan.mp4", "p1_mar.mp4", "p2_may.mp4", "p2_feb.mp4"],
+    ...     "score": [12, 15, 14, 19]}).to_csv("manifest.csv", index=False)
+    >>> manifest = load_manifest("manifest.csv", check_files=False)  # no scan files here
+    >>> manifest.frame[["patient_id", "visit", "visit_order", "score"]]
+      patient_id       visit  visit_order  score
+    0         P1  2024-01-10            0   12.0
+    1         P1  2024-03-02            1   15.0
+    2         P2  2024-05-30            1   14.0
+    3         P2  2024-02-11            0   19.0
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ pixels) raises :class:`~learner.errors.DataError` naming the file and the fix. M
 metadata never carry DICOM patient tags.
 
 Example:
+    >>> from learner.data.synthetic.video_io import write_mp4
+    >>> write_mp4(Path("patient_01_L1.mp4"), np.full((30, 48, 64), 128, np.uint8), fps=25)
     >>> scan = read_scan("patient_01_L1.mp4")
-    >>> scan.kind, scan.array.shape, scan.fps
-    ('video', (120, 350, 350), 25.0)
+    >>> scan.kind, scan.array.shape, scan.fps  # a grey clip keeps one channel
+    ('video', (30, 48, 64), 25.0)
 
 Why one long module: one reader per container (video through PyAV, DICOM single and multi-frame
 and series, NIfTI 2-D and 3-D, ``.npy``, stills), each short, sharing the orientation and
@@ -111,8 +113,11 @@ def read_scan(
             holds an array of a shape no model accepts. The message names the file and the fix.
 
     Example:
-        >>> read_scan("t1.nii.gz").array.shape  # (D, H, W) float32
-        (176, 256, 256)
+        >>> voxels = np.zeros((4, 5, 6), np.float32)  # stored (x, y, z), 2 mm slices along z
+        >>> nib.save(nib.Nifti1Image(voxels, np.diag([1.0, 1.0, 2.0, 1.0])), "t1.nii.gz")
+        >>> scan = read_scan("t1.nii.gz")
+        >>> scan.kind, scan.array.shape, scan.array.dtype.name, scan.spacing  # (D, H, W)
+        ('volume', (6, 5, 4), 'float32', (2.0, 1.0, 1.0))
     """
     path = Path(path)
     try:

@@ -22,9 +22,16 @@ whole into batches, so a batch holds about ``batch_size / k`` patients, k scans 
 different visits where the patient has them.
 
 Example:
-    >>> sampler = PatientBatchSampler(codes, scores, batch_size=32, seed=0)
-    >>> loader = DataLoader(dataset, batch_sampler=sampler)  # doctest: +SKIP
-    >>> sampler.set_epoch(epoch)  # each epoch, before iterating
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> codes = np.array([0, 0, 1, 1, 2, 2, 3, 3])  # the patient of each scan
+    >>> scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    >>> sampler = PatientBatchSampler(codes, scores, batch_size=4, seed=0)
+    >>> loader = DataLoader(TensorDataset(torch.as_tensor(scores)), batch_sampler=sampler)
+    >>> sampler.set_epoch(1)  # each epoch, before iterating
+    >>> [sorted(codes[batch].tolist()) for batch in sampler]  # four patients per batch
+    [[0, 1, 2, 3], [0, 1, 2, 3]]
+    >>> [len(y) for (y,) in loader]
+    [4, 4]
 """
 
 from __future__ import annotations

@@ -3,11 +3,22 @@
 Used by ``learner validate``; the band for ``"tertiles"`` is taken over all the manifest's
 pairs here (evaluation takes it over training pairs only).
 
-Example:
-    >>> from rich.console import Console
-    >>> manifest = load_manifest("m.csv")  # doctest: +SKIP
-    >>> summary = summarize_manifest(manifest, delta=2, higher_is_better=True)  # doctest: +SKIP
-    >>> render_summary(summary, Console())  # doctest: +SKIP
+Example (tabular data: a feature column instead of scan files):
+    >>> import pandas as pd
+    >>> from learner.data.manifest import load_manifest
+    >>> pd.DataFrame({"patient_id": ["A", "A", "A", "B", "B"], "visit": [1, 2, 3, 1, 2],
+    ...               "fev1": [2.1, 2.0, 1.7, 3.0, 3.3], "score": [30, 28, 22, 40, 44]}
+    ...              ).to_csv("lung.csv", index=False)
+    >>> manifest = load_manifest("lung.csv", feature_columns=["fev1"])
+    >>> summary = summarize_manifest(manifest, delta=2, higher_is_better=True)
+    >>> summary.patients, summary.visits, summary.pairs
+    (2, 5, {'worsen': 1, 'stable': 1, 'improve': 1})
+    >>> console = Console(width=80, color_system=None)
+    >>> render_summary(summary, console)  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    manifest lung.csv
+    ...
+    ... stable band ... |change| <= 2 (2, higher is better) ...
+    ... pairs total ... 3 ...
 """
 
 from __future__ import annotations

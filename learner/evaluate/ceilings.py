@@ -12,9 +12,19 @@ encoder can beat: the true change.
 ``chance`` is 1/3 for balanced accuracy (three classes) and the majority-class rate for
 accuracy. An objective's ``fraction_of_achievable`` is ``(bal_acc - 1/3) / (oracle - 1/3)``.
 
-Example:
-    >>> truth = load_truth(manifest.source)  # None without truth.csv
-    >>> result = evaluate_oracle(data.frame, truth, "severity", delta=2.0)
+Example, on ``truth`` (a synthetic cohort's ``truth.csv``, as :func:`load_truth` reads it) and
+``embeddings`` (an embeddings frame of its scans, as in :mod:`learner.evaluate.change`); the
+doctests' ``conftest.py`` builds both:
+
+    >>> load_truth(Path("manifest.csv")) is None  # no truth.csv beside this manifest
+    True
+    >>> oracle = evaluate_oracle(embeddings, truth, "severity", delta="tertiles")
+    >>> ceiling = oracle.metrics["balanced_accuracy"]
+    >>> achieved = evaluate_change(embeddings, delta="tertiles", n_boot=0).metrics
+    >>> round(ceiling, 2), round(achieved["balanced_accuracy"], 2)  # chance: 1/3
+    (0.52, 0.47)
+    >>> round(fraction_of_achievable(achieved["balanced_accuracy"], ceiling), 2)
+    0.74
 """
 
 from __future__ import annotations

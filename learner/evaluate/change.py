@@ -15,10 +15,17 @@ from a bootstrap over *test patients*. Reported beside the probe, as the design 
   ``change_spearman``) and a temporal consistency rho over all visit pairs of test patients
   with 3+ visits (``temporal_spearman``).
 
-Example:
-    >>> frame, meta = read_embeddings("run/embeddings.parquet")
-    >>> result = evaluate_change(frame, delta="tertiles", higher_is_better=True)
-    >>> result.metrics["balanced_accuracy"], result.ci95["balanced_accuracy"]
+Example, on ``embeddings``, a frame as ``read_embeddings("run/embeddings.parquet")[0]`` gives
+it (here 200 synthetic patients whose embeddings hold their latent severity plus noise; the
+doctests' ``conftest.py`` builds it):
+
+    >>> result = evaluate_change(embeddings, delta="tertiles", higher_is_better=True, n_boot=200)
+    >>> result.n_train_pairs, result.n_test_pairs, result.band  # band: tertiles of |change|
+    (250, 42, 1.0)
+    >>> round(result.metrics["balanced_accuracy"], 2)  # chance: 1/3
+    0.47
+    >>> [round(bound, 2) for bound in result.ci95["balanced_accuracy"]]
+    [0.32, 0.63]
 """
 
 from __future__ import annotations

@@ -10,8 +10,17 @@ Every write goes to a temporary file beside the target and is renamed on success
 never leaves a half-written file under the final name.
 
 Example:
+    >>> frame = pd.DataFrame({
+    ...     "patient_id": ["P1", "P1"], "visit": ["2024-01", "2024-06"], "visit_order": [0, 1],
+    ...     "score": [12.0, 15.0], "split": "test", "pred_score": [11.5, 14.2],
+    ...     "embedding": [np.array([0.1, 0.3]), np.array([0.2, 0.1])]})
     >>> write_embeddings(frame, "run/embeddings.parquet", {"objective": "mse", "seed": 0})
     >>> frame, meta = read_embeddings("run/embeddings.parquet")
+    >>> meta
+    {'objective': 'mse', 'seed': 0}
+    >>> embedding_matrix(frame)  # (N, D)
+    array([[0.1, 0.3],
+           [0.2, 0.1]], dtype=float32)
 """
 
 from __future__ import annotations
@@ -147,10 +156,15 @@ class EmbeddingsWriter:
     appears under its final name only on :meth:`close`; :meth:`abort` (or an exception inside
     a ``with`` block) removes the partial file.
 
-    Example:
+    Example, on ``embeddings``, an embeddings frame (the doctests' ``conftest.py`` builds it):
+
+        >>> batches = [embeddings.iloc[i : i + 100] for i in range(0, len(embeddings), 100)]
         >>> with EmbeddingsWriter("run/embeddings.parquet", {"objective": "mse"}) as writer:
         ...     for batch in batches:
         ...         writer.write_batch(batch)
+        >>> frame, meta = read_embeddings("run/embeddings.parquet")
+        >>> writer.n_rows == len(frame) == len(embeddings), meta
+        (True, {'objective': 'mse'})
     """
 
     def __init__(self, path: str | Path, metadata: Mapping[str, Any]) -> None:

@@ -14,10 +14,23 @@ Every statistic comes with a 95% interval from a bootstrap over held-out *patien
 models evaluated on the same held-out scans (the objectives of one seed) share the resamples,
 so :func:`evaluate_interpatient` also gives paired differences to a reference model.
 
-Example:
-    >>> frames = {"mse": read_embeddings("mse.parquet")[0], "weighted": ...}  # doctest: +SKIP
-    >>> result = evaluate_interpatient(frames, reference="mse")  # doctest: +SKIP
-    >>> result.metrics["weighted"]["spearman_distance"]  # doctest: +SKIP
+Example (one scan each of 30 held-out patients; one model's embedding turns with the score,
+the other's is noise):
+
+    >>> rng = np.random.default_rng(0)
+    >>> score = rng.uniform(0.0, 10.0, 30)
+    >>> held_out = pd.DataFrame({"patient_id": [f"P{i:02d}" for i in range(30)],
+    ...                          "score": score, "split": "test"})
+    >>> angle = np.c_[np.cos(score / 10), np.sin(score / 10)]
+    >>> frames = {"turning": held_out.assign(embedding=list(angle)),
+    ...           "noise": held_out.assign(embedding=list(rng.normal(size=(30, 2))))}
+    >>> result = evaluate_interpatient(frames, reference="noise", n_boot=200)
+    >>> result.n_pairs  # pairs of scans of different patients
+    435
+    >>> {name: round(m["spearman_distance"], 2) for name, m in result.metrics.items()}
+    {'turning': 1.0, 'noise': -0.04}
+    >>> [round(bound, 2) for bound in result.differences["turning"]["spearman_distance"]["ci95"]]
+    [0.93, 1.15]
 """
 
 from __future__ import annotations

@@ -3,8 +3,14 @@
 Figures are drawn on ``matplotlib.figure.Figure`` objects with the Agg canvas (no pyplot,
 no display, no global state) and written as PNG atomically.
 
-Example:
-    >>> plot_figure1({"mse": result_mse, "weighted": result_weighted}, "figures/figure1.png")
+Example (a :class:`~learner.evaluate.change.ChangeResult` per objective, or its Figure 1
+frame, one row per test pair, and Spearman rho):
+
+    >>> mse = pd.DataFrame({"abs_change": [0.0, 1.0, 3.0], "distance": [0.10, 0.12, 0.15]})
+    >>> weighted = pd.DataFrame({"abs_change": [0.0, 1.0, 3.0], "distance": [0.05, 0.2, 0.6]})
+    >>> path = plot_figure1({"mse": (mse, 1.0), "weighted": (weighted, 1.0)}, "figure1.png")
+    >>> path.is_file()
+    True
 """
 
 from __future__ import annotations

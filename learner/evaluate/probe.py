@@ -6,8 +6,16 @@ scikit-learn orders a classifier's ``classes_`` alphabetically (improve, stable,
 them as JSON (never pickle), so that a saved change model is data, not code.
 
 Example:
-    >>> probe = Probe.from_pipeline(result.model)  # a fitted evaluate_change model
-    >>> probe.predict_proba(features)  # (N, 3): worsen, stable, improve
+    >>> from learner.evaluate.classifier import build_classifier
+    >>> x = np.array([[-2.0], [-1.5], [-0.2], [0.2], [1.5], [2.0]])  # pair features
+    >>> y = np.array(["worsen", "worsen", "stable", "stable", "improve", "improve"])
+    >>> pipeline = build_classifier("logreg").fit(x, y)  # as evaluate_change fits it
+    >>> pipeline.classes_.tolist()
+    ['improve', 'stable', 'worsen']
+    >>> probe = Probe.from_pipeline(pipeline)
+    >>> probe.predict_proba(np.array([[-3.0], [3.0]])).round(2)  # worsen, stable, improve
+    array([[0.83, 0.16, 0.01],
+           [0.01, 0.16, 0.83]])
 """
 
 from __future__ import annotations

@@ -10,8 +10,17 @@ the raw features (:meth:`ScanProjection.feature_map`): a saved change model stay
 :class:`~learner.evaluate.probe.Probe` that reads raw embeddings.
 
 Example:
+    >>> rng = np.random.default_rng(0)
+    >>> matrix = rng.normal(size=(40, 16))  # (V, D) visit embeddings
+    >>> matrix[:, :4] += 3 * rng.normal(size=(40, 1))  # four dimensions share one signal
+    >>> train_rows = np.arange(40) < 30  # the training patients' visits
     >>> projection = ScanProjection.fit(matrix[train_rows], k=8)
-    >>> reduced = projection.transform(matrix)  # (V, 8)
+    >>> projection.transform(matrix).shape
+    (40, 8)
+    >>> round(float(projection.explained[0]), 2)  # the shared signal's axis
+    0.26
+    >>> ScanProjection.fit(matrix[:5], k=8).k  # at most N - 1 axes
+    4
 """
 
 from __future__ import annotations

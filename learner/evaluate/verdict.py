@@ -6,8 +6,15 @@ the test or training pairs, or fewer than :data:`MIN_CLASS_PAIRS` test pairs of 
 all seeds) yields no verdict: only the warning, since any metric would rest on a handful of
 pairs.
 
-Example:
-    >>> lines = verdict(results)  # results.json as a dict
+Example (``results``: results.json as a dict; here only the part this verdict reads):
+    >>> results = {"comparisons": {"reference": "mse", "differences": {
+    ...     "weighted": {"balanced_accuracy": {"mean": 0.08, "ci95": [0.02, 0.14]}}}}}
+    >>> for line in verdict(results):  # doctest: +NORMALIZE_WHITESPACE
+    ...     print(line)
+    Beat `mse` (balanced accuracy, paired 95% CI above zero): `weighted` +0.080 [+0.020,
+    +0.140].
+    No ground truth beside the manifest (truth.csv): what is achievable is unknown; chance is
+    1/3 balanced accuracy.
 """
 
 from __future__ import annotations

@@ -28,9 +28,12 @@ module and the config. A hyperparameter that no objective has yet also needs an 
 test fails if either is missing.
 
 Example:
+    >>> import torch
     >>> objective = build_objective("weighted", partition="soft")
-    >>> out = objective(torch.randn(8, 16), torch.rand(8), torch.arange(8))
-    >>> out.loss, out.n_pos, out.n_neg
+    >>> scores = torch.linspace(0.0, 1.0, 8)  # normalised scores of 8 scans, 8 patients
+    >>> out = objective(torch.randn(8, 16), scores, torch.arange(8))
+    >>> out.loss.shape, int(out.n_pos), int(out.n_neg)  # soft: all 28 pairs in both terms
+    (torch.Size([]), 28, 28)
 """
 
 from __future__ import annotations

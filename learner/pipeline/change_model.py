@@ -14,9 +14,9 @@ A change model is a folder of plain data, nothing executable:
 Loading parses JSON and numeric arrays only; a folder holding a pickle-like file (``.pkl``,
 ``.joblib``, ``.pt``, ...) is refused, so no file of a change model can run code.
 
-Example:
-    >>> model = load_change_model("runs/demo/change-model")
-    >>> model.classes
+Example (needs the change model of a `learner run` folder):
+    >>> model = load_change_model("runs/demo/change-model")  # doctest: +SKIP
+    >>> model.classes  # doctest: +SKIP
     ('worsen', 'stable', 'improve')
 """
 

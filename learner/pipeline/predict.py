@@ -7,10 +7,11 @@ by zone (as in training) and their probabilities then averaged per visit pair. S
 optional: where both visits of a pair have one, the true label is added, and a summary of
 the metrics on those pairs.
 
-Example:
-    >>> model = load_change_model("runs/demo/change-model")
-    >>> result = predict_change(model, "new_patients/manifest.csv")
-    >>> result.pairs[["patient_id", "visit_from", "visit_to", "label", "p_improve"]]
+Example (needs the change model of a `learner run` folder and a manifest of scans):
+    >>> from learner.pipeline.change_model import load_change_model
+    >>> model = load_change_model("runs/demo/change-model")  # doctest: +SKIP
+    >>> pairs = predict_change(model, "new_patients/manifest.csv").pairs  # doctest: +SKIP
+    >>> pairs[["patient_id", "visit_from", "visit_to", "label", "p_improve"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations
