@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check learner tests benchmarks
-	$(VENV)/bin/ruff format --check learner tests benchmarks
+	$(VENV)/bin/ruff check learner tests benchmarks conftest.py
+	$(VENV)/bin/ruff format --check learner tests benchmarks conftest.py
 	$(VENV)/bin/mypy learner
 
 # Quality benchmarks of BENCHMARKS.md (## Quality): the objective-defaults sweep, then one
