@@ -240,30 +240,6 @@ def paired_difference(
     return entry
 
 
-def paired_statistic(
-    units_a: Sequence[Sequence[CellResult]],
-    units_b: Sequence[Sequence[CellResult]],
-    metric: str,
-    combine: Callable[[float, float], float],
-    *,
-    column_a: str = "predicted",
-    column_b: str = "predicted",
-    n_boot: int,
-    seed: int,
-) -> dict[str, Any]:
-    """``combine(metric(a), metric(b))`` per seed on the test pairs both evaluated (same
-    seeds and splits), averaged over seeds, with a paired two-stage bootstrap."""
-    values, boots = _paired_metric(
-        units_a, units_b, metric, column_a=column_a, column_b=column_b, n_boot=n_boot, seed=seed
-    )
-    per_seed = [float(combine(a, b)) for a, b in values]
-    combined = [np.array([combine(a, b) for a, b in boot]) for boot in boots]
-    entry = stat_entry(per_seed, combined, seed)
-    if not math.isfinite(entry["mean"]):  # undefined (e.g. an oracle at chance): no interval
-        entry["ci95"] = [math.nan, math.nan]
-    return entry
-
-
 def ratio_of_means(
     units_a: Sequence[Sequence[CellResult]],
     units_b: Sequence[Sequence[CellResult]],

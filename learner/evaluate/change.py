@@ -50,13 +50,21 @@ from learner.data.pairs import (
 )
 from learner.data.splits import check_no_leakage
 from learner.errors import ConfigError, DataError
-from learner.evaluate.classifier import CLASSIFIERS, build_classifier, chosen_c, fit_classifier
+from learner.evaluate.classifier import (
+    CLASSIFIERS,
+    build_classifier,
+    chosen_c,
+    expected_change,
+    fit_classifier,
+)
 from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
 from learner.evaluate.features import (
     FEATURES,
+    TARGET_COLUMN,
     change_features,
     cosine_distance,
     temporal_pairs,
+    test_target_change,
     visit_embeddings,
     visit_times,
 )
@@ -83,10 +91,6 @@ METRICS = (
     "temporal_spearman",
 )
 HEAD_DELTA_PREFIX = "head_delta_"
-# The frame column a caller may add to judge change against a finer reference than the
-# observed score (``eval.target``): one value per scan, oriented so that higher = better.
-# Only test patients' values are read, and only after every prediction is made.
-TARGET_COLUMN = "target"
 
 
 @dataclass
@@ -512,10 +516,10 @@ def evaluate_change(
         predicted_change=change_pred,
         score_change=sign * change_true,
         head_change=sign * (pred_visit[test["index_to"]] - pred_visit[test["index_from"]]),
-        probe_change=_expected_change(model, probe_test),
+        probe_change=expected_change(model, probe_test),
     )
     # Judged only now, every prediction made: the target never reaches a model.
-    target_change = _test_target_change(frame, test, test_split)
+    target_change = test_target_change(frame, test, test_split)
     target_band: float | None = None
     if target_change is not None:
         measured = np.isfinite(target_change)
@@ -576,41 +580,6 @@ def evaluate_change(
         chosen_c=chosen_c(model),
         target_band=target_band,
     )
-
-
-def _expected_change(model: Pipeline, features: np.ndarray) -> np.ndarray:
-    """(P,) the probe's expected signed change, p_improve - p_worsen (a class the probe
-    never saw in training has probability 0)."""
-    probabilities = np.asarray(model.predict_proba(features), dtype=np.float64)
-    classes = [str(c) for c in model.classes_]
-
-    def column(label: str) -> np.ndarray:
-        if label not in classes:
-            return np.zeros(len(probabilities))
-        return probabilities[:, classes.index(label)]
-
-    return column("improve") - column("worsen")
-
-
-def _test_target_change(
-    frame: pd.DataFrame, test: pd.DataFrame, test_split: str
-) -> np.ndarray | None:
-    """(P,) the change of the :data:`TARGET_COLUMN` over each test pair (its visits' means,
-    per zone where the frame has zones; NaN where a visit has no value), read from the test
-    patients' rows alone; None without the column."""
-    if TARGET_COLUMN not in frame.columns:
-        return None
-    rows = frame[frame["split"].astype(str) == test_split]
-    rows = rows.assign(**{TARGET_COLUMN: pd.to_numeric(rows[TARGET_COLUMN], errors="coerce")})
-    table = visit_table(rows, value_cols=[TARGET_COLUMN])
-    keys = [k for k in ("patient_id", "zone") if k in table.columns and k in test.columns]
-    index = table.set_index([*keys, "visit_order"])[TARGET_COLUMN]
-
-    def lookup(column: str) -> np.ndarray:
-        at = pd.MultiIndex.from_frame(test[[*keys, column]].rename(columns={column: "visit_order"}))
-        return index.reindex(at).to_numpy(dtype=np.float64)
-
-    return lookup("visit_to") - lookup("visit_from")
 
 
 def has_change_pairs(frame: pd.DataFrame) -> bool:

@@ -112,3 +112,17 @@ def chosen_c(model: Pipeline) -> float | None:
     if not isinstance(clf, LogisticRegressionCV):
         return None
     return float(np.ravel(clf.C_)[0])
+
+
+def expected_change(model: Pipeline, features: np.ndarray) -> np.ndarray:
+    """(P,) the probe's expected signed change, p_improve - p_worsen (a class the probe
+    never saw in training has probability 0)."""
+    probabilities = np.asarray(model.predict_proba(features), dtype=np.float64)
+    classes = [str(c) for c in model.classes_]
+
+    def column(label: str) -> np.ndarray:
+        if label not in classes:
+            return np.zeros(len(probabilities))
+        return probabilities[:, classes.index(label)]
+
+    return column("improve") - column("worsen")

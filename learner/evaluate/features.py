@@ -14,6 +14,10 @@ from learner.errors import ConfigError, DataError
 from learner.evaluate.embeddings_io import embedding_matrix
 
 FEATURES = ("diff", "concat", "hybrid", "rate")
+# The frame column a caller may add to judge change against a finer reference than the
+# observed score (``eval.target``): one value per scan, oriented so that higher = better.
+# Only test patients' values are read, and only after every prediction is made.
+TARGET_COLUMN = "target"
 
 
 def visit_embeddings(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -155,3 +159,24 @@ def temporal_pairs(visits: pd.DataFrame, matrix: np.ndarray) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame({"patient_id": [], "distance": [], "abs_change": []})
     return pd.concat(rows, ignore_index=True)
+
+
+def test_target_change(
+    frame: pd.DataFrame, test: pd.DataFrame, test_split: str
+) -> np.ndarray | None:
+    """(P,) the change of the :data:`TARGET_COLUMN` over each test pair (its visits' means,
+    per zone where the frame has zones; NaN where a visit has no value), read from the test
+    patients' rows alone; None without the column."""
+    if TARGET_COLUMN not in frame.columns:
+        return None
+    rows = frame[frame["split"].astype(str) == test_split]
+    rows = rows.assign(**{TARGET_COLUMN: pd.to_numeric(rows[TARGET_COLUMN], errors="coerce")})
+    table = visit_table(rows, value_cols=[TARGET_COLUMN])
+    keys = [k for k in ("patient_id", "zone") if k in table.columns and k in test.columns]
+    index = table.set_index([*keys, "visit_order"])[TARGET_COLUMN]
+
+    def lookup(column: str) -> np.ndarray:
+        at = pd.MultiIndex.from_frame(test[[*keys, column]].rename(columns={column: "visit_order"}))
+        return index.reindex(at).to_numpy(dtype=np.float64)
+
+    return lookup("visit_to") - lookup("visit_from")
