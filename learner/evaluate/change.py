@@ -132,7 +132,7 @@ class ChangeResult:
             the test pairs' target classes as frequent as the observed classes among
             training pairs (so the two targets' accuracies compare like with like).
         bootstrap: metric (and ``head_delta_*``) -> (n_boot,) resampled values, for pooling
-            seeds (see :func:`learner.pipeline.run.metric_block`).
+            seeds (see :func:`learner.evaluate.aggregate.metric_block`).
     """
 
     metrics: dict[str, float]
