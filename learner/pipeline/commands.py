@@ -77,6 +77,13 @@ def evaluate_embeddings(
             f"{config}: eval.finetune fine-tunes encoders and runs in `learner run` only "
             "(`learner evaluate` reads fixed embeddings); set eval.finetune: 0 here"
         )
+    if cfg.eval.target != "observed":
+        # An embeddings file does not say which manifest (and so which truth.csv or which
+        # measurement column) its scans came from.
+        raise ConfigError(
+            f"{config}: eval.target {cfg.eval.target} needs the manifest the embeddings came "
+            "from and runs in `learner run` only; set eval.target: observed here"
+        )
     frame, meta = read_embeddings(embeddings)
     name = str(meta.get("objective", "embeddings"))
     if not has_change_pairs(frame):

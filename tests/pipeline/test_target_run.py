@@ -86,3 +86,24 @@ def test_the_truth_target_without_truth_csv_is_refused(
     code, output = _run(cohort / "manifest.csv", tmp_path / "run", "eval.target=truth")
     assert code == 2
     assert "eval.target truth needs the truth.csv" in output and "eval.target: observed" in output
+
+
+def test_evaluate_refuses_a_target_it_cannot_read(tmp_path: Path) -> None:
+    """`learner evaluate` reads an embeddings file, which does not name its manifest: a
+    target there is an error, not a setting silently ignored."""
+    config = tmp_path / "config.yaml"
+    config.write_text("eval:\n  target: truth\n")
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--embeddings",
+            str(tmp_path / "e.parquet"),
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "eval.target truth" in result.output and "learner run" in result.output
