@@ -168,7 +168,11 @@ def load_manifest(
     raw = _read_table(source, problems)
     warnings: list[str] = []
     raw = _drop_unnamed_columns(raw, warnings, name)
-    raw = _rename_columns(raw, columns or {}, problems)
+    mapping = dict(columns or {})
+    if not require_score and mapping.get("score") not in (None, *raw.columns):
+        # Data to predict on need no score: a saved mapping's score column may be absent.
+        del mapping["score"]
+    raw = _rename_columns(raw, mapping, problems)
     if not require_score and "score" not in raw.columns:
         raw = raw.assign(score="")
     measured = [c for c in measurement_columns if c not in ("patient_id", "visit", "score")]

@@ -171,6 +171,13 @@ def test_columns_map_user_names_and_score_may_be_absent(write_manifest) -> None:
     first, *rest = caught.value.problems
     assert first.startswith("manifest.csv row 1, column subject: is not in the header")
     assert any("column score" in line for line in rest)  # score is required by default
+    # A saved mapping names the training table's score column; new data to predict on may
+    # lack it (issue 28 item 7). Training data may not.
+    saved = {**columns, "score": "MMSE"}
+    frame = load_manifest(path, columns=saved, require_score=False).frame
+    assert frame["score"].isna().all()
+    with pytest.raises(DataError, match="column MMSE: is not in the header"):
+        load_manifest(path, columns=saved)
 
 
 def test_every_problem_is_reported_in_row_order(write_manifest) -> None:
