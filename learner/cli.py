@@ -43,6 +43,15 @@ _STATE = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# What an interrupted command's user does next (the last stderr line stays "interrupted").
+RESUME_HINTS = {
+    "pretrain": "last.ckpt holds the last finished epoch: rerun the same command with --resume "
+    "to continue exactly where it stopped",
+    "run": "rerun the same command: finished cells are reused and the interrupted one resumes",
+    "demo": "rerun the same command: the cohort and finished cells are reused",
+}
+
+
 def handle_errors(func: F) -> F:
     """Turn user errors into one line per problem and the documented exit code."""
 
@@ -58,6 +67,9 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             # 130 for Ctrl-C (SIGINT), 143 for SIGTERM: 128 + the signal's number.
+            hint = RESUME_HINTS.get(func.__name__)
+            if hint:
+                err_console.print(f"note: {hint}", markup=False, highlight=False, soft_wrap=True)
             err_console.print("interrupted", markup=False)
             raise typer.Exit(signals.exit_code()) from None
         except (typer.Exit, typer.Abort):

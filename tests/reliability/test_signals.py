@@ -142,6 +142,7 @@ def test_signal_during_pretrain_under_load_then_resume_is_exact(
             time.sleep(0.2)
             elapsed, err = stop(proc, signum)
     assert_interrupted(proc, signum, elapsed, err)
+    assert "--resume" in err.strip().splitlines()[-2]  # what to do next, before the last line
 
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] < 3, "the run finished before the signal"
@@ -247,6 +248,8 @@ def test_a_blocked_command_ends_within_the_limit(
         time.sleep(0.5)  # from print('ready') into the blocking call
         elapsed, err = stop(proc, signum)
     assert_interrupted(proc, signum, elapsed, err)
+    if command == "demo" and blocking == "python":  # the handler ran: it says what to do next
+        assert "rerun the same command" in err
     if blocking == "native":
         assert elapsed >= GRACE_S - 0.5, "ended before the grace period: not by the watchdog"
 
