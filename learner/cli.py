@@ -366,6 +366,14 @@ def pretrain(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: from config).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from last.ckpt.")] = False,
+    resume_changed: Annotated[
+        bool,
+        typer.Option(
+            "--resume-changed",
+            help="With --resume: continue although settings, manifest or split differ from "
+            "the run's (they are named; without this flag the resume is refused).",
+        ),
+    ] = False,
     columns: ColumnsOption = None,
 ) -> None:
     """Pretrain an encoder on many patients (score MSE + pair objective); writes a run folder.
@@ -377,7 +385,7 @@ def pretrain(
     from learner.train.pretrain import pretrain as run_pretrain
 
     cfg = _with_columns(load_config(config, set_), columns)
-    result = run_pretrain(cfg, out or cfg.train.out, resume=resume)
+    result = run_pretrain(cfg, out or cfg.train.out, resume=resume, resume_changed=resume_changed)
     if _is_rank_zero():  # under DDP every rank runs this command
         console.print(f"run folder: {result.run_dir}")
         console.print(f"best checkpoint: {result.best}")

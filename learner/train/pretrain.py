@@ -32,7 +32,17 @@ from learner.data.splits import (
 from learner.device import on_gpu
 from learner.errors import ConfigError, DataError
 from learner.io import atomic_path, write_json
-from learner.provenance import git_commit, package_versions
+from learner.provenance import (
+    KEY_FILE,
+    changed_keys,
+    git_commit,
+    manifest_fingerprint,
+    normalised,
+    package_versions,
+    pretrain_key,
+    read_key,
+    write_key,
+)
 from learner.train.module import LearnerModule
 from learner.train.prepared import PreparedData, make_dataset, model_config, prepare_data
 
@@ -163,8 +173,14 @@ def pretrain(
     data: PreparedData | None = None,
     progress: bool = True,
     callbacks: list[L.Callback] | None = None,
+    resume_changed: bool = False,
 ) -> PretrainResult:
-    """Train one model; returns the run folder and checkpoint paths."""
+    """Train one model; returns the run folder and checkpoint paths.
+
+    The run folder's ``key.json`` records what the run was made from (the pretraining key of
+    :mod:`learner.provenance`). ``resume`` with other pretraining settings, manifest or split
+    is refused naming the keys that differ, unless ``resume_changed``.
+    """
     _quiet_lightning()
     out = Path(out)
     ckpt_dir = out / "checkpoints"
@@ -175,7 +191,22 @@ def pretrain(
             "or choose a new --out"
         )
     data = data or prepare_data(cfg)
+    manifest = data.manifest
+    key = normalised(
+        pretrain_key(
+            cfg, manifest_fingerprint(manifest.frame, manifest.feature_columns), data.split_hash
+        )
+    )
+    stored = read_key(out / KEY_FILE) if resume and last.exists() else None
+    changes = changed_keys(stored, key) if stored is not None else []
+    if changes and not resume_changed:
+        raise ConfigError(
+            f"{out}: --resume with other settings than the run was made with "
+            f"({'; '.join(changes)}); resume with the run's settings, pass --resume-changed "
+            "to continue with the new ones, or choose a new --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    write_key(out / KEY_FILE, key)
     save_config(cfg, out / "config.yaml")
     write_json(out / "split.json", {"hash": data.split_hash, "assignment": data.assignment})
 

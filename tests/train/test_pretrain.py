@@ -121,6 +121,29 @@ def test_existing_run_is_not_overwritten(tiny_config: Config, tmp_path: Path) ->
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
 
 
+def test_a_resume_with_other_settings_is_refused_naming_them(
+    tiny_config: Config, tmp_path: Path
+) -> None:
+    """The run folder's key says what the run was made from: --resume with a changed
+    learning rate stops naming it (nothing written), --resume-changed continues."""
+    run = tmp_path / "run"
+    tiny_config.train.epochs = 1
+    pretrain(tiny_config, run, progress=False)
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    tiny_config.train.epochs = 2
+    tiny_config.train.lr = tiny_config.train.lr * 10
+    args = ["pretrain", "--config", str(_config_file(tiny_config, tmp_path)), "--out", str(run)]
+    res = CliRunner().invoke(app, [*args, "--resume"])
+    assert res.exit_code == 2, res.output
+    assert "train.lr:" in res.output and "train.epochs: 1 -> 2" in res.output
+    assert "--resume-changed" in res.output
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+    res = CliRunner().invoke(app, [*args, "--resume", "--resume-changed"])
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1  # the second epoch ran
+
+
 def _config_file(cfg: Config, tmp_path: Path) -> Path:
     from learner.config import save_config
 
