@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +166,23 @@ def _loggers(out: Path) -> list[Logger]:
     return loggers
 
 
+def _read_metrics(path: Path) -> pd.DataFrame | None:
+    """The CSV log of the run being resumed, or None when it has none."""
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
+
+
+def _keep_history(path: Path, earlier: pd.DataFrame) -> None:
+    """``metrics.csv`` after a resume: the earlier rows of the epochs before the first one
+    the resumed run logged, then the resumed run's rows. Lightning's CSV logger starts the file
+    afresh, which lost every epoch before the resume; the rows of an interrupted, replayed
+    epoch are the resumed run's."""
+    new = pd.read_csv(path) if path.is_file() and path.stat().st_size else pd.DataFrame()
+    first = new["epoch"].min() if "epoch" in new.columns and len(new) else math.inf
+    kept = earlier[earlier["epoch"] < first] if "epoch" in earlier.columns else earlier
+    with atomic_path(path) as tmp:
+        pd.concat([kept, new], ignore_index=True).to_csv(tmp, index=False)
+
+
 def pretrain(
     cfg: Config,
     out: Path,
@@ -307,6 +325,8 @@ def pretrain(
         use_distributed_sampler=False,
     )
     ckpt_path = str(last) if resume and last.exists() else None
+    metrics_csv = out / "logs" / "csv" / "metrics.csv"
+    history = _read_metrics(metrics_csv) if ckpt_path is not None else None
     try:
         trainer.fit(model, train_loader, val_loader, ckpt_path=ckpt_path)
     except ValueError as exc:
@@ -323,6 +343,9 @@ def pretrain(
         if trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
+    finally:
+        if history is not None and trainer.is_global_zero:
+            _keep_history(metrics_csv, history)
     if signals.received() is not None:  # arrived after the last batch
         raise KeyboardInterrupt
     best = ckpt_dir / "best.ckpt"

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
@@ -153,6 +154,9 @@ def test_signal_during_pretrain_under_load_then_resume_is_exact(
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after the resume"
+    # The CSV log kept the epochs before the stop, and the replayed epoch once.
+    metrics = pd.read_csv(out / "logs" / "csv" / "metrics.csv")
+    assert sorted(metrics.loc[metrics["val/loss"].notna(), "epoch"]) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

@@ -142,6 +142,10 @@ def test_a_resume_with_other_settings_is_refused_naming_them(
     assert res.exit_code == 0, res.output
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1  # the second epoch ran
+    # The CSV log keeps the first run's epoch beside the resumed one's.
+    metrics = pd.read_csv(run / "logs" / "csv" / "metrics.csv")
+    assert sorted(metrics["epoch"].dropna().unique()) == [0, 1]
+    assert metrics["val/loss"].notna().sum() == 2
 
 
 def _config_file(cfg: Config, tmp_path: Path) -> Path:
