@@ -146,6 +146,8 @@ def test_a_resume_with_other_settings_is_refused_naming_them(
     metrics = pd.read_csv(run / "logs" / "csv" / "metrics.csv")
     assert sorted(metrics["epoch"].dropna().unique()) == [0, 1]
     assert metrics["val/loss"].notna().sum() == 2
+    # TensorBoard keeps the first run's event file beside the resumed run's.
+    assert len(list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 def _config_file(cfg: Config, tmp_path: Path) -> Path:
