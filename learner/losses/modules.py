@@ -113,15 +113,8 @@ class WeightedContrastiveLoss(PairObjective):
         pairs: PairSet = default("pairs"),
         score_noise: float = default("score_noise"),
     ) -> None:
-        super().__init__(
-            tau=tau,
-            margin=margin,
-            weighting=weighting,
-            alpha=alpha,
-            partition=partition,
-            pairs=pairs,
-            score_noise=score_noise,
-        )
+        shape = {"weighting": weighting, "alpha": alpha, "partition": partition}
+        super().__init__(tau=tau, margin=margin, pairs=pairs, score_noise=score_noise, **shape)
         if self._hparams["score_noise"] > 0 and partition != "threshold":
             raise ValueError(
                 "score_noise needs partition threshold (the soft partition has no tau); "
