@@ -166,6 +166,9 @@ def _loggers(out: Path) -> list[Logger]:
     return loggers
 
 
+RESUMABLE_KEY = "train.epochs"
+
+
 def _read_metrics(path: Path) -> pd.DataFrame | None:
     """The CSV log of the run being resumed, or None when it has none."""
     return pd.read_csv(path) if path.is_file() and path.stat().st_size else None
@@ -197,7 +200,8 @@ def pretrain(
 
     The run folder's ``key.json`` records what the run was made from (the pretraining key of
     :mod:`learner.provenance`). ``resume`` with other pretraining settings, manifest or split
-    is refused naming the keys that differ, unless ``resume_changed``.
+    is refused naming the keys that differ, unless ``resume_changed``; ``train.epochs`` may
+    change (a resume with more epochs trains longer).
     """
     _quiet_lightning()
     out = Path(out)
@@ -216,7 +220,12 @@ def pretrain(
         )
     )
     stored = read_key(out / KEY_FILE) if resume and last.exists() else None
-    changes = changed_keys(stored, key) if stored is not None else []
+    # Raising train.epochs is how a run is trained longer: a resume may change it.
+    changes = [
+        line
+        for line in (changed_keys(stored, key) if stored is not None else [])
+        if not line.startswith(f"{RESUMABLE_KEY}:")
+    ]
     if changes and not resume_changed:
         raise ConfigError(
             f"{out}: --resume with other settings than the run was made with "

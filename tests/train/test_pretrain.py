@@ -125,7 +125,8 @@ def test_a_resume_with_other_settings_is_refused_naming_them(
     tiny_config: Config, tmp_path: Path
 ) -> None:
     """The run folder's key says what the run was made from: --resume with a changed
-    learning rate stops naming it (nothing written), --resume-changed continues."""
+    learning rate stops naming it (nothing written; more epochs alone would be allowed),
+    --resume-changed continues."""
     run = tmp_path / "run"
     tiny_config.train.epochs = 1
     pretrain(tiny_config, run, progress=False)
@@ -135,7 +136,7 @@ def test_a_resume_with_other_settings_is_refused_naming_them(
     args = ["pretrain", "--config", str(_config_file(tiny_config, tmp_path)), "--out", str(run)]
     res = CliRunner().invoke(app, [*args, "--resume"])
     assert res.exit_code == 2, res.output
-    assert "train.lr:" in res.output and "train.epochs: 1 -> 2" in res.output
+    assert "train.lr:" in res.output and "train.epochs" not in res.output
     assert "--resume-changed" in res.output
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
     res = CliRunner().invoke(app, [*args, "--resume", "--resume-changed"])
