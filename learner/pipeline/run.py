@@ -23,6 +23,7 @@ from learner.errors import ConfigError
 from learner.evaluate.aggregate import CellResult
 from learner.evaluate.ceilings import (
     ORACLES,
+    TRUTH_TARGET,
     evaluate_oracle,
     load_truth,
     regressor_against_mean,
@@ -75,9 +76,13 @@ def _evaluate_cell(
     emb_path = cell.folder / "embeddings.parquet"
     frame: pd.DataFrame | None = None
     out: dict[str, CellResult] = {}
+    content = _target_content(cell, truth)
     for feature in features:
         folder = cell.folder / f"eval-{feature}"
-        key = normalised(evaluation_key(cell.cfg, cell.digest, feature))
+        key = evaluation_key(cell.cfg, cell.digest, feature)
+        if content is not None:
+            key["target.content"] = content  # edited target values re-evaluate the cell
+        key = normalised(key)
         stored = read_key(folder / KEY_FILE)
         if (folder / "metrics.json").exists():
             if stored == key:
@@ -115,6 +120,21 @@ def _evaluate_cell(
         result_cell.save(folder)
         out[feature] = result_cell
     return out
+
+
+def _target_content(cell: Cell, truth: pd.DataFrame | None) -> str | None:
+    """A digest of the values ``eval.target`` judges against (truth.csv's severities, or the
+    manifest column), so that an edited target re-evaluates the cached cells; None for the
+    observed target. The scans' keys do not see either: they live beside the contract."""
+    target = cell.cfg.eval.target
+    if target == "truth" and truth is not None:
+        table, column = truth, TRUTH_TARGET
+    elif isinstance(target, TargetColumn):
+        table, column = cell.data.frame, target.column
+    else:
+        return None
+    keys = [c for c in ("path", "patient_id", "visit", "zone") if c in table.columns]
+    return digest({column: table[[*keys, column]].to_csv(index=False)})
 
 
 def _cell_done(cell: Cell, features: Sequence[str]) -> bool:

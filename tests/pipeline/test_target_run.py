@@ -67,6 +67,22 @@ def test_run_with_the_truth_target_reports_it_apart(
     report = (out / "report.md").read_text()
     assert "## Against the true change" in report and "score_delta" in report
 
+    # An edited truth.csv is a changed input: the cached evaluations are redone, not reused.
+    truth_csv = trained["first"].parent / "truth.csv"
+    original = truth_csv.read_text()
+    try:
+        lines = original.splitlines(keepends=True)
+        header = lines[0].rstrip("\n").split(",")
+        cells = lines[1].rstrip("\n").split(",")
+        column = header.index("severity")
+        cells[column] = str(float(cells[column]) + 0.25)
+        truth_csv.write_text("".join([lines[0], ",".join(cells) + "\n", *lines[2:]]))
+        code, output = _run(trained["first"], out, "eval.target=truth")
+        assert code == 0, output
+        assert "re-evaluating diff (target.content:" in output and "running" not in output
+    finally:
+        truth_csv.write_text(original)
+
     # The observed target alone: no block, and the same observed numbers.
     plain = json.loads((trained["run"] / "results.json").read_text())
     assert "target" not in plain
