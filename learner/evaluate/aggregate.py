@@ -156,24 +156,31 @@ def pooled_resamples(boots: Sequence[np.ndarray], n_seeds: int, seed: int = 0) -
     return hierarchical_resamples(boots, n, seed)
 
 
-def stat_entry(
-    per_seed: Sequence[float], boots: Sequence[np.ndarray], seed: int = 0
-) -> dict[str, Any]:
-    """``{mean, std, per_seed, ci95}``: the mean over seeds, their spread and the 95% interval
-    of :func:`pooled_resamples` (the value itself for one seed without resamples)."""
+def summary_entry(per_seed: Sequence[float], resamples: np.ndarray | None) -> dict[str, Any]:
+    """``{mean, std, per_seed, ci95}``: the mean over seeds, their spread and the 95%
+    percentile interval of ``resamples`` (NaN without them; a resample undefined in every
+    seed stays NaN and :func:`~learner.evaluate.bootstrap.percentile_interval` skips it)."""
     values = np.asarray(per_seed, dtype=float)
     finite = values[np.isfinite(values)]
     mean = float(finite.mean()) if finite.size else math.nan
     std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
     ci = [math.nan, math.nan]
-    resamples = pooled_resamples(boots, len(values), seed)
     if resamples is not None:
-        # A resample undefined in every seed stays NaN; percentile_interval skips it.
         lo, hi = percentile_interval(resamples, 0.95)
         ci = [float(lo), float(hi)]
-    elif finite.size == 1:
-        ci = [mean, mean]
     return {"mean": mean, "std": std, "per_seed": values.tolist(), "ci95": ci}
+
+
+def stat_entry(
+    per_seed: Sequence[float], boots: Sequence[np.ndarray], seed: int = 0
+) -> dict[str, Any]:
+    """:func:`summary_entry` over :func:`pooled_resamples` of each seed's patient resamples
+    (the value itself as its interval for one seed without resamples)."""
+    resamples = pooled_resamples(boots, len(per_seed), seed)
+    entry = summary_entry(per_seed, resamples)
+    if resamples is None and np.isfinite(entry["per_seed"]).sum() == 1:
+        entry["ci95"] = [entry["mean"], entry["mean"]]
+    return entry
 
 
 def _paired_metric(
@@ -259,23 +266,18 @@ def ratio_of_means(
         units_a, units_b, metric, column_a=column_a, column_b=column_b, n_boot=n_boot, seed=seed
     )
     per_seed = [float(combine(a, b)) for a, b in values]
-    finite = np.asarray([v for v in per_seed if math.isfinite(v)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a metric undefined in every seed
         mean_a, mean_b = np.nanmean(values, axis=0)
-    ci = [math.nan, math.nan]
     resamples = pooled_resamples(boots, len(values), seed)
-    if resamples is not None:
-        ratios = np.array([combine(a, b) for a, b in resamples], dtype=float)
-        if np.isfinite(ratios).any():
-            lo, hi = percentile_interval(ratios, 0.95)
-            ci = [float(lo), float(hi)]
-    return {
-        "mean": float(combine(float(mean_a), float(mean_b))),
-        "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
-        "per_seed": per_seed,
-        "ci95": ci,
-    }
+    ratios = (
+        None if resamples is None else np.array([combine(a, b) for a, b in resamples], dtype=float)
+    )
+    entry = summary_entry(per_seed, ratios)
+    entry["mean"] = float(combine(float(mean_a), float(mean_b)))
+    if not math.isfinite(entry["std"]):  # no seed with a defined ratio: no spread either
+        entry["std"] = 0.0
+    return entry
 
 
 def majority_rate(units: list[list[CellResult]]) -> float:

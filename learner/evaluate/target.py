@@ -46,12 +46,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from learner.evaluate.aggregate import CellResult, pooled_pairs
+from learner.evaluate.aggregate import CellResult, pooled_pairs, summary_entry
 from learner.evaluate.bootstrap import (
     bootstrap_distribution,
     hierarchical_resamples,
     minimum_detectable_difference,
-    percentile_interval,
 )
 from learner.evaluate.metrics import (
     CLASS_METRICS,
@@ -253,19 +252,8 @@ def bootstrap_p_value(resamples: np.ndarray) -> float:
     return float(min(1.0, 2.0 * min(below, above)))
 
 
-def _entry(per_seed: np.ndarray, resamples: np.ndarray | None) -> dict[str, Any]:
-    finite = per_seed[np.isfinite(per_seed)]
-    mean = float(finite.mean()) if finite.size else math.nan
-    std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
-    ci = [math.nan, math.nan]
-    if resamples is not None and np.isfinite(resamples).any():
-        lo, hi = percentile_interval(resamples, 0.95)
-        ci = [float(lo), float(hi)]
-    return {"mean": mean, "std": std, "per_seed": per_seed.tolist(), "ci95": ci}
-
-
 def _difference(per_seed: np.ndarray, resamples: np.ndarray | None) -> dict[str, Any]:
-    entry = _entry(per_seed, resamples)
+    entry = summary_entry(list(per_seed), resamples)
     if resamples is None:
         entry.update(p=math.nan, mdd80=math.nan)
         return entry
@@ -311,7 +299,9 @@ def target_block(
     row_stats: dict[str, Any] = {}
     for i, name in enumerate(names):
         row_stats[name] = {
-            metric: _entry(per_seed[:, i, j], None if pooled is None else pooled[:, i, j])
+            metric: summary_entry(
+                list(per_seed[:, i, j]), None if pooled is None else pooled[:, i, j]
+            )
             for j, metric in enumerate(TARGET_METRICS)
         }
     m = TARGET_METRICS.index(PRIMARY_METRIC)
