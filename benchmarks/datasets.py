@@ -222,6 +222,42 @@ def build_synthetic(
     ).manifest
 
 
+def build_fixed_test(
+    out: Path,
+    *,
+    modality: str,
+    preset: str,
+    drawn: int,
+    test: int,
+    pool: int,
+    null: bool = False,
+) -> Path:
+    """A synthetic cohort of ``drawn + test`` longitudinal patients (plus ``pool``
+    single-visit pretraining patients) whose last ``test`` patients (by id) are marked
+    ``test`` in the manifest: a fixed test set every seed evaluates, while the other
+    ``drawn`` patients are split into train and val from each seed. Test patients cost only
+    embedding time, so this buys test pairs by the hundred at the training cost of a
+    ``drawn``-patient cohort (issue 27, item 5). Written once; an existing marked manifest is
+    reused."""
+    manifest = out / "manifest.csv"
+    if manifest.is_file():
+        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        if (table["split"] == "test").any():
+            return manifest
+    from learner.data.synthetic import write_cohort
+
+    files = write_cohort(
+        modality, out, seed=0, preset=preset, null=null, pool=pool, patients=drawn + test
+    )
+    table = pd.read_csv(files.manifest, dtype=str, keep_default_na=False)
+    if "split" not in table.columns:
+        table["split"] = ""
+    longitudinal = sorted(set(table.loc[table["split"] != "pretrain", "patient_id"]))
+    fixed = set(longitudinal[drawn:])
+    table.loc[table["patient_id"].isin(fixed), "split"] = "test"
+    return _write(table, out)
+
+
 # Pool sizes of the pretraining-pool learning curve (issue 12): the same 60 longitudinal
 # patients (and test splits) as synth-lus, plus N single-visit patients for pretraining.
 POOL_SIZES = (100, 300, 600)
@@ -449,6 +485,16 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
             lambda out, n=n: build_synthetic(out, modality="lus", preset="demo", null=True, pool=n)
         )
         for n in POOL_SIZES
+    },
+    # The pool-300 recipe's training size (48 patients drawn into train / val per seed) with
+    # a fixed test set of 240 patients, and its null control (issue 27's power design).
+    **{
+        f"synth-lus{tag}-pool300-test240": (
+            lambda out, null=null: build_fixed_test(
+                out, modality="lus", preset="demo", drawn=48, test=240, pool=300, null=null
+            )
+        )
+        for tag, null in (("", False), ("-null", True))
     },
     "synth-lus-bench": lambda out: build_synthetic(out, modality="lus", preset="bench"),
     "synth-lus-bench-null": lambda out: build_synthetic(

@@ -79,6 +79,8 @@ CHANGE_CONFIGS = {
     **{f"synth-lus-pool300-nuisance{s:g}": "synth_lus.yaml" for s in datasets.NUISANCE_LEVELS},
     **{f"synth-lus-null-pool{n}": "synth_lus.yaml" for n in datasets.POOL_SIZES},
     "synth-lus-null": "synth_lus.yaml",
+    "synth-lus-pool300-test240": "synth_lus.yaml",
+    "synth-lus-null-pool300-test240": "synth_lus.yaml",
     "synth-lus-bench": "synth_lus_bench.yaml",
     "synth-lus-bench-null": "synth_lus_bench.yaml",
     "synth-mri": "synth_mri.yaml",

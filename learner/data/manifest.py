@@ -741,18 +741,19 @@ def _splits(
     values = np.array([text.lower() for text in column.tolist()], dtype=object)
     seen: dict[str, tuple[str, int]] = {}
     patients = frame["patient_id"].tolist() if "patient_id" in frame else [None] * len(values)
-    pool_only = all(v in ("", "pretrain") for v in values)
+    marks_only = all(v in ("", "pretrain", "test") for v in values)
     for row, value, patient in zip(rows, values, patients, strict=True):
-        if value == "" and pool_only:
-            continue  # beside a pretraining pool, other patients are drawn from the seed
+        if value == "" and marks_only:
+            continue  # beside a pool or a fixed test set, other patients are drawn from the seed
         if value not in SPLITS:
             shown = repr(value) if value else "empty"
             problems.cell(
                 row,
                 "split",
                 f"{shown} is not a split; write train, val or test in every row (pretrain "
-                "for a pretraining pool, the other rows then may stay empty), or delete "
-                "the split column to assign splits by patient from the seed",
+                "for a pretraining pool and test for a fixed test set, the other rows then "
+                "may stay empty), or delete the split column to assign splits by patient "
+                "from the seed",
             )
             continue
         if patient is None or patient == "":

@@ -28,6 +28,8 @@ SPLITS = ("train", "val", "test")
 # train the encoder: never validation, never a change pair, never a test patient.
 PRETRAIN = "pretrain"
 GIVEN_SPLITS = (*SPLITS, PRETRAIN)
+# Marks a manifest may give while leaving other patients' split empty (drawn from the seed).
+BESIDE_DRAWN = (PRETRAIN, "test")
 # Splits whose scans train the encoder.
 TRAINING_SPLITS = ("train", PRETRAIN)
 DEFAULT_RATIOS = (0.7, 0.15, 0.15)
@@ -135,7 +137,10 @@ def assign_splits(
 
     A ``split`` column already in the frame (e.g. from the manifest) is kept when every row has
     one; otherwise splits are drawn with :func:`split_patients`, except for patients marked
-    ``pretrain`` (a pretraining pool), who keep that mark.
+    ``pretrain`` (a pretraining pool) or ``test`` (a fixed test set), who keep that mark.
+    Beside a fixed test set the other patients are drawn into train and val only, in the
+    proportion of the first two ``ratios``: every seed then tests the same patients, and only
+    the training patients (and the models) change between seeds.
 
     Args:
         frame: one row per scan with ``patient_id`` (and optionally ``split``).
@@ -147,7 +152,7 @@ def assign_splits(
 
     Raises:
         DataError: a given split column is partly empty (other than beside ``pretrain``
-            rows), holds unknown values, or puts a patient in two splits.
+            and ``test`` rows), holds unknown values, or puts a patient in two splits.
         ConfigError: bad ratios.
     """
     out = frame.copy()
@@ -164,20 +169,48 @@ def assign_splits(
             f"use only {', '.join(GIVEN_SPLITS)}"
         )
     empty = text == ""
-    if empty.any() and not (text[~empty] == PRETRAIN).all():
+    if empty.any() and not text[~empty].isin(BESIDE_DRAWN).all():
         raise DataError(
             f"the split column is empty in {int(empty.sum())} of {len(out)} rows "
             f"({_where(out, empty)}); fill it with train, val or test everywhere, mark only "
-            "a pretraining pool (pretrain) and leave the rest empty, or delete the column to "
-            "assign splits from the seed"
+            "a pretraining pool (pretrain) and/or a fixed test set (test) and leave the rest "
+            "empty, or delete the column to assign splits from the seed"
         )
     out["split"] = text
     check_no_leakage(out)
     if empty.any():
-        # The pool keeps its mark; every other patient is drawn from the seed.
-        drawn = split_patients(out.loc[empty, "patient_id"].astype(str), seed=seed, ratios=ratios)
-        out.loc[empty, "split"] = out.loc[empty, "patient_id"].astype(str).map(drawn)
+        # Marked patients keep their mark; every other patient is drawn from the seed.
+        ids = out.loc[empty, "patient_id"].astype(str)
+        fixed_test = bool((text == "test").any())
+        drawn = (
+            split_train_val(ids, seed=seed, ratios=ratios)
+            if fixed_test
+            else split_patients(ids, seed=seed, ratios=ratios)
+        )
+        out.loc[empty, "split"] = ids.map(drawn)
     return out
+
+
+def split_train_val(
+    patient_ids: Iterable[str], *, seed: int, ratios: Sequence[float] = DEFAULT_RATIOS
+) -> dict[str, str]:
+    """Assign each patient to train or val (beside a fixed test set), deterministically from
+    ``seed``: the permutation of :func:`split_patients`, train and val sized in the
+    proportion of ``ratios``' first two shares (largest remainder), each non-empty when
+    there are two or more patients.
+
+    Example:
+        >>> drawn = split_train_val([f"p{i}" for i in range(8)], seed=0, ratios=(0.6, 0.2, 0.2))
+        >>> sorted(drawn.values()).count("train"), sorted(drawn.values()).count("val")
+        (6, 2)
+    """
+    train_share, val_share, _ = _check_ratios(ratios)
+    ids = _distinct_ids(patient_ids)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    n_train = round(len(ids) * train_share / (train_share + val_share))
+    n_train = min(max(n_train, 1), max(len(ids) - 1, 1))
+    assignment = {ids[i]: ("train" if pos < n_train else "val") for pos, i in enumerate(perm)}
+    return dict(sorted(assignment.items()))
 
 
 def pool_patients(frame: pd.DataFrame) -> list[str]:
@@ -185,6 +218,14 @@ def pool_patients(frame: pd.DataFrame) -> list[str]:
     if "split" not in frame.columns:
         return []
     marked = frame.loc[frame["split"].astype(str) == PRETRAIN, "patient_id"]
+    return sorted(set(marked.astype(str)))
+
+
+def fixed_test_patients(frame: pd.DataFrame) -> list[str]:
+    """Sorted ids of the patients a manifest marks ``test`` (none without a split column)."""
+    if "split" not in frame.columns:
+        return []
+    marked = frame.loc[frame["split"].astype(str) == "test", "patient_id"]
     return sorted(set(marked.astype(str)))
 
 

@@ -135,17 +135,27 @@ def patient_bootstrap(
     return float(lo), float(hi)
 
 
-def hierarchical_resamples(per_seed: Sequence[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
+def hierarchical_resamples(
+    per_seed: Sequence[np.ndarray], n_boot: int, seed: int, *, shared_patients: bool = False
+) -> np.ndarray:
     """Two-stage resamples of a mean over seeds: each resample draws as many seeds as there
     are, with replacement, then one patient-bootstrap resample of each drawn seed, and
     averages them. Seed-to-seed (split and training) variance and patient variance both
     enter the interval.
+
+    When every seed tests the same patients (a fixed test set) the patients are not nested
+    in seeds but crossed with them: a patient's luck is shared by every seed, and resampling
+    it independently per seed would shrink its variance by the number of seeds. With
+    ``shared_patients`` each resample therefore uses the same patient resample ``b`` for
+    every drawn seed (a crossed, "pigeonhole" bootstrap); the caller must have drawn resample
+    ``b`` of every seed from the same patients (equal ids, equal resampling seed).
 
     Args:
         per_seed: one (B, ...) array of patient-bootstrap resamples per seed (the shortest
             B of them is used).
         n_boot: two-stage resamples to draw.
         seed: seeds the draws.
+        shared_patients: the seeds' resample ``b`` drew the same patients (crossed design).
 
     Returns:
         (n_boot, ...) array.
@@ -157,7 +167,8 @@ def hierarchical_resamples(per_seed: Sequence[np.ndarray], n_boot: int, seed: in
         return np.asarray(stacked[0][:n_boot])
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    inner = rng.integers(0, n_inner, size=(n_boot, n_seeds))
+    inner = rng.integers(0, n_inner, size=(n_boot, 1 if shared_patients else n_seeds))
+    inner = np.broadcast_to(inner, (n_boot, n_seeds))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a resample undefined in every draw
         return np.asarray(np.nanmean(stacked[seeds, inner], axis=1))

@@ -26,9 +26,11 @@ set so that they are as frequent as the observed classes of training pairs).
 
 Statistics treat seeds and patients as replicates: each seed's patient bootstrap (the same
 resamples for every row, so differences are paired), then seeds resampled too
-(:func:`hierarchical_resamples`). A difference reports its two-sided bootstrap p-value, its
-Holm-adjusted p-value within the declared primary family, and its minimum detectable
-difference at 80% power (2.8 standard errors).
+(:func:`hierarchical_resamples`). Where every seed tests the same patients (a manifest's
+fixed test set) the two are crossed, not nested, and one patient resample serves every
+drawn seed (``design: crossed`` in the block). A difference reports its two-sided
+bootstrap p-value, its Holm-adjusted p-value within the declared primary family, and its
+minimum detectable difference at 80% power (2.8 standard errors).
 
 Example:
     >>> p = np.array([0.01, 0.04, 0.03])
@@ -284,18 +286,26 @@ def target_block(
     rows = target_rows(units, reference=reference, untrained=untrained, oracles=oracles)
     names = list(rows)
     points, boots = [], []
+    tested: set[tuple[str, ...]] = set()
     n_seeds = len(first)
     for s in range(n_seeds):
         seed_cells = {
             unit: everything[unit][s] for unit in dict.fromkeys(r.unit for r in rows.values())
         }
         table = seed_table(seed_cells, rows)
+        tested.add(tuple(sorted(set(table["patient_id"].astype(str)))))
+        # The same resampling seed for every seed: equal patients draw equal resamples.
         point, boot = seed_statistics(table, names, n_boot=n_boot, seed=seed)
         points.append(point)
         if boot is not None:
             boots.append(boot)
     per_seed = np.stack(points)  # (S, R, M)
-    pooled = hierarchical_resamples(boots, n_boot, seed) if len(boots) == n_seeds else None
+    crossed = n_seeds > 1 and len(tested) == 1  # every seed tested the same patients
+    pooled = (
+        hierarchical_resamples(boots, n_boot, seed, shared_patients=crossed)
+        if len(boots) == n_seeds
+        else None
+    )
     row_stats: dict[str, Any] = {}
     for i, name in enumerate(names):
         row_stats[name] = {
@@ -332,6 +342,9 @@ def target_block(
         "answer": finer_than_the_score(primary),
         "seeds": n_seeds,
         "n_boot": n_boot,
+        # nested: each seed tests its own patients; crossed: every seed the same ones.
+        "design": "crossed" if crossed else "nested",
+        "test_patients_per_seed": sorted({len(t) for t in tested}),
     }
 
 

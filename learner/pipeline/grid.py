@@ -15,7 +15,7 @@ from typing import Any
 
 from learner.config import Config, RunVariant, TransferEncoder
 from learner.data.manifest import Manifest
-from learner.data.splits import kfold_patients, pool_patients
+from learner.data.splits import fixed_test_patients, kfold_patients, pool_patients
 from learner.errors import ConfigError, DataError
 from learner.provenance import (
     digest,
@@ -195,6 +195,12 @@ def plan_cells(
         check_transfer(cfg, entry)
         transfer_digests[entry.label] = digest_file(entry.checkpoint)
     pool = set(pool_patients(manifest.frame))  # pretraining only: never in a fold's test
+    if cfg.data.split.folds and fixed_test_patients(manifest.frame):
+        raise ConfigError(
+            f"{manifest.source}: the split column fixes a test set, and data.split.folds "
+            "would test every patient in turn; set data.split.folds: null, or empty the "
+            "test marks"
+        )
     patients = sorted(set(manifest.frame["patient_id"].unique()) - pool)
     grid: list[list[list[Cell]]] = []
     splits: list[dict[str, Any]] = []

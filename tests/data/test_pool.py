@@ -87,3 +87,30 @@ def test_a_pool_is_single_visit_by_design_and_not_warned_about(tmp_path: Path) -
     manifest = load_manifest(tmp_path / "manifest.csv", check_files=False)
     single = [w for w in manifest.warnings if "single visit" in w]
     assert len(single) == 1 and "1 patient(s)" in single[0] and "'p9'" in single[0]
+
+
+def test_a_fixed_test_set_loads_beside_empty_rows_and_refuses_folds(tmp_path: Path) -> None:
+    from learner.config import Config
+    from learner.data.manifest import load_manifest
+    from learner.errors import ConfigError
+    from learner.pipeline.grid import plan_cells
+
+    rows = ["patient_id,visit,score,f0,split"]
+    rows += [f"p{i},{v},{i + v},{0.1 * i},test" for i in range(3) for v in range(2)]
+    rows += [f"p{i},{v},{i + v},{0.1 * i}," for i in range(3, 9) for v in range(2)]
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    manifest = load_manifest(tmp_path / "manifest.csv", feature_columns=["f0"])
+    cfg = Config.model_validate(
+        {
+            "data": {"feature_columns": ["f0"], "input": {"kind": "tabular"}},
+            "model": {"encoder": "mlp"},
+            "run": {"objectives": ["mse"], "seeds": [0, 1], "features": ["diff"]},
+        }
+    )
+    grid, _ = plan_cells(cfg, manifest, [("mse", {})], tmp_path / "out")
+    for seed_cells in grid:
+        assignment = seed_cells[0][0].data.assignment
+        assert sorted(p for p, s in assignment.items() if s == "test") == ["p0", "p1", "p2"]
+    cfg.data.split.folds = 3
+    with pytest.raises(ConfigError, match=r"fixes a test set.*data\.split\.folds"):
+        plan_cells(cfg, manifest, [("mse", {})], tmp_path / "out")

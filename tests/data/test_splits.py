@@ -11,6 +11,7 @@ import pytest
 from learner.data.splits import (
     assign_splits,
     check_no_leakage,
+    fixed_test_patients,
     kfold_patients,
     split_assignment,
     split_hash,
@@ -128,6 +129,24 @@ def test_assign_splits_rejects_partial_or_leaking_split_column() -> None:
     leaking = frame.assign(split=["train", "val", "test", "test"])
     with pytest.raises(DataError, match="patient 'p00' is in two splits: 'train' and 'val'"):
         assign_splits(leaking, seed=0)
+
+
+def test_a_fixed_test_set_is_tested_by_every_seed_and_the_rest_drawn_into_train_val() -> None:
+    ids = IDS[:12]
+    marks = ["test"] * 3 * 4 + [""] * 3 * 8  # p00-p03 fixed test, p04-p11 drawn
+    frame = _scans(ids).assign(split=marks)
+    assert fixed_test_patients(frame) == ids[:4]
+    drawn = []
+    for seed in range(4):
+        assignment = split_assignment(assign_splits(frame, seed=seed, ratios=(0.6, 0.2, 0.2)))
+        assert [p for p, s in assignment.items() if s == "test"] == ids[:4]
+        rest = {p: s for p, s in assignment.items() if p not in ids[:4]}
+        assert sorted(rest.values()) == ["train"] * 6 + ["val"] * 2  # 0.6 : 0.2 of 8
+        drawn.append(rest)
+    assert len({tuple(sorted(d.items())) for d in drawn}) > 1  # seeds draw other trainers
+    # Beside a fixed test set and a pool both, the pool keeps its mark.
+    pooled = _scans([*ids, "q0"]).assign(split=[*marks, *["pretrain"] * 3])
+    assert split_assignment(assign_splits(pooled, seed=0))["q0"] == "pretrain"
 
 
 def test_check_no_leakage_names_patient_splits_and_rows() -> None:

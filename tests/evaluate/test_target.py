@@ -152,6 +152,17 @@ def test_hierarchical_resamples_carry_seed_variance() -> None:
     assert set(single.tolist()) <= set(boots[0].tolist())
 
 
+def test_crossed_resamples_keep_a_shared_patients_variance() -> None:
+    # Four seeds that tested the same patients: resample b is the same patient draw in each,
+    # so the patient noise is common to the seeds and must not average out over them.
+    common = np.random.default_rng(0).normal(0.5, 0.1, 2000)
+    boots = [common] * 4
+    crossed = hierarchical_resamples(boots, 4000, seed=1, shared_patients=True)
+    nested = hierarchical_resamples(boots, 4000, seed=1)
+    assert np.std(crossed) == pytest.approx(np.std(common), rel=0.1)
+    assert np.std(nested) == pytest.approx(np.std(common) / 2, rel=0.1)
+
+
 def test_holm_and_the_bootstrap_p_value() -> None:
     p = np.array([0.01, 0.04, 0.03, 0.5])
     # Sorted 0.01, 0.03, 0.04, 0.5 -> x4, x3, x2, x1, then monotone.
@@ -161,12 +172,16 @@ def test_holm_and_the_bootstrap_p_value() -> None:
     assert bootstrap_p_value(rng.normal(0.0, 1.0, 2000)) > 0.5
 
 
-def _units(seeds: int, *, informative: bool) -> dict[str, list[list[CellResult]]]:
+def _units(
+    seeds: int, *, informative: bool, same_patients: bool = False
+) -> dict[str, list[list[CellResult]]]:
     """mse and weighted results on the same cohorts, with a target per seed: weighted's head
-    reads the target itself (``informative``) or noise; mse's head reads the score."""
+    reads the target itself (``informative``) or noise; mse's head reads the score. With
+    ``same_patients`` every seed tests one cohort (a fixed test set)."""
     units: dict[str, list[list[CellResult]]] = {"mse": [], "weighted": []}
     for seed in range(seeds):
-        frame = with_target(make_cohort(60, seed=10 + seed, kind="exact"), seed)
+        cohort = 0 if same_patients else seed
+        frame = with_target(make_cohort(60, seed=10 + cohort, kind="exact"), cohort)
         mse = evaluate_change(frame, delta=1.0, n_boot=0, seed=seed)
         rng = np.random.default_rng(seed)
         head = frame[TARGET_COLUMN] if informative else rng.normal(0, 5, len(frame))
@@ -209,6 +224,30 @@ def test_the_target_block_answers_finer_than_the_score_only_where_it_is() -> Non
         _units(3, informative=False), reference="mse", untrained="untrained", n_boot=300, seed=0
     )
     assert noise is not None and not noise["answer"]["finer"]
+
+
+def test_seeds_that_test_the_same_patients_are_resampled_crossed() -> None:
+    nested = target_block(
+        _units(3, informative=True), reference="mse", untrained="untrained", n_boot=400, seed=0
+    )
+    crossed = target_block(
+        _units(3, informative=True, same_patients=True),
+        reference="mse",
+        untrained="untrained",
+        n_boot=400,
+        seed=0,
+    )
+    assert nested is not None and crossed is not None
+    assert (nested["design"], crossed["design"]) == ("nested", "crossed")
+    # score_delta does not depend on the seed: on shared patients its interval is that of
+    # one seed's patient bootstrap, not narrowed by averaging three copies of it.
+    score = crossed["rows"][SCORE_DELTA]["spearman_visit"]
+    assert len(set(score["per_seed"])) == 1
+    units = _units(1, informative=True)
+    one = target_block(units, reference="mse", untrained="untrained", n_boot=400, seed=0)
+    assert one is not None
+    width = np.diff(one["rows"][SCORE_DELTA]["spearman_visit"]["ci95"])[0]
+    assert np.diff(score["ci95"])[0] == pytest.approx(width, rel=0.25)
 
 
 def test_a_coarser_score_falls_on_the_truth_target_while_the_truth_does_not() -> None:
