@@ -513,6 +513,16 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "synth-mri-null-pool300": lambda out: build_synthetic(
         out, modality="mri", preset="bench", null=True, pool=300
     ),
+    # The MRI recipe's training size (128 patients drawn into train / val per seed: the
+    # 105 / 23 of 150 patients at ratios 0.7 / 0.15) with a fixed test set of 240 patients.
+    **{
+        f"synth-mri{tag}-pool300-test240": (
+            lambda out, null=null: build_fixed_test(
+                out, modality="mri", preset="bench", drawn=128, test=240, pool=300, null=null
+            )
+        )
+        for tag, null in (("", False), ("-null", True))
+    },
     "oasis2-slices": build_oasis2_slices,
     "synth-mri-pool300-views": build_synth_mri_views,
 }

@@ -116,3 +116,18 @@ def test_replace_changed_reaches_the_run_and_is_refused_for_interpatient_sets(
     with pytest.raises(SystemExit) as stop:
         quality.main(["--dataset", interpatient, "--replace-changed"])
     assert stop.value.code == 2
+
+
+def test_a_fixed_test_cohort_marks_its_last_patients_test(tmp_path: Path, ds: ModuleType) -> None:
+    path = ds.build_fixed_test(
+        tmp_path, modality="mri", preset="tiny", drawn=4, test=3, pool=2, null=False
+    )
+    manifest = load_manifest(path)
+    per_patient = manifest.frame.groupby("patient_id")["split"].first()
+    assert sorted(per_patient[per_patient == "test"].index) == ["P004", "P005", "P006"]
+    assert (per_patient == "pretrain").sum() == 2 and (per_patient == "").sum() == 4
+    # Written once: a second call reuses the marked manifest as it is.
+    before = path.stat().st_mtime_ns
+    assert ds.build_fixed_test(
+        tmp_path, modality="mri", preset="tiny", drawn=4, test=3, pool=2
+    ) == path and path.stat().st_mtime_ns == before
