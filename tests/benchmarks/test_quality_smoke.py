@@ -128,6 +128,8 @@ def test_a_fixed_test_cohort_marks_its_last_patients_test(tmp_path: Path, ds: Mo
     assert (per_patient == "pretrain").sum() == 2 and (per_patient == "").sum() == 4
     # Written once: a second call reuses the marked manifest as it is.
     before = path.stat().st_mtime_ns
-    assert ds.build_fixed_test(
-        tmp_path, modality="mri", preset="tiny", drawn=4, test=3, pool=2
-    ) == path and path.stat().st_mtime_ns == before
+    assert (
+        ds.build_fixed_test(tmp_path, modality="mri", preset="tiny", drawn=4, test=3, pool=2)
+        == path
+        and path.stat().st_mtime_ns == before
+    )
