@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -194,7 +194,13 @@ class EvalConfig(_Section):
     delta: float | Literal["tertiles"] = DEFAULT_DELTA
     feature: Literal["diff", "concat", "hybrid", "rate"] = "diff"
     classifier: Literal["logreg", "logreg-cv", "mlp"] = "logreg"
-    pca: int = Field(0, ge=0)
+    pca: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        0,
+        description="The probe reads visit embeddings on their first k principal axes "
+        "(training visits); 0 = the full embedding; auto = the low-capacity probe: k in "
+        "2, 4, 8, 16, 32 and the logistic C chosen by balanced accuracy in folds of training "
+        "patients.",
+    )
     n_boot: int = Field(1000, ge=0)
     finetune: int = Field(
         0,

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -51,11 +51,14 @@ from learner.data.pairs import (
 from learner.data.splits import check_no_leakage
 from learner.errors import ConfigError, DataError
 from learner.evaluate.classifier import (
+    AUTO_PCA,
+    AUTO_PCA_KS,
     CLASSIFIERS,
     build_classifier,
     chosen_c,
     expected_change,
     fit_classifier,
+    select_low_capacity,
 )
 from learner.evaluate.embeddings_io import REQUIRED_COLUMNS, embedding_matrix
 from learner.evaluate.features import (
@@ -376,7 +379,7 @@ def evaluate_change(
     test_split: str = "test",
     n_boot: int = 1000,
     seed: int = 0,
-    pca: int = 0,
+    pca: int | str = 0,
 ) -> ChangeResult:
     """Classify worsen / stable / improve between consecutive visits from frozen embeddings.
 
@@ -394,7 +397,10 @@ def evaluate_change(
         pca: 0, or k >= 1: the embedding probe reads visit embeddings projected onto their
             first k principal axes, fitted on the training splits' visit embeddings
             (:class:`~learner.evaluate.reduce.ScanProjection`); ``probe`` still takes raw
-            pair features, ``model`` the projected ones. ``head_delta``, Figure 1, the
+            pair features, ``model`` the projected ones. ``"auto"``: the low-capacity probe,
+            k among :data:`~learner.evaluate.classifier.AUTO_PCA_KS` and the logistic C
+            chosen by balanced accuracy in folds of training patients (``classifier`` is
+            then not used). ``head_delta``, Figure 1, the
             change regression and the temporal rho are unchanged by it.
 
     Returns:
@@ -429,15 +435,23 @@ def evaluate_change(
     groups = train["patient_id"].astype(str).to_numpy()
     projection: ScanProjection | None = None
     probe_train, probe_test = x_train, x_test
-    if pca:
+    model: Pipeline | None = None
+    if pca == AUTO_PCA:
+        projection, model = _low_capacity_probe(
+            matrix, visits, train, y_train, feature, head, times, train_splits, notes
+        )
+    elif pca:
         training_visits = visits["split"].astype(str).isin(list(train_splits)).to_numpy()
-        projection = ScanProjection.fit(matrix[training_visits], pca)
-        if projection.k < pca:
+        projection = ScanProjection.fit(matrix[training_visits], int(pca))
+        if projection.k < int(pca):
             notes.append(f"eval.pca={pca} but the training visits allow {projection.k} components")
+    if projection is not None:
         reduced = projection.transform(matrix)
         probe_train = change_features(reduced, train, feature, head, times)
         probe_test = change_features(reduced, test, feature, head, times)
-    model = fit_classifier(build_classifier(classifier, seed, groups), probe_train, y_train, notes)
+    if model is None:
+        model = build_classifier(classifier, seed, groups)
+    model = fit_classifier(model, probe_train, y_train, notes)
     predicted = np.asarray(model.predict(probe_test)).astype(str)
     pred_codes = label_codes(predicted)
 
@@ -580,6 +594,42 @@ def evaluate_change(
         chosen_c=chosen_c(model),
         target_band=target_band,
     )
+
+
+def _low_capacity_probe(
+    matrix: np.ndarray,
+    visits: pd.DataFrame,
+    train: pd.DataFrame,
+    y_train: np.ndarray,
+    feature: str,
+    head: np.ndarray,
+    times: np.ndarray | None,
+    train_splits: Sequence[str],
+    notes: list[str],
+) -> tuple[ScanProjection, Pipeline]:
+    """``eval.pca: auto``: the principal axes of the training visits, k of them and the
+    logistic C chosen in folds of training patients (:func:`select_low_capacity`); returns
+    the k-axis projection and the unfitted probe with the chosen C."""
+    training_visits = visits["split"].astype(str).isin(list(train_splits)).to_numpy()
+    widest = ScanProjection.fit(matrix[training_visits], max(AUTO_PCA_KS))
+    reduced = widest.transform(matrix)
+    ks = [k for k in AUTO_PCA_KS if k <= widest.k] or [widest.k]
+    candidates = {k: change_features(reduced[:, :k], train, feature, head, times) for k in ks}
+    groups = train["patient_id"].astype(str).to_numpy()
+    k, c, score = select_low_capacity(candidates, y_train, groups)
+    notes.append(
+        f"eval.pca auto: k={k} principal axes, C={c:g} (inner-fold balanced accuracy "
+        f"{score:.3f} over k in {ks})"
+    )
+    projection = widest.truncated(k)
+    model = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("clf", LogisticRegression(class_weight="balanced", max_iter=2000, C=c)),
+        ]
+    )
+    model.chosen_c_ = c  # read by chosen_c
+    return projection, model
 
 
 def has_change_pairs(frame: pd.DataFrame) -> bool:

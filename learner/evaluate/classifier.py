@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -108,10 +108,72 @@ def fit_classifier(model: Pipeline, x: np.ndarray, y: np.ndarray, notes: list[st
 
 
 def chosen_c(model: Pipeline) -> float | None:
+    """The inverse regularisation strength chosen in inner folds (``logreg-cv``, or the
+    logistic probe of ``eval.pca: auto``, which records it on the pipeline); None for a probe
+    whose C was fixed."""
+    chosen = getattr(model, "chosen_c_", None)
+    if chosen is not None:
+        return float(chosen)
     clf = model.named_steps["clf"]
     if not isinstance(clf, LogisticRegressionCV):
         return None
     return float(np.ravel(clf.C_)[0])
+
+
+# eval.pca's value for the low-capacity probe whose k and C are chosen in inner folds.
+AUTO_PCA = "auto"
+# eval.pca: auto's candidate numbers of principal axes (each at most what the data allow).
+AUTO_PCA_KS = (2, 4, 8, 16, 32)
+
+
+def select_low_capacity(
+    candidates: dict[int, np.ndarray], y: np.ndarray, groups: npt.ArrayLike
+) -> tuple[int, float, float]:
+    """Choose the number of principal axes k and the logistic C of the low-capacity probe
+    (``eval.pca: auto``) by balanced accuracy in folds of *training patients*.
+
+    Args:
+        candidates: k -> (N, F_k) training pair features read from k principal axes.
+        y: (N,) training labels.
+        groups: (N,) the patient of each training pair (folds never split a patient).
+
+    Returns:
+        ``(k, C, score)``: the best inner-fold mean balanced accuracy; ties go to the smaller
+        k, then the smaller C (the lower capacity).
+
+    Raises:
+        DataError: training pairs from fewer than 2 patients (no folds to choose in).
+    """
+    patients = np.asarray(groups).ravel()
+    n_folds = min(CV_FOLDS, len(np.unique(patients)))
+    if n_folds < 2:
+        raise DataError(
+            "eval.pca: auto needs training pairs from at least 2 patients to choose k and C; "
+            "give eval.pca a number"
+        )
+    folds = list(GroupKFold(n_splits=n_folds).split(patients, groups=patients))
+    best: tuple[float, int, float] | None = None
+    for k in sorted(candidates):
+        search = GridSearchCV(
+            Pipeline(
+                [
+                    ("scale", StandardScaler()),
+                    ("clf", LogisticRegression(class_weight="balanced", max_iter=2000)),
+                ]
+            ),
+            {"clf__C": list(CV_CS)},
+            cv=folds,
+            scoring="balanced_accuracy",
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a fold's convergence or a class absent from it
+            search.fit(candidates[k], y)
+        score = float(search.best_score_)
+        c = float(search.best_params_["clf__C"])
+        if best is None or score > best[0] + 1e-12:
+            best = (score, k, c)
+    assert best is not None, "no candidate"
+    return best[1], best[2], best[0]
 
 
 def expected_change(model: Pipeline, features: np.ndarray) -> np.ndarray:

@@ -75,6 +75,17 @@ class ScanProjection:
         explained = variance[:keep] / total if total > 0 else np.zeros(keep)
         return cls(mean=mean, scale=scale, components=vt[:keep].T.copy(), explained=explained)
 
+    def truncated(self, k: int) -> ScanProjection:
+        """The same projection onto its first ``k`` axes (the axes are nested)."""
+        if not 1 <= k <= self.k:
+            raise ConfigError(f"cannot keep {k} of {self.k} principal axes")
+        return ScanProjection(
+            mean=self.mean,
+            scale=self.scale,
+            components=self.components[:, :k].copy(),
+            explained=self.explained[:k].copy(),
+        )
+
     @property
     def k(self) -> int:
         return int(self.components.shape[1])

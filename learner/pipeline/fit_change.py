@@ -82,7 +82,7 @@ def fit_change_model(
     feature: str,
     classifier: str,
     seed: int,
-    pca: int = 0,
+    pca: int | str = 0,
 ) -> FittedChange:
     """Fit the probe as `run` does, select and calibrate on validation patients, check the
     calibration on test patients.
@@ -173,7 +173,7 @@ def save_fitted_change_model(
     classifier: str,
     seed: int,
     source: dict[str, Any],
-    pca: int = 0,
+    pca: int | str = 0,
 ) -> dict[str, Any]:
     """Fit (:func:`fit_change_model`) and save a change model with the encoder of
     ``checkpoint``; returns its ``model.json`` content.

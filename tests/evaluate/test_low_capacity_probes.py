@@ -147,3 +147,32 @@ def test_config_accepts_the_probes_and_rejects_a_negative_pca() -> None:
     assert (cfg.eval.classifier, cfg.eval.pca) == ("logreg-cv", 8)
     with pytest.raises(ValueError, match="pca"):
         Config.model_validate({"eval": {"pca": -1}})
+
+
+def test_the_auto_probe_chooses_k_and_c_in_patient_folds_and_saves_as_any_probe() -> None:
+    """eval.pca: auto on a one-axis signal in 64 noisy dimensions: a small k wins in the
+    training patients' folds, the probe beats the full-rank one on test patients, and its
+    saved form reads raw features."""
+    from learner.evaluate.classifier import AUTO_PCA_KS
+
+    frame = spread_signal(make_cohort(40, seed=1), dims=64, noise=4.0, seed=1)
+    full = evaluate_change(frame, delta=1.0, n_boot=0)
+    auto = evaluate_change(frame, delta=1.0, n_boot=0, pca="auto")
+    assert auto.pca in AUTO_PCA_KS and auto.pca <= 8
+    assert auto.chosen_c is not None and auto.chosen_c in [pytest.approx(c) for c in CV_CS]
+    assert any(note.startswith("eval.pca auto: k=") for note in auto.warnings)
+    assert auto.metrics["balanced_accuracy"] > full.metrics["balanced_accuracy"] + 0.05
+    visits, matrix = visit_embeddings(frame)
+    pairs = consecutive_pairs(visits)
+    test = pairs[pairs["split"] == "test"].reset_index(drop=True)
+    head = visits["pred_score"].to_numpy(np.float64)
+    raw = change_features(matrix, test, "diff", head, visit_times(visits))
+    assert auto.probe is not None and auto.probe.mean.shape == (raw.shape[1],)
+    np.testing.assert_array_equal(auto.probe.predict(raw), auto.test_pairs["predicted"])
+
+
+def test_eval_pca_accepts_auto_and_refuses_other_words() -> None:
+    assert Config.model_validate({"eval": {"pca": "auto"}}).eval.pca == "auto"
+    assert Config.model_validate({"eval": {"pca": 8}}).eval.pca == 8
+    with pytest.raises(Exception, match="pca"):
+        Config.model_validate({"eval": {"pca": "all"}})
