@@ -25,15 +25,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check learner tests benchmarks conftest.py
 	$(VENV)/bin/mypy learner
 
-# Quality benchmarks of BENCHMARKS.md (## Quality): the objective-defaults sweep, then one
-# run per data set; finished cells are cached, so an interrupted run continues.
+# Quality benchmarks (BENCHMARKS.md, reports in benchmarks/reports/): the objective-defaults
+# sweep, then one run per data set; finished cells are cached, so an interrupted run continues.
 QUALITY_DATASETS ?= parkinsons synth-lus synth-lus-null synth-mri synth-mri-slices covid-blues-severity covid-blues-sf oasis2-slices
 bench-quality: $(STAMP)
 	$(PY) benchmarks/quality.py --sweep
 	$(PY) benchmarks/quality.py --layouts --seeds 0 1 2 3 4
 	for d in $(QUALITY_DATASETS); do $(PY) benchmarks/quality.py --dataset $$d || exit 1; done
 
-# Speed benchmarks of BENCHMARKS.md (## Speed): writes benchmarks/results/speed.json.
+# Speed benchmarks (benchmarks/reports/speed.md): writes benchmarks/results/speed.json.
 bench-speed: $(STAMP)
 	$(PY) benchmarks/speed.py
 

@@ -31,8 +31,8 @@ source data are never modified. The choices each builder makes, in one place:
   padded to 256 x 256 with 0 (the background) and centred; a missing view (five visits lack
   the axial slice) is all zero in the channels / frames layouts and simply absent in the
   zones layout. ``manifest.csv`` is the layout the config uses by default (measured on
-  validation subjects: BENCHMARKS.md). ``visits.csv`` holds per visit MMSE, CDR, group and
-  nWBV from the OASIS table (CDR change is the benchmark's second target).
+  validation subjects: benchmarks/reports/oasis2.md). ``visits.csv`` holds per visit MMSE,
+  CDR, group and nWBV from the OASIS table (CDR change is the benchmark's second target).
 
 Example:
     >>> from benchmarks.datasets import build  # doctest: +SKIP

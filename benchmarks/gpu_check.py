@@ -1,4 +1,4 @@
-"""A one-command check of a GPU machine for `learner` (docs/scale.md, BENCHMARKS.md "GPU check").
+"""A one-command GPU check for `learner` (docs/scale.md, benchmarks/reports/gpu-check.md).
 
 One run (at most ~8 minutes on one large GPU) writes one JSON file with:
 

@@ -1,4 +1,4 @@
-"""Pair objectives at gathered-batch sizes (BENCHMARKS.md, "Large gathered batches").
+"""Pair objectives at gathered-batch sizes (benchmarks/reports/speed.md, section 6).
 
 Under DDP the pair losses see the global batch: 1024 rows and more on a GPU node. For every
 objective at B = 1024 and 4096 (embeddings (B, 512) fp32, as in speed.py's section 4):

@@ -1,14 +1,14 @@
 """Does ``d = u_t+1 - u_t`` carry the patient's level? A check for a null-control excess.
 
 On a ``--null`` cohort the images show each patient's mean severity and no change, while a
-patient's level still predicts the direction of the score change (clipped trajectories), so
-a feature that carries the level classifies change above chance: the ``concat`` leak (Quality
-section 3). ``d`` differences the level away if the encoder's acquisition noise is
-independent of it. This script measures, for every objective x seed of a finished quality
-run, how much of ``d`` a ridge regression predicts from the pair's mean embedding
-``(u_t + u_t+1) / 2`` (cross-validated R^2 over folds of patients; about 0 or below: ``d``
-holds no linearly readable level), and how well the level-predicted part of ``d`` orders the
-pairs by score change (Spearman).
+patient's level still predicts the direction of the score change (clipped trajectories), so a
+feature that carries the level classifies change above chance: the ``concat`` leak
+(benchmarks/reports/synthetic-lus.md). ``d`` differences the level away if the encoder's
+acquisition noise is independent of it. This script measures, for every objective x seed of a
+finished quality run, how much of ``d`` a ridge regression predicts from the pair's mean
+embedding ``(u_t + u_t+1) / 2`` (cross-validated R^2 over folds of patients; about 0 or below:
+``d`` holds no linearly readable level), and how well the level-predicted part of ``d`` orders
+the pairs by score change (Spearman).
 
 Usage:
     .venv/bin/python benchmarks/level_in_d.py --run benchmarks/work/runs/synth-mri-null-pool300-aug2

@@ -1,4 +1,4 @@
-"""Speed benchmarks of BENCHMARKS.md (## Speed): every timing is a ratio to a baseline measured
+"""Speed benchmarks (benchmarks/reports/speed.md): every timing is a ratio to a baseline measured
 in the same run, on the same machine, under the same load.
 
 Sections (``--sections``, all by default):
@@ -964,7 +964,7 @@ class RunOptions:
     warmup: int = 1
     repeats: int = 5
     # One thread by default: on a CPU shared with other jobs, two threads of one process
-    # wait at every parallel region for whichever is descheduled (see BENCHMARKS.md).
+    # wait at every parallel region for whichever is descheduled (see benchmarks/reports/speed.md).
     threads: int = 1
     compile: bool = True
     workdir: Path | None = None
@@ -1095,7 +1095,7 @@ def _f(value: Any, digits: int = 2) -> str:
 
 
 def markdown_tables(results: dict[str, Any]) -> str:
-    """The BENCHMARKS.md tables of a results dictionary (as written by :func:`run`)."""
+    """The tables of benchmarks/reports/speed.md from a results dictionary (from :func:`run`)."""
     lines: list[str] = []
     if "reference" in results:
         ref = results["reference"]
@@ -1199,7 +1199,7 @@ def markdown_tables(results: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Speed benchmarks (BENCHMARKS.md, ## Speed); see benchmarks/README.md."
+        description="Speed benchmarks (benchmarks/reports/speed.md); see benchmarks/README.md."
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument(

@@ -604,7 +604,7 @@ def _is_rank_zero() -> bool:
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 # Single-visit patients that only pretrain the demo's encoders (`learner synth --pool`): the
-# pool is what makes them learn (BENCHMARKS.md, "Pretraining that learns").
+# pool is what makes them learn (benchmarks/reports/recipe-and-pool.md).
 DEMO_POOL = 100
 
 
