@@ -104,7 +104,14 @@ class ModelConfig(_Section):
     head_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="Dropout on u before the score head (training only)."
     )
-    pretrained: Path | None = Field(None, description="Local torchvision resnet18 state dict.")
+    pretrained: Path | None = Field(
+        None,
+        description="A torchvision resnet18 state dict on disk (torch.save(model.state_dict(), "
+        "path)) to start a 2D encoder from (tsm_resnet18, tsm_slices, resnet2d_18; width 64; "
+        "input channels 1 or 3); copied in before the first epoch of pretraining, strictly. "
+        "null = random init. MedicalNet / 3D weights are not supported. "
+        "See docs/pretrained-weights.md.",
+    )
 
 
 def _hparam(name: str) -> Any:
