@@ -30,3 +30,9 @@ def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return importlib.import_module(f"learner.{name}")
     raise AttributeError(f"module 'learner' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (imported on first use) and the module's dunder names: what
+    ``dir(learner)`` and tab completion show, without the helpers this module imports."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

@@ -9,6 +9,7 @@ examples; the work behind a command that puts several steps together is one call
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import tempfile
 import traceback
@@ -20,11 +21,61 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from learner import signals
 from learner.errors import LearnerError
 
-app = typer.Typer(
+
+def unwrap_help(text: str | None) -> str | None:
+    """A docstring's paragraphs each on one line, so that the terminal wraps ``--help``, not
+    the source's line breaks (Typer keeps single newlines after the first paragraph). A
+    paragraph starting with ``\\b`` keeps its lines (Click's no-rewrap marker)."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
+
+
+class _ReadableHelp:
+    """--help for people: paragraphs wrapped by the terminal (:func:`unwrap_help`), and flags
+    (``--resume``, ``--help``) without a ``<bool>`` type: they take no value."""
+
+    help: str | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = unwrap_help(self.help)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # shown as the type column's text
+        return params
+
+
+class _Command(_ReadableHelp, TyperCommand):
+    pass
+
+
+class _Group(_ReadableHelp, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    """Every command of the app gets :class:`_ReadableHelp`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     name="learner",
     help=(
         "LEARNER: learn fine-grained intra-patient progression from coarse inter-patient "
@@ -149,7 +200,9 @@ def _main(
 ColumnsOption = Annotated[
     str | None,
     typer.Option(
-        help="Your manifest's column names, e.g. patient_id=subject#,visit=test_time,score=total."
+        help="Your manifest's names for the standard columns (patient_id, visit, path, score, "
+        "zone, split) as comma-separated STANDARD=YOURS pairs, e.g. patient_id=ID,score=MMSE; "
+        "quote the whole value if a name holds spaces."
     ),
 ]
 

@@ -7,7 +7,6 @@ paths are resolved against the current working directory (the same rule for YAML
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from learner.data.pairs import DEFAULT_DELTA
-from learner.errors import ConfigError
+from learner.errors import ConfigError, closest
 from learner.objective_hparams import HYPERPARAMETERS, ObjectiveName, PairSet, Partition, Weighting
 
 
@@ -78,8 +77,11 @@ class DataConfig(_Section):
 
         unknown = [key for key in v or {} if key not in STANDARD_COLUMNS]
         if unknown:
+            close = closest(unknown[0], STANDARD_COLUMNS)
+            hint = f"did you mean {close!r}? " if close else ""
             raise ValueError(
-                f"{unknown[0]!r} is not a manifest column; map one of {', '.join(STANDARD_COLUMNS)}"
+                f"{unknown[0]!r} is not a manifest column; {hint}map one of "
+                f"{', '.join(STANDARD_COLUMNS)}"
             )
         return v
 
@@ -102,7 +104,14 @@ class ModelConfig(_Section):
     head_dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="Dropout on u before the score head (training only)."
     )
-    pretrained: Path | None = Field(None, description="Local torchvision resnet18 state dict.")
+    pretrained: Path | None = Field(
+        None,
+        description="A torchvision resnet18 state dict on disk (torch.save(model.state_dict(), "
+        "path)) to start a 2D encoder from (tsm_resnet18, tsm_slices, resnet2d_18; width 64; "
+        "input channels 1 or 3); copied in before the first epoch of pretraining, strictly. "
+        "null = random init. MedicalNet / 3D weights are not supported. "
+        "See docs/pretrained-weights.md.",
+    )
 
 
 def _hparam(name: str) -> Any:
@@ -322,7 +331,9 @@ def _format_validation_error(exc: ValidationError, source: str) -> list[str]:
         if not key:
             lines.append(f"{source}: {err['msg'].removeprefix('Value error, ')}")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'; see configs/ for the valid keys")
+            close = suggest_key(key, sections=True)
+            hint = f"did you mean '{close}'?" if close else "see configs/ for the valid keys"
+            lines.append(f"{source}: unknown key '{key}'; {hint}")
         else:
             got = err.get("input")
             got_txt = f" (got {got!r})" if not isinstance(got, dict) else ""
@@ -344,6 +355,16 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def suggest_key(key: str, *, sections: bool = False) -> str | None:
+    """The valid dotted key closest to an unknown ``key``, ignoring case (with ``sections``,
+    section names such as ``train`` count too): the "did you mean" of both ``--set`` and a
+    YAML file's unknown key; ``None`` when none is close."""
+    keys = config_keys()
+    if sections:
+        keys += sorted({k.rsplit(".", 1)[0] for k in keys if "." in k})
+    return closest(key, keys, cutoff=0.5)
+
+
 def check_override_key(key: str) -> None:
     """Raise :class:`ConfigError` naming ``--set`` and the closest valid key for an unknown
     ``key`` (a key below a free-form entry such as ``data.columns.score`` is valid)."""
@@ -352,8 +373,8 @@ def check_override_key(key: str) -> None:
         if model is None:
             return
         if part not in model.model_fields:
-            close = difflib.get_close_matches(key, config_keys(), n=1, cutoff=0.5)
-            hint = f"did you mean --set {close[0]}=...?" if close else "see configs/ for the keys"
+            close = suggest_key(key)
+            hint = f"did you mean --set {close}=...?" if close else "see configs/ for the keys"
             raise ConfigError(f"--set {key}: unknown key; {hint}")
         model = _section_of(model.model_fields[part].annotation)
 

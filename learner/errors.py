@@ -6,6 +6,9 @@ Exit codes (DESIGN section 2): 0 ok, 1 unexpected failure, 2 usage or config err
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class LearnerError(Exception):
     """Base class for errors a user can fix. ``exit_code`` is what the CLI returns."""
@@ -42,3 +45,28 @@ class DataError(LearnerError):
     """A bad manifest, scan file or data set (exit 3)."""
 
     exit_code = 3
+
+
+def closest(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str | None:
+    """The candidate that ``name`` most likely meant, for a "did you mean" hint.
+
+    The candidate equal to ``name`` but for case comes first (``mmse`` -> ``MMSE``); otherwise
+    the closest by :func:`difflib.get_close_matches`, ignoring case, with a similarity of at
+    least ``cutoff`` (0-1); ``None`` when nothing is that close.
+
+    Example:
+        >>> closest("mmse", ["Subject ID", "MMSE", "Visit"])
+        'MMSE'
+        >>> closest("train.epoch", ["train.epochs", "train.lr"])
+        'train.epochs'
+        >>> closest("zzz", ["train.epochs"]) is None
+        True
+    """
+    by_folded: dict[str, str] = {}
+    for candidate in candidates:
+        by_folded.setdefault(str(candidate).casefold(), str(candidate))
+    folded = name.casefold()
+    if folded in by_folded:
+        return by_folded[folded]
+    close = difflib.get_close_matches(folded, list(by_folded), n=1, cutoff=cutoff)
+    return by_folded[close[0]] if close else None

@@ -36,6 +36,27 @@ def test_unknown_key_names_the_key() -> None:
     assert "model.encodr" in exc.value.problems[0]
 
 
+def test_yaml_key_typos_get_the_same_suggestion_as_set(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  epoch: 5\nmodel:\n  Encoder: mlp\ntrian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    problems = exc.value.problems
+    assert f"{path}: unknown key 'train.epoch'; did you mean 'train.epochs'?" in problems
+    assert f"{path}: unknown key 'model.Encoder'; did you mean 'model.encoder'?" in problems
+    assert f"{path}: unknown key 'trian'; did you mean 'train'?" in problems
+    # --set names keys, never sections; nothing close keeps the old pointer.
+    with pytest.raises(ConfigError, match=r"did you mean --set train\.epochs=\.\.\.\?"):
+        build_config({}, ["Train.Epochs=5"])
+    with pytest.raises(ConfigError, match="unknown key 'zzzz'; see configs/ for the valid keys"):
+        build_config({"zzzz": 1})
+
+
+def test_data_columns_key_typo_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match="'Score' is not a manifest column; did you mean 'score'"):
+        build_config({"data": {"columns": {"Score": "MMSE"}}})
+
+
 def test_encoder_and_input_must_agree() -> None:
     with pytest.raises(ConfigError, match=r"needs data\.input\.kind"):
         build_config({}, ["model.encoder=resnet3d_18"])

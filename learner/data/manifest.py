@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from learner.data.splits import PRETRAIN
-from learner.errors import ConfigError, DataError
+from learner.errors import ConfigError, DataError, closest
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 SCAN_EXTENSIONS = (
@@ -70,6 +70,7 @@ _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 # Excel and friends write a header cell they leave blank as "Unnamed: N" once pandas reads it.
 _UNNAMED = re.compile(r"Unnamed: (\d+)")
 _SHOWN_IDS = 5
+_SHOWN_COLUMNS = 8
 
 
 @dataclass
@@ -183,17 +184,14 @@ def load_manifest(
         problems.cell(1, column, _missing_column_text(column, raw.columns, features is not None))
 
     known = set(required) | set(OPTIONAL_COLUMNS)
-    for column in raw.columns:
-        if column == "path" and features:
-            warnings.append(
-                f"{name}: column path is ignored because feature columns are used; "
-                "delete it or drop --features to read scans"
-            )
-        elif column not in known:
-            warnings.append(
-                f"{name}: column {column!r} is not used and is ignored "
-                f"(known columns: {', '.join(required + list(OPTIONAL_COLUMNS))})"
-            )
+    if "path" in raw.columns and features:
+        warnings.append(
+            f"{name}: column path is ignored because feature columns are used; "
+            "delete it or drop --features to read scans"
+        )
+    unused = [str(c) for c in raw.columns if c not in known and c != "path"]
+    if unused:
+        warnings.append(_unused_columns_text(name, unused, required))
 
     # Rows whose cells are all empty (blank lines) carry nothing; dropping them keeps the
     # spreadsheet row numbers of the others intact.
@@ -334,8 +332,10 @@ def check_column_map(mapping: Mapping[str, str]) -> None:
     """Raise :class:`ConfigError` for a key that is not a standard manifest column."""
     for ours in mapping:
         if ours not in STANDARD_COLUMNS:
+            close = closest(ours, STANDARD_COLUMNS)
+            hint = f"did you mean {close!r}? " if close else ""
             raise ConfigError(
-                f"--columns: {ours!r} is not a manifest column; map one of "
+                f"--columns: {ours!r} is not a manifest column; {hint}map one of "
                 f"{', '.join(STANDARD_COLUMNS)} (feature columns are named as they are)"
             )
 
@@ -347,11 +347,13 @@ def _rename_columns(
     renames: dict[str, str] = {}
     for ours, theirs in columns.items():
         if theirs not in raw.columns:
+            close = closest(theirs, map(str, raw.columns))
+            hint = f"did you mean {close!r}? " if close else ""
             problems.cell(
                 1,
                 theirs,
                 f"is not in the header (mapped to {ours} by --columns / data.columns); "
-                f"the columns are: {', '.join(map(str, raw.columns))}",
+                f"{hint}the columns are: {', '.join(map(str, raw.columns))}",
             )
         elif ours != theirs:
             renames[theirs] = ours
@@ -503,8 +505,25 @@ def _drop_unnamed_columns(raw: pd.DataFrame, warnings: list[str], name: str) -> 
     return raw[keep]
 
 
+def _unused_columns_text(name: str, unused: Sequence[str], required: Sequence[str]) -> str:
+    """One line for every column the manifest has but nothing reads (a clinic's table has
+    many): how many, the first :data:`_SHOWN_COLUMNS` names, and the known ones."""
+    shown = ", ".join(repr(c) for c in unused[:_SHOWN_COLUMNS])
+    more = f" and {len(unused) - _SHOWN_COLUMNS} more" if len(unused) > _SHOWN_COLUMNS else ""
+    counted = "1 column is" if len(unused) == 1 else f"{len(unused)} columns are"
+    return (
+        f"{name}: {counted} not used and ignored: {shown}{more} (known columns: "
+        f"{', '.join([*required, *OPTIONAL_COLUMNS])}; map yours with --columns)"
+    )
+
+
 def _missing_column_text(column: str, present: pd.Index, tabular: bool) -> str:
     text = f"required column is missing; add a {column!r} column to the header"
+    close = closest(column, map(str, present))
+    if close is not None and column in STANDARD_COLUMNS:
+        text += f"; or, if {close!r} is it, map it: --columns {column}={close}"
+    elif close is not None:
+        text += f"; did you mean {close!r}?"
     if column == "path" and not tabular:
         text += " (or name numeric feature columns with --features for tabular data)"
     header = ",".join(present)

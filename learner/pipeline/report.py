@@ -299,6 +299,26 @@ CAPTIONS = {
 }
 
 
+def seeds_and_splits(results: dict[str, Any]) -> str:
+    """What the report's means are over: ``Seeds: 0; folds: 5 (patient-grouped, ...)`` or
+    ``Seeds: 0, 1, 2; one patient-grouped train/val/test split per seed``, and whether every
+    seed had the same split (a manifest ``split`` column, or ``data.split.seed``)."""
+    cfg = results["config"]
+    seeds = cfg.get("run", {}).get("seeds", [])
+    folds = cfg.get("data", {}).get("split", {}).get("folds")
+    if folds:
+        how = (
+            f"folds: {folds} (patient-grouped: each patient is held out once per seed, the "
+            "folds' held-out pairs pooled)"
+        )
+    else:
+        how = "one patient-grouped train/val/test split per seed"
+        hashes = {s.get("split_hash") for s in results["dataset"].get("splits") or []}
+        if len(seeds) > 1 and len(hashes) == 1:
+            how += ", the same for every seed"
+    return f"Seeds: {', '.join(str(seed) for seed in seeds)}; {how}"
+
+
 def _intro(results: dict[str, Any]) -> list[str]:
     """The report's opening paragraphs (data set, then how to read the table)."""
     ds = results["dataset"]
@@ -306,7 +326,7 @@ def _intro(results: dict[str, Any]) -> list[str]:
     if results.get("task") == "interpatient":
         return [
             f"Manifest `{ds['manifest']}`: {ds['patients']} patients, {ds['visits']} visits, "
-            f"{ds['scans']} scans. Seeds: {cfg['run']['seeds']}. One labelled visit per "
+            f"{ds['scans']} scans. {seeds_and_splits(results)}. One labelled visit per "
             "patient, so there is no change to classify: the table measures, on held-out "
             f"patients ({ds['held_out_patients_per_seed']} per seed), whether the embedding "
             f"orders {ds['unit']}s of different patients by their score gap (`Fig.1 rho`) and "
@@ -314,7 +334,7 @@ def _intro(results: dict[str, Any]) -> list[str]:
         ]
     return [
         f"Manifest `{ds['manifest']}`: {ds['patients']} patients, {ds['visits']} visits, "
-        f"{ds['scans']} scans. Seeds: {cfg['run']['seeds']}. Stable band: {ds['stable_band']} "
+        f"{ds['scans']} scans. {seeds_and_splits(results)}. Stable band: {ds['stable_band']} "
         f"(raw score units; `{cfg['eval']['delta']}`). Held-out pairs per seed: "
         f"{ds['test_pairs_per_seed']} from {ds['test_patients_per_seed']} patients, classes "
         f"{ds['class_counts_test']}.",

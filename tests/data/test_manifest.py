@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from learner.data.manifest import load_manifest
-from learner.errors import DataError
+from learner.data.manifest import load_manifest, parse_column_map
+from learner.errors import ConfigError, DataError
 
 HEADER = "patient_id,visit,path,score\n"
 
@@ -305,10 +305,47 @@ def test_warnings_for_unknown_columns_and_single_visits(write_manifest) -> None:
     text = "patient_id,visit,path,score,site\np,1,a.npy,1,x\np,2,a.npy,1,x\nq,1,a.npy,1,y\n"
     manifest = load_manifest(write_manifest(text, files=("a.npy",)))
     assert len(manifest.warnings) == 2
-    assert "column 'site' is not used" in manifest.warnings[0]
+    assert "1 column is not used and ignored: 'site' (known columns:" in manifest.warnings[0]
     assert "1 patient(s) have a single visit" in manifest.warnings[1]
     assert "'q'" in manifest.warnings[1]
     assert "site" not in manifest.frame.columns
+
+
+def test_unused_columns_are_one_line_with_a_capped_list(write_manifest) -> None:
+    # A clinic's table (OASIS-2) has a dozen columns nothing reads: one line, not twelve.
+    extra = [f"c{i}" for i in range(12)]
+    text = ",".join(["patient_id", "visit", "path", "score", *extra]) + "\n"
+    text += "p,1,a.npy,1," + ",".join("x" * 12) + "\n"
+    text += "p,2,a.npy,2," + ",".join("x" * 12) + "\n"
+    manifest = load_manifest(write_manifest(text, files=("a.npy",)))
+    (line,) = manifest.warnings
+    assert line.startswith("manifest.csv: 12 columns are not used and ignored: 'c0', 'c1',")
+    assert "'c7' and 4 more (known columns:" in line and "'c8'" not in line
+
+
+def test_column_names_get_case_and_typo_suggestions(write_manifest) -> None:
+    text = "Subject ID,Visit,path,MMSE\np,1,a.npy,29\np,2,a.npy,27\n"
+    path = write_manifest(text, files=("a.npy",))
+    columns = {"patient_id": "Subject ID", "visit": "Visit", "score": "mmse"}
+    with pytest.raises(DataError) as caught:
+        load_manifest(path, columns=columns)
+    line = caught.value.problems[0]
+    assert "column mmse: is not in the header" in line and "did you mean 'MMSE'?" in line
+    # A typo in the user's name, and a standard column the header has in another case.
+    columns = {"patient_id": "Subject ID", "visit": "Visti", "score": "MMSE"}
+    with pytest.raises(DataError, match="did you mean 'Visit'"):
+        load_manifest(path, columns=columns)
+    with pytest.raises(DataError) as caught:
+        load_manifest(path, columns={"patient_id": "Subject ID", "score": "MMSE"})
+    assert "map it: --columns visit=Visit" in caught.value.problems[0]
+    # A standard name mistyped on our side of the mapping.
+    with pytest.raises(ConfigError, match="'patient' is not a manifest column; did you mean "):
+        parse_column_map("patient=Subject ID")
+    # Nothing close: no suggestion, the header is listed as before.
+    with pytest.raises(DataError) as caught:
+        load_manifest(path, columns={"patient_id": "Subject ID", "visit": "Visit", "score": "x"})
+    assert "column x: is not in the header" in caught.value.problems[0]
+    assert not any("did you mean" in line for line in caught.value.problems)
 
 
 def test_tabular_features_replace_path(write_manifest) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from learner.config import build_config
 from learner.errors import ConfigError
 from learner.models import ResNet3D18, TSMResNet18, load_torchvision_resnet18
+from learner.train.module import build_encoder_from_config
 
 
 def torchvision_resnet18_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -180,3 +182,57 @@ def test_unusable_encoder_or_file(tv_file: Path, tmp_path: Path) -> None:
     torch.save({"conv1.weight": torch.zeros(1), "x": argparse.Namespace(a=1)}, unsafe)
     with pytest.raises(ConfigError, match=r"unsafe\.pth: cannot read"):
         load_torchvision_resnet18(enc, unsafe)
+
+
+@pytest.mark.parametrize(
+    ("encoder", "kind", "channels"),
+    [
+        ("tsm_resnet18", "video", 1),
+        ("tsm_resnet18", "video", 3),
+        ("tsm_slices", "slices", 1),
+        ("resnet2d_18", "image", 3),
+    ],
+)
+def test_the_documented_encoders_take_the_weights(
+    encoder: str, kind: str, channels: int, tv_state: dict[str, torch.Tensor], tv_file: Path
+) -> None:
+    # docs/pretrained-weights.md: what `learner pretrain` builds from these settings loads them.
+    cfg = build_config(
+        {
+            "model": {"encoder": encoder, "width": 64, "pretrained": str(tv_file)},
+            "data": {"input": {"kind": kind, "channels": channels, "frames": 2}},
+        }
+    )
+    enc = build_encoder_from_config(cfg)
+    mapped = load_torchvision_resnet18(enc, cfg.model.pretrained)
+    assert len(mapped) == len([k for k in tv_state if not k.startswith("fc.")])
+    got = enc.state_dict()["backbone.layer4.1.bn2.running_var"]
+    torch.testing.assert_close(got, tv_state["layer4.1.bn2.running_var"])
+
+
+def test_the_documented_refusals(
+    tv_state: dict[str, torch.Tensor], tv_file: Path, tmp_path: Path
+) -> None:
+    # 3-D (MedicalNet-style) and tabular encoders do not take torchvision weights; nor does a
+    # 2-D one take a state dict wrapped under a key or with DataParallel's "module." prefix.
+    enc = TSMResNet18(in_channels=3, n_segment=2, width=64)
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": tv_state}, wrapped)
+    with pytest.raises(ConfigError, match="not a state dict of tensors"):
+        load_torchvision_resnet18(enc, wrapped)
+    prefixed = save({f"module.{k}": v for k, v in tv_state.items()}, tmp_path)
+    with pytest.raises(ConfigError, match=r"module\.bn1\.bias.* do not exist in the encoder"):
+        load_torchvision_resnet18(enc, prefixed)
+    cfg = build_config(
+        {"model": {"encoder": "resnet3d_18", "width": 8}, "data": {"input": {"kind": "volume"}}}
+    )
+    with pytest.raises(ConfigError, match="fit only the 2D encoders"):
+        load_torchvision_resnet18(build_encoder_from_config(cfg), tv_file)
+    cfg = build_config(
+        {
+            "model": {"encoder": "mlp"},
+            "data": {"input": {"kind": "tabular"}, "feature_columns": ["a", "b"]},
+        }
+    )
+    with pytest.raises(ConfigError, match="fit only the 2D encoders"):
+        load_torchvision_resnet18(build_encoder_from_config(cfg), tv_file)

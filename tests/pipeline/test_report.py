@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from learner.pipeline.report import _html, _markdown, comparison_rows
+from learner.pipeline.report import _html, _markdown, comparison_rows, seeds_and_splits
 
 
 def _text(page: str) -> str:
@@ -71,6 +71,22 @@ def test_html_is_the_markdown_with_figures_embedded(tmp_path: Path) -> None:
         data = base64.b64encode(path.read_bytes()).decode()
         assert f'<img src="data:image/png;base64,{data}" alt="{key}" />' in page, key
     assert "figures/" not in page and "`" not in page
+
+
+def test_the_report_names_its_seeds_and_folds(tmp_path: Path) -> None:
+    results = _results()
+    results["config"]["data"] = {"split": {"folds": 5}}
+    md = _markdown(results, {}, tmp_path)
+    assert "Seeds: 0; folds: 5 (patient-grouped: each patient is held out once per seed" in md
+    assert "Seeds: [0]" not in md
+    results["config"] = {"run": {"seeds": [0, 1, 2]}, "data": {"split": {"folds": None}}}
+    results["dataset"]["splits"] = [{"cell": f"seed{s}", "split_hash": f"h{s}"} for s in range(3)]
+    assert seeds_and_splits(results) == (
+        "Seeds: 0, 1, 2; one patient-grouped train/val/test split per seed"
+    )
+    # A manifest split column (or data.split.seed) gives every seed the same split.
+    results["dataset"]["splits"] = [{"cell": f"seed{s}", "split_hash": "h"} for s in range(3)]
+    assert seeds_and_splits(results).endswith("split per seed, the same for every seed")
 
 
 def test_the_runs_report_has_the_verdict_every_row_and_every_figure(
