@@ -225,7 +225,7 @@ def save_fitted_change_model(
             split_hash=meta.get("split_hash"),
             run_dir=Path(checkpoint).parent.parent,
             target=target,
-            source=str(source.get("cell") or source.get("evaluation") or checkpoint),
+            source=str(source.get("cell") or checkpoint),
         ),
     }
     save_change_model(folder, module, fitted.probe, info)
