@@ -608,16 +608,49 @@ def predict(
     """Predict for new patients: a score per scan, and worsen / stable / improve
     probabilities per consecutive visit pair (class order worsen, stable, improve).
 
+    Columns of OUT, one row per consecutive visit pair:
+
+    - patient_id, zone (with zones), visit_from, visit_to: as in the manifest
+    - visit_order_from, visit_order_to: the visits' order, 0, 1, ...
+    - p_worsen, p_stable, p_improve: 3 decimals in CSV, full in Parquet
+    - label: the most probable class
+    - predicted_change: the regression head's score change
+    - distance: cosine distance of the two visit embeddings
+    - n_zones (with zones); score_from, score_to, change, true_label
+      (where both visits have a score)
+    - caveat: empty, or why not to trust the row: the model's held-out
+      test CI includes chance, it is not above an untrained encoder,
+      or the model has no held-out record
+    - model_record: that record in one line (test balanced accuracy
+      with 95% CI, chance, untrained, head_delta, test pairs)
+
+    Beside OUT: OUT_scans (pred_score per scan; seen: the patient's split
+    in the model's training, external if never seen), OUT_zones (with
+    zones), OUT_summary.json (the model's whole record, caveat, counts,
+    notes, metrics on pairs with scores). When the caveat is set a warning
+    is printed: read the labels as no better than a guess.
+
     Example: learner predict --model runs/demo --manifest new/manifest.csv --out predictions.csv
     """
     from learner.api import load_model
     from learner.data.manifest import parse_column_map
     from learner.pipeline.predict import predict_change, write_predictions
+    from learner.pipeline.record import record_lines
 
     loaded = load_model(model, device=device)
     selection = loaded.info.get("selection")
     chosen = f" ({selection['cell']}, chosen on validation patients)" if selection else ""
     console.print(f"model: {loaded.folder}{chosen}", highlight=False, soft_wrap=True)
+    for line in record_lines(loaded.record):
+        console.print(f"record: {line}", markup=False, highlight=False, soft_wrap=True)
+    if loaded.caveat:
+        err_console.print(
+            f"warning: do not trust these predictions: {loaded.caveat} (every row carries "
+            "this caveat)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     mapping = parse_column_map(columns) if columns is not None else None
     result = predict_change(loaded, manifest, columns=mapping)
     for note in result.summary["notes"]:

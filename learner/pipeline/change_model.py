@@ -3,8 +3,9 @@
 A change model is a folder of plain data, nothing executable:
 
 - ``model.json``: format version, class order, stable band, score range and direction, the
-  config (input spec, encoder), the training split, calibration, and the metrics the model
-  was selected on;
+  config (input spec, encoder), the training split, calibration, the metrics the model
+  was selected on, and its held-out ``record`` (:mod:`learner.pipeline.record`; absent in
+  models saved before records existed);
 - ``probe.json``: the fitted probe as numbers (:class:`learner.evaluate.probe.Probe`): the
   standardisation (mean, scale) and the layers (weights, biases) of the logistic regression
   (one layer) or the MLP, with the logits' columns already in :data:`CLASSES` order;
@@ -35,6 +36,7 @@ from learner.device import resolve_device
 from learner.errors import DataError
 from learner.evaluate.probe import CLASSES, Probe
 from learner.io import atomic_path, atomic_write_text, write_json
+from learner.pipeline.record import record_caveat
 from learner.train.module import LearnerModule
 
 FORMAT = "learner-change-model"
@@ -55,7 +57,7 @@ class ChangeModel:
     Attributes:
         module: the encoder and regression head (eval mode).
         probe: the change classifier on pair features.
-        info: the parsed ``model.json`` (band, feature, higher_is_better, metrics, ...).
+        info: the parsed ``model.json`` (band, feature, higher_is_better, metrics, record...).
         folder: where it was loaded from.
         classes: ``("worsen", "stable", "improve")``, the column order of every probability.
     """
@@ -70,6 +72,20 @@ class ChangeModel:
     def band(self) -> float:
         """The stable band in raw score units."""
         return float(self.info["band"])
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The held-out test record (balanced accuracy with 95% CI, chance, ``untrained``,
+        ``head_delta``, band, training data; :mod:`learner.pipeline.record`), or None when
+        the model was saved without one."""
+        record = self.info.get("record")
+        return record if isinstance(record, dict) and record else None
+
+    @property
+    def caveat(self) -> str:
+        """Why not to trust this model's predictions (``""`` when its record beats chance and
+        the untrained encoder); every prediction row carries it."""
+        return record_caveat(self.record)
 
     @property
     def feature(self) -> str:
@@ -98,7 +114,7 @@ def save_change_model(
         module: the trained encoder and head (its config and score range are recorded).
         probe: the fitted, calibrated probe.
         info: band, delta, feature, classifier, higher_is_better, metrics, calibration,
-            split, feature_stats, source: written into ``model.json`` as given.
+            split, feature_stats, record, source: written into ``model.json`` as given.
     """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")

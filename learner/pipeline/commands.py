@@ -102,11 +102,14 @@ def evaluate_embeddings(
         **probe_settings(cfg),
     )
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", result.to_json())
+    evaluated = result.to_json()
+    write_json(out / "metrics.json", evaluated)
     plot_figure1({name: result}, out / "figures" / "figure1_distance_vs_change.png")
     plot_confusions({name: result.confusion}, out / "figures" / "confusion_matrix.png")
     plot_trajectories(frame, out / "figures" / "trajectories.png")
-    saved = save_evaluated_change_model(frame, meta, out, cfg, higher_is_better=higher, delta=band)
+    saved = save_evaluated_change_model(
+        frame, meta, out, cfg, higher_is_better=higher, delta=band, evaluation=evaluated
+    )
     return Evaluation(
         out / "metrics.json",
         name,

@@ -43,6 +43,8 @@ from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
 from learner.io import write_json
 from learner.pipeline.change_model import MODEL_FILE, save_change_model
+from learner.pipeline.grid import UNTRAINED
+from learner.pipeline.record import build_record, record_caveat, record_line, trained_on
 from learner.pipeline.run import AblationResult, pretrained_checkpoint
 from learner.provenance import KEY_FILE, read_key, write_key
 from learner.train.checkpoint import load_checkpoint
@@ -174,11 +176,18 @@ def save_fitted_change_model(
     seed: int,
     source: dict[str, Any],
     pca: int | str = 0,
+    evaluation: dict[str, Any] | None = None,
+    untrained: dict[str, Any] | None = None,
+    target: str = "observed",
 ) -> dict[str, Any]:
     """Fit (:func:`fit_change_model`) and save a change model with the encoder of
     ``checkpoint``; returns its ``model.json`` content.
 
-    ``source`` (e.g. objective, cell) is recorded in ``model.json`` as given.
+    ``source`` (e.g. objective, cell) is recorded in ``model.json`` as given. ``evaluation``
+    (the held-out test evaluation of this probe, as ``ChangeResult.to_json`` writes it) and
+    ``untrained`` (the untrained baseline's on the same test patients, if measured) become
+    the model's ``record`` (:mod:`learner.pipeline.record`); without ``evaluation`` the model
+    has no record.
     """
     module, meta = load_checkpoint(checkpoint)
     fitted = fit_change_model(
@@ -206,18 +215,91 @@ def save_fitted_change_model(
         "split": meta.get("split", {}),
         "split_hash": meta.get("split_hash"),
         "feature_stats": meta.get("feature_stats"),
+        "record": None
+        if evaluation is None
+        else model_record(
+            evaluation,
+            untrained=untrained,
+            manifest=module.cfg.data.manifest,
+            split=meta.get("split", {}),
+            split_hash=meta.get("split_hash"),
+            run_dir=Path(checkpoint).parent.parent,
+            target=target,
+            source=str(source.get("cell") or checkpoint),
+        ),
     }
     save_change_model(folder, module, fitted.probe, info)
     loaded: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
     return loaded
 
 
+def model_record(
+    evaluation: dict[str, Any],
+    *,
+    untrained: dict[str, Any] | None,
+    manifest: str | Path | None,
+    split: dict[str, str],
+    split_hash: str | None,
+    run_dir: Path,
+    target: str,
+    source: str,
+) -> dict[str, Any]:
+    """The record of a change model (:func:`learner.pipeline.record.build_record`): its
+    held-out evaluation, and the data it was trained on (the manifest's fingerprint read from
+    the pretraining run's key)."""
+    key = read_key(Path(run_dir) / KEY_FILE) or {}
+    data = trained_on(
+        split,
+        manifest=str(manifest) if manifest is not None else None,
+        manifest_fingerprint=key.get("manifest.content"),
+        split_hash=split_hash,
+    )
+    return build_record(evaluation, untrained=untrained, data=data, target=target, source=source)
+
+
+def target_name(cfg: Config) -> str:
+    """``eval.target`` as one word: ``observed``, ``truth`` or ``column NAME``."""
+    target = cfg.eval.target
+    return target if isinstance(target, str) else f"column {target.column}"
+
+
+def _read_evaluation(folder: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def untrained_evaluation(cell_dir: Path, feature: str) -> dict[str, Any] | None:
+    """The ``untrained`` baseline's evaluation beside ``cell_dir`` (same seed and fold), when
+    it was made on the same manifest, split and evaluation settings; None otherwise."""
+    base = cell_dir.parent.parent / UNTRAINED / cell_dir.name
+    ours, theirs = read_key(cell_dir / KEY_FILE), read_key(base / KEY_FILE)
+    ours_eval = read_key(cell_dir / f"eval-{feature}" / KEY_FILE)
+    theirs_eval = read_key(base / f"eval-{feature}" / KEY_FILE)
+    if ours is None or theirs is None or ours_eval is None or theirs_eval is None:
+        return None
+    same_data = all(ours.get(k) == theirs.get(k) for k in ("manifest.content", "split.hash"))
+
+    def settings(key: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in key.items() if k != "pretrain.digest"}
+
+    if not same_data or settings(ours_eval) != settings(theirs_eval):
+        return None
+    return _read_evaluation(base / f"eval-{feature}")
+
+
 def save_cell_change_model(
     cell_dir: Path, cfg: Config, *, objective: str, feature: str, seed: int
 ) -> dict[str, Any]:
     """``cell_dir/change-model`` from the cell's embeddings and best checkpoint (reused when
-    already saved); returns its ``model.json`` content."""
+    already saved); returns its ``model.json`` content. Its ``record`` is the cell's own
+    evaluation on its test patients, with the ``untrained`` cell's beside it."""
     folder = cell_dir / CHANGE_MODEL_DIR
+    evaluated = _read_evaluation(cell_dir / f"eval-{feature}")
+    untrained = untrained_evaluation(cell_dir, feature)
+    cell = f"{objective}/{cell_dir.name}"
     # The probe depends on what the cell's evaluation depends on (band, classifier, feature,
     # pretraining): reuse the saved model only while the evaluation's key is the one it was
     # fitted under (learner.provenance).
@@ -225,6 +307,22 @@ def save_cell_change_model(
     if (folder / MODEL_FILE).is_file() and evaluation is not None:
         if read_key(folder / KEY_FILE) == evaluation:
             info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+            if evaluated is not None:
+                # A model saved before records existed, or before the baseline ran, gets its
+                # record from the evaluation that is already there.
+                record = model_record(
+                    evaluated,
+                    untrained=untrained,
+                    manifest=info.get("config", {}).get("data", {}).get("manifest"),
+                    split=info.get("split", {}),
+                    split_hash=info.get("split_hash"),
+                    run_dir=pretrained_checkpoint(cell_dir).parent.parent,
+                    target=target_name(cfg),
+                    source=cell,
+                )
+                if info.get("record") != json.loads(json.dumps(record)):
+                    info["record"] = record
+                    write_json(folder / MODEL_FILE, info)
             return info
     frame, _ = read_embeddings(cell_dir / "embeddings.parquet")
     info = save_fitted_change_model(
@@ -237,7 +335,10 @@ def save_cell_change_model(
         classifier=cfg.eval.classifier,
         pca=cfg.eval.pca,
         seed=seed,
-        source={"objective": objective, "cell": f"{objective}/{cell_dir.name}"},
+        source={"objective": objective, "cell": cell},
+        evaluation=evaluated,
+        untrained=untrained,
+        target=target_name(cfg),
     )
     if evaluation is not None:
         write_key(folder / KEY_FILE, evaluation)
@@ -264,10 +365,13 @@ def save_evaluated_change_model(
     *,
     higher_is_better: bool,
     delta: float | str,
+    evaluation: dict[str, Any] | None = None,
 ) -> Path | None:
     """`learner evaluate`: ``out/change-model`` when the embeddings name the checkpoint that
     made them (``learner embed`` records it); None otherwise. ``delta`` is the band the
-    evaluation used (``--delta``, the config's, or the run's)."""
+    evaluation used (``--delta``, the config's, or the run's); ``evaluation`` (its
+    ``metrics.json`` content) is the model's held-out record (no ``untrained`` baseline:
+    `evaluate` does not measure one)."""
     checkpoint = Path(str(meta.get("checkpoint", "")))
     if not checkpoint.is_file():
         return None
@@ -280,6 +384,8 @@ def save_evaluated_change_model(
         higher_is_better=higher_is_better,
         **probe_settings(cfg),
         source={"objective": meta.get("objective"), "checkpoint": str(checkpoint)},
+        evaluation=evaluation,
+        target=target_name(cfg),
     )
     return folder
 
@@ -345,6 +451,8 @@ def save_run_change_models(
         "ece_test_raw": calibration["ece_test_raw"],
         "ece_test_calibrated": calibration["ece_test_calibrated"],
         "figure": figure.relative_to(out).as_posix(),
+        "record": chosen.get("record"),
+        "caveat": record_caveat(chosen.get("record")),
     }
     ablation.results["change_model"] = summary
     write_json(ablation.results_path, ablation.results)
@@ -353,6 +461,9 @@ def save_run_change_models(
         f"{_fmt(selection['validation'])}; test ECE {_fmt(summary['ece_test_raw'])} raw, "
         f"{_fmt(summary['ece_test_calibrated'])} calibrated)"
     )
+    log(f"change model record: {record_line(chosen.get('record'))}")
+    if summary["caveat"]:
+        log(f"change model caveat: {summary['caveat']} (every prediction will carry it)")
     for note in chosen.get("notes", []):
         log(f"change model note: {note}")
     return summary

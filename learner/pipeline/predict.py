@@ -7,6 +7,13 @@ by zone (as in training) and their probabilities then averaged per visit pair. S
 optional: where both visits of a pair have one, the true label is added, and a summary of
 the metrics on those pairs.
 
+Every pair row also carries the model's held-out record (``model_record``, one line) and a
+``caveat``: empty where the record beats chance and the untrained encoder on the model's test
+patients, else the short reason not to trust the row (:mod:`learner.pipeline.record`). The
+summary holds the whole record; a Parquet file holds it in its metadata
+(``learner.record``). CSV probabilities are rounded to 3 decimals (summing to 1), Parquet
+keeps full precision.
+
 Example (needs the change model of a `learner run` folder and a manifest of scans):
     >>> from learner.pipeline.change_model import load_change_model
     >>> model = load_change_model("runs/demo/change-model")  # doctest: +SKIP
@@ -16,6 +23,7 @@ Example (needs the change model of a `learner run` folder and a manifest of scan
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -41,9 +49,14 @@ from learner.evaluate.probe import CLASSES
 from learner.io import atomic_path, write_json
 from learner.pipeline.change_model import ChangeModel
 from learner.pipeline.embed import embed_frame, prepared_for_model
+from learner.pipeline.record import record_line, record_lines
 
 PROBABILITIES = tuple(f"p_{c}" for c in CLASSES)
 EXTERNAL = "external"
+# The model's record, on every pair row (learner.pipeline.record).
+RECORD_COLUMNS = ("caveat", "model_record")
+CSV_DECIMALS = 3
+PARQUET_RECORD_KEY = b"learner.record"
 
 
 @dataclass
@@ -56,9 +69,13 @@ class Predictions:
         pairs: one row per consecutive visit pair: patient_id, visit_from, visit_to (as
             written in the manifest), visit_order_from, visit_order_to, p_worsen, p_stable,
             p_improve, label, predicted_change, distance, [n_zones,] and, where both visits
-            have a score, score_from, score_to, change, true_label.
+            have a score, score_from, score_to, change, true_label; then ``caveat`` (empty,
+            or why not to trust the row: the model's held-out record does not beat chance or
+            the untrained encoder, or there is none) and ``model_record`` (that record in
+            one line).
         zone_pairs: with zones, the same per zone before averaging (else None).
-        summary: the model used, counts, notes, and ``metrics`` on labelled pairs.
+        summary: the model used, its held-out ``record`` (None when it has none) and
+            ``caveat``, counts, notes, and ``metrics`` on labelled pairs.
     """
 
     scans: pd.DataFrame
@@ -264,7 +281,9 @@ def _finish(table: pd.DataFrame, model: ChangeModel, visit_ids: pd.Series) -> pd
     middle = [*PROBABILITIES, "label", "predicted_change", "distance"]
     last = [c for c in ("n_zones",) if c in out.columns]
     last += ["score_from", "score_to", "change", "true_label"]
-    return out[first + middle + last]
+    out["caveat"] = model.caveat
+    out["model_record"] = record_line(model.record)
+    return out[first + middle + last + list(RECORD_COLUMNS)]
 
 
 def _summary(
@@ -292,6 +311,9 @@ def _summary(
         "band": model.band,
         "higher_is_better": model.higher_is_better,
         "temperature": model.probe.temperature,
+        "record": model.record,
+        "caveat": model.caveat,
+        "record_summary": record_lines(model.record),
         "patients": int(scans["patient_id"].nunique()),
         "scans": len(scans),
         "pairs": len(pairs),
@@ -316,9 +338,62 @@ def _summary(
     return summary
 
 
+def round_probabilities(proba: np.ndarray, decimals: int = CSV_DECIMALS) -> np.ndarray:
+    """Each row rounded to ``decimals`` so that it still sums to 1 (largest remainder: the
+    units lost to flooring go to the largest fractional parts).
+
+    >>> round_probabilities(np.array([[0.3333, 0.3333, 0.3334], [0.12345, 0.5, 0.37655]]))
+    array([[0.333, 0.333, 0.334],
+           [0.123, 0.5  , 0.377]])
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.size == 0:
+        return proba.copy()
+    scale = 10**decimals
+    scaled = proba * scale
+    floors = np.floor(scaled)
+    short = np.clip(np.rint(scale - floors.sum(axis=1)), 0, proba.shape[1]).astype(int)
+    order = np.argsort(floors - scaled, axis=1, kind="stable")  # largest remainder first
+    rows = np.arange(len(proba))
+    for rank in range(proba.shape[1]):
+        floors[rows, order[:, rank]] += rank < short
+    return floors / scale
+
+
+def _for_csv(frame: pd.DataFrame) -> pd.DataFrame:
+    if not set(PROBABILITIES) <= set(frame.columns):
+        return frame
+    out = frame.copy()
+    out[list(PROBABILITIES)] = round_probabilities(out[list(PROBABILITIES)].to_numpy(np.float64))
+    return out
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path, record: dict[str, Any]) -> None:
+    """``frame`` as Parquet with the model's record in the schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), PARQUET_RECORD_KEY: json.dumps(record).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def read_parquet_record(path: str | Path) -> dict[str, Any] | None:
+    """The ``{"record", "caveat"}`` a predictions Parquet file holds in its metadata."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(PARQUET_RECORD_KEY)
+    return json.loads(raw) if raw is not None else None
+
+
 def write_predictions(result: Predictions, out: Path) -> dict[str, Path]:
     """Write the pair table to ``out`` (``.csv`` or ``.parquet``), the scans (and zone pairs)
-    beside it as ``<stem>_scans`` (``<stem>_zones``), and ``<stem>_summary.json``."""
+    beside it as ``<stem>_scans`` (``<stem>_zones``), and ``<stem>_summary.json``.
+
+    CSV probabilities are rounded to 3 decimals (each row still sums to 1); Parquet keeps
+    full precision and holds the model's record and caveat in its metadata
+    (:func:`read_parquet_record`)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -328,14 +403,15 @@ def write_predictions(result: Predictions, out: Path) -> dict[str, Path]:
     if result.zone_pairs is not None:
         written["zones"] = out.with_name(f"{out.stem}_zones{suffix}")
     tables = {"pairs": result.pairs, "scans": result.scans, "zones": result.zone_pairs}
+    record = {key: result.summary.get(key) for key in ("record", "caveat")}
     for key, path in written.items():
         frame = tables[key]
         assert frame is not None
         with atomic_path(path) as tmp:
             if suffix == ".csv":
-                frame.to_csv(tmp, index=False)
+                _for_csv(frame).to_csv(tmp, index=False)
             else:
-                frame.to_parquet(tmp, index=False)
+                _write_parquet(frame, tmp, record)
     summary = out.with_name(f"{out.stem}_summary.json")
     write_json(summary, result.summary)
     written["summary"] = summary
