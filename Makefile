@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/learner demo --out demo-output
 
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || echo "note: chromium is not installed, so the browser test of report.html will skip (Debian: apt-get install chromium)"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

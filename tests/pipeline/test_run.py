@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -136,16 +138,30 @@ def test_run_writes_contract_results_and_reports(run_config: Config, tmp_path: P
     assert (cell["classifier"], cell["pca"]) == ("logreg-cv", 2) and cell["chosen_c"] > 0
 
 
-def test_report_renders_in_headless_browser(run_config: Config, tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (apt-get install chromium) - screenshot skipped")
-    run_config.run.objectives = ["mse", "weighted"]
-    out = tmp_path / "run"
-    ablation = run_ablation(run_config, out, progress=False, log=lambda _: None)
-    _, page = write_reports(ablation, out)
-    shot = tmp_path / "report.png"
-    subprocess.run(
+# Injected into a copy of report.html: once the page has loaded, record where the verdict,
+# the comparison table and every figure were laid out (and whether each image decoded).
+_LAYOUT_PROBE = """<script>
+window.addEventListener('load', () => {
+  const box = (e) => { const r = e.getBoundingClientRect();
+    return [r.left, r.top + window.scrollY, r.width, r.height]; };
+  const verdict = [...document.querySelectorAll('strong')]
+    .find((e) => e.textContent.startsWith('Verdict'));
+  const table = document.querySelector('table');
+  const out = {
+    verdict: verdict ? box(verdict.parentElement) : null,
+    table: table ? box(table) : null,
+    rows: table ? table.querySelectorAll('tbody tr').length : 0,
+    images: [...document.images].map((i) => ({alt: i.alt, decoded: i.naturalWidth > 0,
+                                              box: box(i)})),
+    height: document.documentElement.scrollHeight,
+  };
+  document.body.setAttribute('data-layout', JSON.stringify(out));
+});
+</script></body>"""
+
+
+def _chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             browser,
             "--headless",
@@ -156,17 +172,61 @@ def test_report_renders_in_headless_browser(run_config: Config, tmp_path: Path) 
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1200,2400",
-            f"--screenshot={shot}",
-            page.as_uri(),
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *args,
         ],
         check=True,
         capture_output=True,
+        text=True,
         timeout=120,
+    )
+
+
+def test_report_renders_in_headless_browser(run_config: Config, tmp_path: Path) -> None:
+    """report.html in a real browser: the verdict, the table and every figure are laid out
+    on the page with a size, every figure decodes, and the screenshot shows content (not
+    blank) where each of them is."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium; .ci/run installs it) - "
+            "the browser check of report.html is skipped"
+        )
+    run_config.run.objectives = ["mse", "weighted"]
+    out = tmp_path / "run"
+    ablation = run_ablation(run_config, out, progress=False, log=lambda _: None)
+    _, page = write_reports(ablation, out)
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", _LAYOUT_PROBE, 1))
+    dom = _chromium(
+        browser, tmp_path / "profile", "--window-size=1200,2400", "--dump-dom", probed.as_uri()
+    ).stdout
+    found = re.search(r"data-layout=\"([^\"]*)\"", dom)
+    assert found, "the page never finished loading"
+    layout = json.loads(html.unescape(found.group(1)))
+    figures = [i for i in layout["images"] if i["alt"]]
+    assert layout["verdict"] and layout["table"] and layout["rows"] >= 3
+    assert len(figures) >= 2 and all(i["decoded"] for i in figures)
+
+    height = int(layout["height"]) + 20
+    shot = tmp_path / "report.png"
+    _chromium(
+        browser,
+        tmp_path / "profile",
+        f"--window-size=1200,{height}",
+        f"--screenshot={shot}",
+        page.as_uri(),
     )
     from PIL import Image
 
     image = Image.open(shot).convert("L")
-    # The figures make the page far from blank: many distinct grey levels.
-    assert len(set(image.getdata())) > 50
+    for name, (left, top, width, height_) in [
+        ("verdict", layout["verdict"]),
+        ("table", layout["table"]),
+        *((f"figure {i['alt']}", i["box"]) for i in figures),
+    ]:
+        assert width > 50 and height_ > 10, f"{name} has no size on the page"
+        assert top + height_ <= image.height + 1, f"{name} lies below the screenshot"
+        crop = image.crop((int(left), int(top), int(left + width), int(top + height_)))
+        assert len(set(crop.getdata())) > 5, f"{name} is blank in the screenshot"
