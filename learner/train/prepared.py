@@ -71,10 +71,13 @@ def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
     return DecodeCache(root)
 
 
-def config_manifest(cfg: Config, path: Path | None = None) -> Manifest:
+def config_manifest(
+    cfg: Config, path: Path | None = None, *, skip_bad_files: bool = False
+) -> Manifest:
     """The manifest at ``path`` (default: the one ``data.manifest`` names), read with the
     config's feature columns and column mapping (and an ``eval.target`` column): the one way
-    every command that has a config reads a manifest."""
+    every command that has a config reads a manifest. ``skip_bad_files``: as in
+    :func:`~learner.data.manifest.load_manifest`."""
     path = path if path is not None else cfg.data.manifest
     if path is None:
         raise ConfigError("data.manifest is not set; pass --set data.manifest=PATH/manifest.csv")
@@ -84,6 +87,7 @@ def config_manifest(cfg: Config, path: Path | None = None) -> Manifest:
         feature_columns=cfg.data.feature_columns,
         columns=cfg.data.columns,
         measurement_columns=[target.column] if isinstance(target, TargetColumn) else [],
+        skip_bad_files=skip_bad_files,
     )
 
 
