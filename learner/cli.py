@@ -335,7 +335,10 @@ def validate(
     ] = False,
     config: Annotated[
         Path | None,
-        typer.Option(help="YAML config: its eval.delta and data.higher_is_better are used."),
+        typer.Option(
+            help="YAML config: its eval.delta and data.higher_is_better are used, and the "
+            "scans are checked against its data.input.kind and model.encoder."
+        ),
     ] = None,
     features: Annotated[
         str | None,
@@ -353,7 +356,8 @@ def validate(
     columns: ColumnsOption = None,
 ) -> None:
     """Check a manifest and its files; print patients, visits, scans, score range and
-    change pairs per class. Exit 3 with one line per problem.
+    change pairs per class. Exit 3 with one line per problem; with --config, exit 2 when the
+    scans are of another kind than its data.input.kind and model.encoder read.
 
     Example: learner validate cohort/manifest.csv --delta 2
     """
@@ -380,6 +384,10 @@ def validate(
     loaded = load_manifest(
         manifest, feature_columns=feature_columns, columns=parse_column_map(columns)
     )
+    if cfg is not None:
+        from learner.train.prepared import check_input_kind
+
+        check_input_kind(cfg, loaded)
     kinds: Counter[tuple[str, str]] = Counter()
     decoded = check_scans(loaded, kinds) if decode else None
     summary = summarize_manifest(loaded, delta=band, higher_is_better=higher)
