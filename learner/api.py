@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -39,11 +40,17 @@ class Model(ChangeModel):
         return predict.predict_scores(self, items)
 
     def predict_change(
-        self, manifest: str | Path | pd.DataFrame, *, columns: Mapping[str, str] | None = None
+        self,
+        manifest: str | Path | pd.DataFrame,
+        *,
+        columns: Mapping[str, str] | None = None,
+        on_error: Literal["skip", "stop"] = "skip",
     ) -> predict.Predictions:
         """Per scan and per consecutive visit pair predictions for a manifest (path or frame);
-        see :func:`learner.pipeline.predict.predict_change`."""
-        return predict.predict_change(self, manifest, columns=columns)
+        rows whose scans cannot be used are skipped and listed in ``summary["skipped"]``
+        (``on_error="stop"`` raises at the first instead); see
+        :func:`learner.pipeline.predict.predict_change`."""
+        return predict.predict_change(self, manifest, columns=columns, on_error=on_error)
 
 
 def resolve_model_dir(path: str | os.PathLike[str]) -> Path:

@@ -218,6 +218,41 @@ class Preset(StrEnum):
     bench = "bench"
 
 
+class OnError(StrEnum):
+    skip = "skip"
+    stop = "stop"
+
+
+# Skipped rows shown on stderr before the rest is only counted (all are in the summary).
+MAX_SKIPPED_SHOWN = 20
+
+
+def report_skipped(skipped: list[Any], total: int, listed_in: Path | None) -> None:
+    """One stderr line per skipped row (the first :data:`MAX_SKIPPED_SHOWN`), then a count."""
+    for entry in skipped[:MAX_SKIPPED_SHOWN]:
+        err_console.print(
+            f"skipped: row {entry.row}: {entry.reason}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    rest = len(skipped) - MAX_SKIPPED_SHOWN
+    where = f"; all are listed in {listed_in}" if listed_in is not None else ""
+    if rest > 0:
+        err_console.print(
+            f"skipped: ... and {rest} more row(s){where}", markup=False, highlight=False
+        )
+    if skipped:
+        err_console.print(
+            f"warning: {len(skipped)} of {total} manifest row(s) skipped (their scans could "
+            f"not be used){where}; fix them and rerun, or pass --on-error stop to stop at "
+            "the first",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 @app.command()
 @handle_errors
 def demo(
@@ -353,7 +388,10 @@ def validate(
     ] = False,
     config: Annotated[
         Path | None,
-        typer.Option(help="YAML config: its eval.delta and data.higher_is_better are used."),
+        typer.Option(
+            help="YAML config: its eval.delta and data.higher_is_better are used, and the "
+            "scans are checked against its data.input.kind and model.encoder."
+        ),
     ] = None,
     features: Annotated[
         str | None,
@@ -371,7 +409,8 @@ def validate(
     columns: ColumnsOption = None,
 ) -> None:
     """Check a manifest and its files; print patients, visits, scans, score range and
-    change pairs per class. Exit 3 with one line per problem.
+    change pairs per class. Exit 3 with one line per problem; with --config, exit 2 when the
+    scans are of another kind than its data.input.kind and model.encoder read.
 
     Example: learner validate cohort/manifest.csv --delta 2
     """
@@ -398,6 +437,10 @@ def validate(
     loaded = load_manifest(
         manifest, feature_columns=feature_columns, columns=parse_column_map(columns)
     )
+    if cfg is not None:
+        from learner.train.prepared import check_input_kind
+
+        check_input_kind(cfg, loaded)
     kinds: Counter[tuple[str, str]] = Counter()
     decoded = check_scans(loaded, kinds) if decode else None
     summary = summarize_manifest(loaded, delta=band, higher_is_better=higher)
@@ -459,6 +502,14 @@ def embed(
     device: Annotated[
         str, typer.Option(help="Where the encoder runs: cpu, cuda, cuda:1 or auto.")
     ] = "cpu",
+    on_error: Annotated[
+        OnError,
+        typer.Option(
+            help="A row whose scan is missing, unreadable or of another kind than the model's: "
+            "stop (exit 3 naming the row) or skip it (listed on stderr; exit 3 only when no "
+            "row is left). Default stop: evaluation pairs need every scan.",
+        ),
+    ] = OnError.stop,
 ) -> None:
     """Embed every scan of a manifest with a pretrained encoder (one process on --device,
     whatever train.devices the checkpoint was trained with).
@@ -467,8 +518,18 @@ def embed(
     """
     from learner.pipeline.embed import embed_checkpoint
 
-    path = embed_checkpoint(checkpoint, manifest, out, clips_per_scan=clips_per_scan, device=device)
+    skipped: list[Any] | None = [] if on_error == OnError.skip else None
+    path = embed_checkpoint(
+        checkpoint, manifest, out, clips_per_scan=clips_per_scan, device=device, skipped=skipped
+    )
     console.print(f"embeddings: {path}")
+    if skipped:
+        from learner.evaluate.embeddings_io import read_embeddings
+
+        embedded = len(read_embeddings(path)[0])
+        skipped.sort(key=lambda entry: entry.row)
+        console.print(f"{embedded} scans embedded, {len(skipped)} row(s) skipped", highlight=False)
+        report_skipped(skipped, embedded + len(skipped), None)
 
 
 @app.command()
@@ -604,6 +665,14 @@ def predict(
         str, typer.Option(help="Where the encoder runs: cpu, cuda, cuda:1 or auto.")
     ] = "cpu",
     columns: ColumnsOption = None,
+    on_error: Annotated[
+        OnError,
+        typer.Option(
+            help="A row whose scan is missing, unreadable or of another kind than the model's: "
+            "skip it (listed on stderr and in the summary's 'skipped'; exit 0, or 3 when no "
+            "row is left) or stop at the first (exit 3 naming the row).",
+        ),
+    ] = OnError.skip,
 ) -> None:
     """Predict for new patients: a score per scan, and worsen / stable / improve
     probabilities per consecutive visit pair (class order worsen, stable, improve).
@@ -630,6 +699,9 @@ def predict(
     notes, metrics on pairs with scores). When the caveat is set a warning
     is printed: read the labels as no better than a guess.
 
+    Rows whose scans cannot be used are skipped and listed (--on-error stop to stop instead);
+    pairs are formed from the visits that remain.
+
     Example: learner predict --model runs/demo --manifest new/manifest.csv --out predictions.csv
     """
     from learner.api import load_model
@@ -652,16 +724,23 @@ def predict(
             soft_wrap=True,
         )
     mapping = parse_column_map(columns) if columns is not None else None
-    result = predict_change(loaded, manifest, columns=mapping)
+    result = predict_change(loaded, manifest, columns=mapping, on_error=on_error.value)
     for note in result.summary["notes"]:
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     written = write_predictions(result, out)
     summary = result.summary
+    skipped = summary["skipped_rows"]
     console.print(
         f"{summary['patients']} patients, {summary['scans']} scans, {summary['pairs']} visit "
-        f"pairs ({summary['labelled_pairs']} with scores)",
+        f"pairs ({summary['labelled_pairs']} with scores)"
+        + (f", {skipped} row(s) skipped" if skipped else ""),
         highlight=False,
     )
+    if skipped:
+        from learner.data.manifest import SkippedRow
+
+        rows = [SkippedRow(**entry) for entry in summary["skipped"]]
+        report_skipped(rows, summary["scans"] + skipped, written["summary"])
     metrics = summary.get("metrics")
     if metrics:
         console.print(

@@ -68,6 +68,35 @@ INPUT_KINDS: tuple[str, ...] = ("video", "image", "volume", "slices", "tabular")
 _CACHE_FORMAT = 1
 
 
+# What a config sets to read each kind of scan the readers return: (data.input.kind,
+# model.encoder, what the encoder is), the first pair the usual one.
+SETTINGS_FOR_SCAN: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "video": (("video", "tsm_resnet18", "a video encoder"),),
+    "image": (("image", "resnet2d_18", "a 2-D encoder"),),
+    "volume": (
+        ("volume", "resnet3d_18", "a 3-D encoder"),
+        ("slices", "tsm_slices", "slices as frames"),
+    ),
+    "vector": (("tabular", "mlp", "for feature vectors"),),
+}
+SCAN_KIND_PHRASE = {
+    "video": "a video",
+    "image": "an image",
+    "volume": "a volume",
+    "vector": "a (F,) feature vector",
+}
+
+
+def settings_for_scan(scan_kind: str) -> str:
+    """The config settings that read scans of ``scan_kind``, as a user writes them:
+    ``data.input.kind=image and model.encoder=resnet2d_18 (a 2-D encoder)``."""
+    options = [
+        f"data.input.kind={kind} and model.encoder={encoder} ({what})"
+        for kind, encoder, what in SETTINGS_FOR_SCAN[scan_kind]
+    ]
+    return ", or ".join(options)
+
+
 # Rank of one scan's ``x`` without the batch axis, per input kind (one clip per scan; with
 # several evaluation clips per scan an item gains a leading clip axis).
 SCAN_RANK = {"video": 4, "image": 3, "slices": 4, "volume": 4, "tabular": 1}
@@ -392,8 +421,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
             return Scan(scan.array[None], "video", None, None, scan.original_shape)
         if scan.kind != expected:
             raise DataError(
-                f"{path}: read as a {scan.kind} but input.kind is {self.input.kind!r}; set "
-                "input.kind to match the data or fix the manifest row"
+                f"{path}: read as {SCAN_KIND_PHRASE[scan.kind]} but data.input.kind is "
+                f"{self.input.kind!r}; fix the manifest row, or for such scans set "
+                f"{settings_for_scan(scan.kind)}"
             )
         return scan
 

@@ -92,6 +92,25 @@ class Manifest:
     source: Path
     warnings: list[str] = field(default_factory=list)
     feature_columns: list[str] | None = None
+    skipped: list[SkippedRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A manifest row left out because its scan cannot be used (``--on-error skip``).
+
+    Attributes:
+        row: the spreadsheet row (header = row 1).
+        path: the scan path as resolved (as written when it could not be resolved).
+        reason: one line: what is wrong and the fix.
+    """
+
+    row: int
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row": self.row, "path": self.path, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,7 @@ def load_manifest(
     columns: Mapping[str, str] | None = None,
     require_score: bool = True,
     measurement_columns: Sequence[str] = (),
+    skip_bad_files: bool = False,
 ) -> Manifest:
     """Read and validate a manifest (CSV, or Parquet with ``.parquet`` / ``.pq``).
 
@@ -154,6 +174,10 @@ def load_manifest(
             every scan is unlabelled.
         measurement_columns: numeric per-scan measurements kept in the frame (an empty cell
             is NaN), e.g. a finer reference of change (``eval.target: {column: nWBV}``).
+        skip_bad_files: rows whose scan path is empty, missing, unreadable or of an unknown
+            type are left out of ``frame`` and listed in ``Manifest.skipped`` instead of
+            failing the load, and scans of several kinds may share the manifest (whoever
+            reads the scans checks each one's kind). Every other problem still fails.
 
     Returns:
         The :class:`Manifest`; ``frame`` has one row per scan (n_rows, n_columns).
@@ -216,8 +240,11 @@ def load_manifest(
         frame["visit_order"] = _visit_order(frame, problems)
     if "score" in present:
         frame["score"] = _numbers(raw["score"], rows, "score", problems, allow_empty=True)
+    skipped: dict[int, SkippedRow] | None = {} if skip_bad_files else None
     if features is None and "path" in present:
-        frame["path"] = _scan_paths(raw["path"], rows, source, problems, check_files=check_files)
+        frame["path"] = _scan_paths(
+            raw["path"], rows, source, problems, check_files=check_files, skipped=skipped
+        )
     for column in features or []:
         if column in present:
             frame[column] = _numbers(raw[column], rows, column, problems, allow_empty=False)
@@ -239,10 +266,12 @@ def load_manifest(
 
     if not missing:
         _check_duplicates(frame, features, problems)
-    if "path" in frame.columns and check_files and not problems.lines:
+    if "path" in frame.columns and check_files and not problems.lines and not skip_bad_files:
         _check_one_kind(frame, problems)
     if problems.lines:
         raise DataError(problems.lines[0], problems=problems.lines)
+    if skipped:
+        frame = frame[~frame["row"].isin(list(skipped))]
 
     single = _single_visit_patients(frame)
     if single:
@@ -262,7 +291,13 @@ def load_manifest(
     order += ["row"]
     frame = frame[order].reset_index(drop=True)
     frame["visit_order"] = frame["visit_order"].astype(np.int64)
-    return Manifest(frame=frame, source=source, warnings=warnings, feature_columns=features)
+    return Manifest(
+        frame=frame,
+        source=source,
+        warnings=warnings,
+        feature_columns=features,
+        skipped=list((skipped or {}).values()),
+    )
 
 
 def check_scans(manifest: Manifest, kinds: Counter[tuple[str, str]] | None = None) -> int:
@@ -653,23 +688,35 @@ def _scan_paths(
     problems: _Problems,
     *,
     check_files: bool,
+    skipped: dict[int, SkippedRow] | None = None,
 ) -> np.ndarray:
-    """Absolute scan paths (n_rows,) as str; each checked once for extension and access."""
+    """Absolute scan paths (n_rows,) as str; each checked once for extension and access.
+
+    With ``skipped`` (a dict), a row whose scan cannot be used goes there instead of into
+    ``problems``."""
     base = Path(os.path.abspath(source)).parent
     paths = np.empty(len(column), dtype=object)
     verdicts: dict[str, str | None] = {}
     for i, (row, text) in enumerate(zip(rows, column.tolist(), strict=True)):
         if text == "":
-            problems.cell(row, "path", "is empty; write the scan file's path")
             paths[i] = ""
+            empty = "is empty; write the scan file's path"
+            if skipped is not None:
+                skipped[int(row)] = SkippedRow(int(row), "", f"the path {empty}")
+            else:
+                problems.cell(row, "path", empty)
             continue
         candidate = Path(text).expanduser()
         resolved = os.path.abspath(candidate if candidate.is_absolute() else base / candidate)
         paths[i] = resolved
         if resolved not in verdicts:
             verdicts[resolved] = _check_scan(resolved, text, check_files=check_files)
-        if verdicts[resolved] is not None:
-            problems.cell(row, "path", str(verdicts[resolved]))
+        verdict = verdicts[resolved]
+        if verdict is not None:
+            if skipped is not None:
+                skipped[int(row)] = SkippedRow(int(row), resolved, _escaped(verdict))
+            else:
+                problems.cell(row, "path", verdict)
     return paths
 
 

@@ -14,6 +14,12 @@ summary holds the whole record; a Parquet file holds it in its metadata
 (``learner.record``). CSV probabilities are rounded to 3 decimals (summing to 1), Parquet
 keeps full precision.
 
+Bad rows (``on_error="skip"``, the default): a row whose scan file is missing, unreadable or
+of another kind than the model's is left out and listed in the summary (``skipped``: row,
+path, reason); pairs are formed from the visits that remain. Only when no row is left does
+prediction fail (:class:`~learner.errors.DataError`). ``on_error="stop"``: the first bad row
+fails the whole call.
+
 Example (needs the change model of a `learner run` folder and a manifest of scans):
     >>> from learner.pipeline.change_model import load_change_model
     >>> model = load_change_model("runs/demo/change-model")  # doctest: +SKIP
@@ -29,12 +35,12 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from learner.data.manifest import Manifest, load_manifest
+from learner.data.manifest import Manifest, SkippedRow, load_manifest
 from learner.data.pairs import consecutive_pairs, label_changes
 from learner.errors import ConfigError
 from learner.evaluate.embeddings_io import read_embeddings
@@ -48,11 +54,12 @@ from learner.evaluate.metrics import class_metrics, confusion_counts, label_code
 from learner.evaluate.probe import CLASSES
 from learner.io import atomic_path, write_json
 from learner.pipeline.change_model import ChangeModel
-from learner.pipeline.embed import embed_frame, prepared_for_model
+from learner.pipeline.embed import embed_frame, nothing_left, prepared_for_model
 from learner.pipeline.record import record_line, record_lines
 
 PROBABILITIES = tuple(f"p_{c}" for c in CLASSES)
 EXTERNAL = "external"
+ON_ERROR = ("skip", "stop")
 # The model's record, on every pair row (learner.pipeline.record).
 RECORD_COLUMNS = ("caveat", "model_record")
 CSV_DECIMALS = 3
@@ -75,7 +82,8 @@ class Predictions:
             one line).
         zone_pairs: with zones, the same per zone before averaging (else None).
         summary: the model used, its held-out ``record`` (None when it has none) and
-            ``caveat``, counts, notes, and ``metrics`` on labelled pairs.
+            ``caveat``, counts, notes, ``metrics`` on labelled pairs, and
+            ``skipped_rows`` with ``skipped`` (row, path, reason of each row left out).
     """
 
     scans: pd.DataFrame
@@ -84,8 +92,11 @@ class Predictions:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _embed_manifest(model: ChangeModel, manifest: Manifest) -> pd.DataFrame:
-    """Embed every scan of ``manifest``; the embeddings frame (one row per scan)."""
+def _embed_manifest(
+    model: ChangeModel, manifest: Manifest, skipped: list[SkippedRow] | None = None
+) -> pd.DataFrame:
+    """Embed every scan of ``manifest``; the embeddings frame (one row per scan embedded).
+    With ``skipped``, unreadable scans are left out and appended there (else they raise)."""
     frame = manifest.frame.copy()
     assignment: dict[str, str] = model.info.get("split", {}) or {}
     frame["split"] = frame["patient_id"].map(assignment).fillna(EXTERNAL)
@@ -107,6 +118,7 @@ def _embed_manifest(model: ChangeModel, manifest: Manifest) -> pd.DataFrame:
             path,
             metadata={"change_model": str(model.folder)},
             batch_size=model.module.cfg.train.batch_size,
+            skipped=skipped,
         )
         embedded, _ = read_embeddings(path)
     return embedded
@@ -165,12 +177,17 @@ def predict_scores(model: ChangeModel, items: Sequence[str | Path | np.ndarray])
 
 
 def _as_manifest(
-    source: str | Path | pd.DataFrame, model: ChangeModel, columns: Mapping[str, str] | None
+    source: str | Path | pd.DataFrame,
+    model: ChangeModel,
+    columns: Mapping[str, str] | None,
+    *,
+    skip_bad_files: bool = False,
 ) -> Manifest:
     features = model.module.cfg.data.feature_columns
     options: dict[str, Any] = {
         "feature_columns": features,
         "require_score": False,
+        "skip_bad_files": skip_bad_files,
         # The model's own mapping unless the caller names the new data's columns.
         "columns": model.module.cfg.data.columns if columns is None else columns,
     }
@@ -191,6 +208,7 @@ def predict_change(
     manifest: str | Path | pd.DataFrame,
     *,
     columns: Mapping[str, str] | None = None,
+    on_error: Literal["skip", "stop"] = "skip",
 ) -> Predictions:
     """Predict per scan and per consecutive visit pair for the patients of ``manifest``.
 
@@ -199,12 +217,24 @@ def predict_change(
         manifest: a manifest file (CSV / Parquet) or a frame with its columns; ``score`` may
             be absent or empty.
         columns: the manifest's names for the standard columns (``{"patient_id": "subject#"}``).
+        on_error: ``skip``: a row whose scan file is missing, unreadable or of another kind
+            than the model's is left out and listed in ``summary["skipped"]``; ``stop``: the
+            first such row raises.
 
     Returns:
         :class:`Predictions`. A patient with one visit gets per-scan predictions and a note.
+
+    Raises:
+        DataError: with ``skip``, when no row could be predicted (one line per skipped row).
     """
-    loaded = _as_manifest(manifest, model, columns)
-    embedded = _embed_manifest(model, loaded)
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error {on_error!r}: use 'skip' or 'stop'")
+    skip = on_error == "skip"
+    loaded = _as_manifest(manifest, model, columns, skip_bad_files=skip)
+    skipped: list[SkippedRow] | None = list(loaded.skipped) if skip else None
+    if skipped and loaded.frame.empty:
+        raise nothing_left(skipped)
+    embedded = _embed_manifest(model, loaded, skipped)
     zone = ["zone"] if "zone" in embedded.columns and embedded["zone"].notna().any() else []
     scans = embedded.drop(columns=["embedding"]).rename(columns={"split": "seen"})
 
@@ -246,12 +276,15 @@ def predict_change(
         table["score_from"] = visit_scores.reindex(key_from).to_numpy(np.float64)
         table["score_to"] = visit_scores.reindex(key_to).to_numpy(np.float64)
     pair_table = _finish(table, model, visit_ids)
-    return Predictions(
-        scans=scans,
-        pairs=pair_table,
-        zone_pairs=zone_pairs,
-        summary=_summary(model, scans, pair_table, loaded),
-    )
+    summary = _summary(model, scans, pair_table, loaded)
+    summary.update(_skipped_summary(skipped or []))
+    return Predictions(scans=scans, pairs=pair_table, zone_pairs=zone_pairs, summary=summary)
+
+
+def _skipped_summary(skipped: list[SkippedRow]) -> dict[str, Any]:
+    """The rows left out, in manifest order: their count and each row, path and reason."""
+    rows = sorted(skipped, key=lambda s: s.row)
+    return {"skipped_rows": len(rows), "skipped": [s.to_json() for s in rows]}
 
 
 def _visit_ids(scans: pd.DataFrame) -> pd.Series:

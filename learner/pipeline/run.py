@@ -61,7 +61,12 @@ from learner.provenance import (
 )
 from learner.train.checkpoint import load_checkpoint
 from learner.train.module import LearnerModule
-from learner.train.prepared import PreparedData, config_manifest, model_config
+from learner.train.prepared import (
+    PreparedData,
+    check_input_kind,
+    config_manifest,
+    model_config,
+)
 from learner.train.pretrain import pretrain
 
 
@@ -328,6 +333,7 @@ def run_ablation(
     features = list(dict.fromkeys(cfg.run.features))
     if manifest is None:
         manifest = config_manifest(cfg)
+    check_input_kind(cfg, manifest)  # before any model is built
 
     grid, splits = plan_cells(cfg, manifest, variants, out)
     every = [cell for seed_cells in grid for fold in seed_cells for cell in fold]

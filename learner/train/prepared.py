@@ -13,8 +13,16 @@ import pandas as pd
 
 from learner.config import Config, TargetColumn
 from learner.data.cache import DecodeCache
-from learner.data.dataset import InputSpec, ScanDataset, read_vectors
+from learner.data.dataset import (
+    SCAN_KIND_PHRASE,
+    SETTINGS_FOR_SCAN,
+    InputSpec,
+    ScanDataset,
+    read_vectors,
+    settings_for_scan,
+)
 from learner.data.manifest import Manifest, load_manifest
+from learner.data.readers import read_scan
 from learner.data.splits import (
     PRETRAIN,
     TRAINING_SPLITS,
@@ -71,10 +79,13 @@ def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
     return DecodeCache(root)
 
 
-def config_manifest(cfg: Config, path: Path | None = None) -> Manifest:
+def config_manifest(
+    cfg: Config, path: Path | None = None, *, skip_bad_files: bool = False
+) -> Manifest:
     """The manifest at ``path`` (default: the one ``data.manifest`` names), read with the
     config's feature columns and column mapping (and an ``eval.target`` column): the one way
-    every command that has a config reads a manifest."""
+    every command that has a config reads a manifest. ``skip_bad_files``: as in
+    :func:`~learner.data.manifest.load_manifest`."""
     path = path if path is not None else cfg.data.manifest
     if path is None:
         raise ConfigError("data.manifest is not set; pass --set data.manifest=PATH/manifest.csv")
@@ -84,7 +95,68 @@ def config_manifest(cfg: Config, path: Path | None = None) -> Manifest:
         feature_columns=cfg.data.feature_columns,
         columns=cfg.data.columns,
         measurement_columns=[target.column] if isinstance(target, TargetColumn) else [],
+        skip_bad_files=skip_bad_files,
     )
+
+
+# Files probed per file type before giving up on finding a readable one (the unreadable
+# ones are reported, row by row, when the scans are decoded).
+_PROBES_PER_TYPE = 3
+
+
+def probe_scan_kinds(frame: pd.DataFrame) -> dict[str, tuple[int, str, str]]:
+    """The kinds of scan a manifest holds, as the readers detect them: for each file type
+    (extension, or a DICOM series folder) the first readable file is decoded.
+
+    Returns:
+        ``{scan kind: (manifest row, path, file type)}`` for the first file of each kind.
+    """
+    if "path" not in frame.columns or frame.empty:
+        return {}
+    rows = frame["row"].tolist() if "row" in frame.columns else [i + 2 for i in range(len(frame))]
+    tried: dict[str, int] = {}
+    found: dict[str, tuple[int, str, str]] = {}
+    for row, path in zip(rows, frame["path"].astype(str), strict=True):
+        lower = path.lower()
+        kind_of_file = ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix or "folder"
+        if tried.get(kind_of_file, 0) >= _PROBES_PER_TYPE:
+            continue
+        try:
+            scan = read_scan(path)
+        except DataError:
+            tried[kind_of_file] = tried.get(kind_of_file, 0) + 1
+            continue
+        tried[kind_of_file] = _PROBES_PER_TYPE  # one readable file speaks for its type
+        found.setdefault(scan.kind, (int(row), path, kind_of_file))
+    return found
+
+
+def check_input_kind(cfg: Config, manifest: Manifest) -> None:
+    """Fail before any model is built when the scans are not what ``data.input.kind`` and
+    ``model.encoder`` read (2-D slices under a volume config, say), naming both settings
+    that fit the scans.
+
+    A still among video clips (a single-frame DICOM among cines) is read as a one-frame clip;
+    stills alone (not DICOM) under a video config are refused.
+
+    Raises:
+        ConfigError: naming the manifest row, the file, its kind and the settings to use.
+    """
+    found = probe_scan_kinds(manifest.frame)
+    kind, encoder = cfg.data.input.kind, cfg.model.encoder
+    for scan_kind, (row, path, file_type) in found.items():
+        accepted = {settings[0] for settings in SETTINGS_FOR_SCAN[scan_kind]}
+        if kind in accepted:
+            continue
+        if scan_kind == "image" and kind == "video" and ("video" in found or file_type == ".dcm"):
+            continue
+        first = SETTINGS_FOR_SCAN[scan_kind][0]
+        raise ConfigError(
+            f"{manifest.source.name} row {row}: {path} is read as "
+            f"{SCAN_KIND_PHRASE[scan_kind]}, but the config has data.input.kind={kind} and "
+            f"model.encoder={encoder}; for these scans set {settings_for_scan(scan_kind)} "
+            f"(e.g. --set data.input.kind={first[0]} --set model.encoder={first[1]})"
+        )
 
 
 def prepare_data(

@@ -45,7 +45,14 @@ from learner.provenance import (
     write_key,
 )
 from learner.train.module import LearnerModule
-from learner.train.prepared import PreparedData, make_dataset, model_config, prepare_data
+from learner.train.prepared import (
+    PreparedData,
+    check_input_kind,
+    config_manifest,
+    make_dataset,
+    model_config,
+    prepare_data,
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -212,7 +219,10 @@ def pretrain(
             f"{out}: already holds a trained run ({last.name}); pass --resume to continue it "
             "or choose a new --out"
         )
-    data = data or prepare_data(cfg)
+    if data is None:
+        loaded = config_manifest(cfg)
+        check_input_kind(cfg, loaded)  # before any model is built or file written
+        data = prepare_data(cfg, loaded)
     manifest = data.manifest
     key = normalised(
         pretrain_key(

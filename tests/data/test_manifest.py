@@ -104,6 +104,34 @@ def test_missing_file_is_fine_without_file_checks(write_manifest) -> None:
     assert "row 2, column path" in line and "unknown extension" in line
 
 
+def test_skip_bad_files_leaves_rows_out_and_lists_them(write_manifest) -> None:
+    text = (
+        HEADER
+        + "p,1,a.npy,1\n"
+        + "p,2,gone.npy,2\n"  # row 3: missing
+        + "p,3,notes.txt,3\n"  # row 4: unknown type
+        + "q,1,,4\n"  # row 5: no path
+        + "q,2,clip.mp4,5\n"  # another kind than a.npy: checked by the reader, not here
+    )
+    path = write_manifest(text, files=("a.npy", "notes.txt", "clip.mp4"))
+    problems = _problems(path)  # by default every one of them fails the load
+    assert len(problems) == 3 and "mixes scan kinds" not in " ".join(problems)
+    manifest = load_manifest(path, skip_bad_files=True)
+    assert manifest.frame["row"].tolist() == [2, 6]
+    # Visits keep their order among all of the patient's rows.
+    assert manifest.frame["visit_order"].tolist() == [0, 1]
+    rows = {s.row: s for s in manifest.skipped}
+    assert sorted(rows) == [3, 4, 5]
+    assert rows[3].path == str(path.parent / "gone.npy") and "file not found" in rows[3].reason
+    assert "unknown extension" in rows[4].reason
+    assert rows[5].path == "" and "is empty" in rows[5].reason
+    assert rows[3].to_json() == {"row": 3, "path": rows[3].path, "reason": rows[3].reason}
+    # Other problems still fail: skipping is for scan files only.
+    bad = write_manifest(HEADER + "p,1,a.npy,abc\np,2,gone.npy,2\n", name="bad.csv")
+    (line,) = _problems(bad, skip_bad_files=True)
+    assert "row 2, column score" in line
+
+
 @pytest.mark.parametrize(
     ("cell", "reason"),
     [

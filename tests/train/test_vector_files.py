@@ -56,3 +56,14 @@ def test_vector_files_train_run_and_predict(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         change.predict_scores([vector]), predictions.scans["pred_score"].iloc[:1], rtol=1e-5
     )
+    # Bad rows are skipped: a vector of another length, an image where vectors are read.
+    np.save(tmp_path / "short.npy", np.zeros(3, np.float32))
+    np.save(tmp_path / "image.npy", np.zeros((8, 8), np.uint8))
+    frame = pd.read_csv(manifest)
+    frame.loc[1, "path"], frame.loc[4, "path"] = "short.npy", "image.npy"
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    skipping = change.predict_change(tmp_path / "bad.csv")
+    reasons = {s["row"]: s["reason"] for s in skipping.summary["skipped"]}
+    assert sorted(reasons) == [3, 6] and len(skipping.scans) == 58
+    assert "holds 3 features but this model reads 5" in reasons[3]
+    assert "is an image, not the (F,) vector this model reads" in reasons[6]
