@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,20 @@ class Model(ChangeModel):
     """What :func:`load_model` returns: a :class:`ChangeModel` (``info``, ``band``, ``probe``,
     ``classes``, ...) that also embeds scans and predicts, by :mod:`learner.pipeline.predict`."""
 
-    def embed(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
-        """(N, D) float32 embeddings of scans given as file paths or arrays (a reader's
-        layout: video (T, H, W) uint8, volume (D, H, W), feature vector (F,))."""
-        return predict.embed_scans(self, items)
+    def embed(self, items: Sequence[Any], *, layout: str = "scan") -> np.ndarray:
+        """(N, D) float32 embeddings of scans given as file paths, numpy arrays, nibabel
+        images or pydicom datasets.
 
-    def predict_scores(self, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
-        """The regression head's score (raw units) for scans given as paths or arrays: (N,)."""
-        return predict.predict_scores(self, items)
+        ``layout`` says how an array is laid out: ``scan`` (default: a reader's output, video
+        (T, H, W) uint8, volume (D, H, W), image (H, W), vector (F,)), ``nibabel``
+        (``img.get_fdata()``), ``pydicom`` (``ds.pixel_array``) or ``pyav`` (stacked
+        ``frame.to_ndarray(format="rgb24")``). A file and the same scan in its library's
+        layout give the same embedding (docs/api.md, "Arrays and files")."""
+        return predict.embed_scans(self, items, layout=layout)
+
+    def predict_scores(self, items: Sequence[Any], *, layout: str = "scan") -> np.ndarray:
+        """The regression head's score (raw units) for scans given as in :meth:`embed`: (N,)."""
+        return predict.predict_scores(self, items, layout=layout)
 
     def predict_change(
         self,

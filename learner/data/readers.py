@@ -13,6 +13,17 @@ folder, read as one DICOM series) and returns a :class:`Scan`:
   Rescaled to uint8 like video frames (min-max over the image when stored wider).
 - ``vector``: float32 ``(F,)`` features.
 
+**Orientation rule** (one rule for files and in-memory scans): a NIfTI is turned to RAS+
+voxel axes by its affine (``nib.as_closest_canonical``; a 2-D slice has its two axes flipped
+to +x / +y), then shown as a radiological axial view: a volume ``(x, y, z)`` becomes
+``(z, -y, -x)`` (D inferior to superior, rows anterior to posterior, columns patient right to
+left), a 2-D slice ``(x, y)`` becomes ``(-y, -x)`` (rows along y, columns along x, both
+reversed: the array ``get_fdata()`` gives, transposed and turned 180 degrees). DICOM pixels,
+video frames, stills and ``.npy`` arrays keep their stored ``(rows, columns)`` order. A scan
+given in memory (:func:`scan_from_memory`: a nibabel image, a pydicom dataset, or an array in
+a named layout, e.g. ``get_fdata()``'s) goes through the same code as its file, so file and
+array give the same :class:`Scan`.
+
 Every problem a user can fix (missing file, corrupt clip, wrong shape, a DICOM without
 pixels) raises :class:`~learner.errors.DataError` naming the file and the fix. Messages and
 metadata never carry DICOM patient tags.
@@ -200,7 +211,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_finite(path: Path, array: np.ndarray) -> None:
+def _check_finite(path: Path | str, array: np.ndarray) -> None:
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if bad:
         raise DataError(
@@ -208,7 +219,7 @@ def _check_finite(path: Path, array: np.ndarray) -> None:
         )
 
 
-def _check_bytes(path: Path, shape: tuple[int, ...], itemsize: int, max_bytes: int) -> None:
+def _check_bytes(path: Path | str, shape: tuple[int, ...], itemsize: int, max_bytes: int) -> None:
     """Refuse, before allocating, an array of ``shape`` larger than ``max_bytes``."""
     nbytes = math.prod(shape) * itemsize
     if nbytes > max_bytes:
@@ -407,7 +418,7 @@ def _dicom_fps(ds: pydicom.Dataset) -> float | None:
     return None
 
 
-def _dicom_pixels(path: Path, ds: pydicom.Dataset) -> np.ndarray:
+def _dicom_pixels(path: Path | str, ds: pydicom.Dataset) -> np.ndarray:
     """Decoded pixels with MONOCHROME1 inverted and palettes applied."""
     try:
         array = np.asarray(ds.pixel_array)
@@ -437,7 +448,12 @@ def _dicom_read(path: Path, *, defer: bool = False) -> pydicom.Dataset:
 
 
 def _read_dicom_file(path: Path, max_frames: int, max_bytes: int) -> Scan:
-    ds = _dicom_read(path, defer=True)
+    return _dicom_scan(_dicom_read(path, defer=True), path, max_frames, max_bytes)
+
+
+def _dicom_scan(ds: pydicom.Dataset, path: Path | str, max_frames: int, max_bytes: int) -> Scan:
+    """A single-frame image or a multi-frame cine from a DICOM dataset (read from a file or
+    given in memory: :func:`scan_from_memory`)."""
     if not _has_pixels(ds):
         raise DataError(
             f"{path}: the DICOM file holds no pixel data (a report or header only); "
@@ -454,7 +470,22 @@ def _read_dicom_file(path: Path, max_frames: int, max_bytes: int) -> Scan:
     itemsize = max(1, int(ds.get("BitsAllocated", 8)) // 8)
     _check_bytes(path, (n_frames, rows, cols, samples), itemsize, max_bytes)
     array = _dicom_pixels(path, ds)
-    if n_frames == 1:
+    return _dicom_frames(
+        array, path, single=n_frames == 1, spacing=_pixel_spacing(ds), fps=_dicom_fps(ds)
+    )
+
+
+def _dicom_frames(
+    array: np.ndarray,
+    path: Path | str,
+    *,
+    single: bool,
+    spacing: tuple[float, ...] | None,
+    fps: float | None,
+) -> Scan:
+    """Decoded DICOM pixels (``pixel_array``'s layout) as a Scan: one frame ``(H, W)`` /
+    ``(H, W, 3)`` is an image, frames ``(T, H, W)`` / ``(T, H, W, 3)`` a cine."""
+    if single:
         array = array[None]  # pydicom drops the frame axis of a single-frame image
     if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] != 3):
         raise DataError(
@@ -462,12 +493,10 @@ def _read_dicom_file(path: Path, max_frames: int, max_bytes: int) -> Scan:
             "use a folder of slices for a 3D volume"
         )
     original = tuple(int(s) for s in array.shape)
-    if n_frames == 1:
-        return _as_image(array[0], _pixel_spacing(ds), original[1:])
+    if single:
+        return _as_image(array[0], spacing, original[1:])
     video = _collapse_grey(_to_uint8(array))
-    return Scan(
-        array=video, kind="video", fps=_dicom_fps(ds), spacing=None, original_shape=original
-    )
+    return Scan(array=video, kind="video", fps=fps, spacing=None, original_shape=original)
 
 
 def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, ...] | None:
@@ -597,26 +626,7 @@ def _read_nifti(path: Path, max_bytes: int) -> Scan:
         image = nib.load(path)
         if not isinstance(image, nib.spatialimages.SpatialImage):
             raise DataError(f"{path}: is not a NIfTI image; save the volume as NIfTI")
-        shape = tuple(int(s) for s in image.shape)
-        if len(shape) == 2:
-            return _nifti_slice(path, image, shape, max_bytes)
-        if len(shape) < 2:
-            raise DataError(
-                f"{path}: NIfTI of shape {shape} is neither a 2-D slice nor a 3-D volume; "
-                "save an image or a volume"
-            )
-        if any(s != 1 for s in shape[3:]):
-            raise DataError(
-                f"{path}: NIfTI of shape {shape} holds {math.prod(shape[3:])} volumes; "
-                "save the one 3D volume to use per row"
-            )
-        _check_bytes(path, shape[:3], 4, max_bytes)
-        if len(shape) > 3:
-            image = nib.funcs.squeeze_image(image)
-        # Closest canonical = RAS+ axes, so every file has the same voxel orientation.
-        image = nib.as_closest_canonical(image)
-        data = np.asarray(image.get_fdata(dtype=np.float32))
-        zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+        return _nifti_scan(image, path, max_bytes)
     except DataError:
         raise
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
@@ -624,6 +634,31 @@ def _read_nifti(path: Path, max_bytes: int) -> Scan:
             f"{path}: cannot be read as NIfTI ({_reason(exc)}); re-export the volume or "
             "remove the row"
         ) from None
+
+
+def _nifti_scan(image: nib.spatialimages.SpatialImage, path: Path | str, max_bytes: int) -> Scan:
+    """A NIfTI image (from a file or given in memory: :func:`scan_from_memory`) as a volume
+    or, when 2-D, an image: the one orientation rule of the module docstring."""
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) == 2:
+        return _nifti_slice(path, image, shape, max_bytes)
+    if len(shape) < 2:
+        raise DataError(
+            f"{path}: NIfTI of shape {shape} is neither a 2-D slice nor a 3-D volume; "
+            "save an image or a volume"
+        )
+    if any(s != 1 for s in shape[3:]):
+        raise DataError(
+            f"{path}: NIfTI of shape {shape} holds {math.prod(shape[3:])} volumes; "
+            "save the one 3D volume to use per row"
+        )
+    _check_bytes(path, shape[:3], 4, max_bytes)
+    if len(shape) > 3:
+        image = nib.funcs.squeeze_image(image)
+    # Closest canonical = RAS+ axes, so every file has the same voxel orientation.
+    image = nib.as_closest_canonical(image)
+    data = np.asarray(image.get_fdata(dtype=np.float32))
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     _check_finite(path, data)
     # RAS (x, y, z) -> (z, y, x) with y and x flipped: D inferior->superior, rows
     # anterior->posterior, columns right->left, the order DICOM series slices come in.
@@ -638,7 +673,7 @@ def _read_nifti(path: Path, max_bytes: int) -> Scan:
 
 
 def _nifti_slice(
-    path: Path, image: nib.spatialimages.SpatialImage, shape: tuple[int, ...], max_bytes: int
+    path: Path | str, image: nib.spatialimages.SpatialImage, shape: tuple[int, ...], max_bytes: int
 ) -> Scan:
     """A 2-D NIfTI (one slice) as an image, in the display order of a volume's slices.
 
@@ -669,6 +704,12 @@ def _read_npy(path: Path, max_frames: int, max_bytes: int) -> Scan:
             f"{path}: cannot be read as .npy ({_reason(exc)}); save it with numpy.save "
             "as a plain numeric array"
         ) from None
+    return _npy_scan(stored, path, max_frames, max_bytes)
+
+
+def _npy_scan(stored: np.ndarray, path: Path | str, max_frames: int, max_bytes: int) -> Scan:
+    """An array in the layout ``read_scan`` returns (a ``.npy`` file's or one given in memory:
+    :func:`scan_from_memory`), told apart by shape and dtype."""
     shape = tuple(int(s) for s in stored.shape)
     if stored.dtype.kind not in "biuf":
         raise DataError(
@@ -705,3 +746,155 @@ def _read_npy(path: Path, max_frames: int, max_bytes: int) -> Scan:
     raise DataError(
         f"{path}: .npy of shape {shape} is not accepted; accepted shapes: {_NPY_SHAPES}"
     )
+
+
+# --------------------------------------------------------------------------- in memory
+
+Layout = Literal["scan", "nibabel", "pydicom", "pyav"]
+LAYOUTS: tuple[str, ...] = ("scan", "nibabel", "pydicom", "pyav")
+
+
+def scan_from_memory(
+    item: Any,
+    layout: str = "scan",
+    *,
+    affine: np.ndarray | None = None,
+    name: str = "array",
+    max_frames: int = MAX_FRAMES,
+    max_bytes: int = MAX_BYTES,
+) -> Scan:
+    """A scan held in memory as the :class:`Scan` :func:`read_scan` gives for its file.
+
+    The same code as the file readers runs, so a scan gives the same array whether it comes
+    as a file or from memory (the orientation rule of the module docstring applies to both).
+
+    Args:
+        item: a nibabel image (``nib.load(path)``: its affine and voxel sizes are used), a
+            pydicom dataset (``pydicom.dcmread(path)``: its photometric interpretation,
+            palette, pixel spacing and frame rate are used), or a numpy array in ``layout``.
+        layout: how a bare array is laid out (objects carry their own layout):
+
+            - ``scan``: as :func:`read_scan` returns it (and as a ``.npy`` file is read):
+              ``(F,)`` features, ``(H, W)`` image, uint8 ``(T, H, W)`` / ``(T, H, W, 3)``
+              video, float ``(D, H, W)`` volume.
+            - ``nibabel``: as ``img.get_fdata()`` (or ``np.asarray(img.dataobj)``) returns
+              it: voxel axes ``(x, y)`` for a 2-D slice, ``(x, y, z)`` for a volume. Oriented
+              by ``affine`` as a file with that affine would be; without one, the axes are
+              taken as RAS+ with 1 mm voxels (the identity affine).
+            - ``pydicom``: as ``ds.pixel_array`` returns it: ``(H, W)`` or ``(H, W, 3)`` one
+              frame (an image), ``(T, H, W)`` or ``(T, H, W, 3)`` a cine (a video); taken as
+              MONOCHROME2 (a MONOCHROME1 or palette file needs the dataset itself).
+            - ``pyav``: frames stacked as ``np.stack([f.to_ndarray(format="rgb24") for f in
+              container.decode(video=0)])``: uint8 ``(T, H, W, 3)``; ``(T, H, W)`` is taken as
+              grey frames already.
+        affine: the 4x4 voxel-to-world affine of a ``nibabel`` array (``img.affine``).
+        name: how messages name the item (e.g. ``item 3``).
+        max_frames, max_bytes: as for :func:`read_scan`.
+
+    Returns:
+        The :class:`Scan`.
+
+    Raises:
+        DataError: an object or shape no reader accepts, named by ``name``.
+
+    Example:
+        >>> voxels = np.arange(24, dtype=np.float32).reshape(6, 4)  # a slice, (x, y)
+        >>> nib.save(nib.Nifti1Image(voxels, np.eye(4)), "slice.nii.gz")
+        >>> from_file = read_scan("slice.nii.gz").array
+        >>> from_array = scan_from_memory(voxels, "nibabel").array
+        >>> from_file.shape, np.array_equal(from_file, from_array)  # (H, W) = (y, x)
+        ((4, 6), True)
+    """
+    if isinstance(item, nib.spatialimages.SpatialImage):
+        return _nifti_scan(item, name, max_bytes)
+    if isinstance(item, pydicom.Dataset):
+        return _dicom_scan(item, name, max_frames, max_bytes)
+    if not isinstance(item, np.ndarray):
+        raise DataError(
+            f"{name}: a {type(item).__name__} is not a scan; give a file path, a numpy array, "
+            "a nibabel image or a pydicom dataset"
+        )
+    if layout not in LAYOUTS:
+        raise DataError(f"{name}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout != "nibabel" and affine is not None:
+        raise DataError(f"{name}: an affine only orients a layout 'nibabel' array")
+    if item.dtype.kind not in "biuf" or item.size == 0:
+        raise DataError(
+            f"{name}: an array of dtype {item.dtype} and shape {item.shape}; give a non-empty "
+            "numeric array"
+        )
+    if layout == "scan":
+        return _npy_scan(item, name, max_frames, max_bytes)
+    if layout == "nibabel":
+        if item.ndim not in (2, 3):
+            raise DataError(
+                f"{name}: a nibabel array of shape {item.shape}; give (x, y) for a slice or "
+                "(x, y, z) for a volume"
+            )
+        matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+        if matrix.shape != (4, 4):
+            raise DataError(f"{name}: affine of shape {matrix.shape}; give img.affine (4, 4)")
+        _check_bytes(name, item.shape, 4, max_bytes)
+        return _nifti_scan(nib.Nifti1Image(np.asarray(item), matrix), name, max_bytes)
+    if layout == "pydicom":
+        single = item.ndim == 2 or (item.ndim == 3 and item.shape[-1] == 3)
+        if not single and item.shape[0] > max_frames:
+            raise DataError(
+                f"{name}: {item.shape[0]} frames exceed the {max_frames}-frame limit; "
+                "trim the cine or raise max_frames"
+            )
+        _check_bytes(name, item.shape, item.dtype.itemsize, max_bytes)
+        return _dicom_frames(item, name, single=single, spacing=None, fps=None)
+    # pyav
+    if item.dtype != np.uint8 or not (item.ndim == 3 or (item.ndim == 4 and item.shape[-1] == 3)):
+        raise DataError(
+            f"{name}: PyAV frames of dtype {item.dtype} and shape {item.shape}; stack "
+            "frame.to_ndarray(format='rgb24') into uint8 (T, H, W, 3)"
+        )
+    if item.shape[0] > max_frames:
+        raise DataError(
+            f"{name}: {item.shape[0]} frames exceed the {max_frames}-frame limit; "
+            "trim the clip or raise max_frames"
+        )
+    _check_bytes(name, item.shape, 1, max_bytes)
+    video = _collapse_grey(np.ascontiguousarray(item))
+    original = (*item.shape[:3], 3)
+    return Scan(array=video, kind="video", fps=None, spacing=None, original_shape=original)
+
+
+def write_scan(scan: Scan, folder: str | Path, stem: str) -> Path:
+    """Write ``scan`` as a file that :func:`read_scan` reads back to the same array (and, for
+    a volume, the same voxel size): the way an in-memory scan reaches the model through
+    exactly the files' path.
+
+    Videos, grey images and vectors go to ``.npy``, colour images to a lossless ``.png``,
+    volumes to a float32 ``.nii`` whose axes read back as ``(D, H, W)``. A still's pixel
+    spacing and a clip's frame rate are not kept (no model uses them).
+
+    Returns:
+        The file written, ``folder/stem.<suffix>``.
+    """
+    folder = Path(folder)
+    if scan.kind == "volume":
+        spacing = scan.spacing if scan.spacing is not None else (1.0, 1.0, 1.0)
+        # The inverse of _nifti_scan's reordering: (D, H, W) -> (x, y, z) with H and W flipped.
+        data = np.ascontiguousarray(
+            np.asarray(scan.array, np.float32)[:, ::-1, ::-1].transpose(2, 1, 0)
+        )
+        affine = np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0])
+        path = folder / f"{stem}.nii"
+        nib.save(nib.Nifti1Image(data, affine), path)
+        return path
+    if scan.kind == "image" and scan.array.ndim == 3:
+        path = folder / f"{stem}.png"
+        height, width = scan.array.shape[:2]
+        with av.open(str(path), "w", format="image2") as container:
+            stream = container.add_stream("png")
+            stream.height, stream.width, stream.pix_fmt = height, width, "rgb24"
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(scan.array), format="rgb24")
+            for packet in [*stream.encode(frame), *stream.encode()]:
+                container.mux(packet)
+        return path
+    path = folder / f"{stem}.npy"
+    np.save(path, scan.array)
+    return path

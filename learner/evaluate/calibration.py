@@ -9,6 +9,8 @@ confidence over equal-width confidence bins:
 
 Temperature scaling divides the logits by one scalar ``T > 0`` fitted to minimise the
 negative log-likelihood of held-out labels; it never changes which class is predicted.
+:func:`choose_calibration` applies it only where it lowers the ECE on the rows it was fitted
+on (validation patients), so calibration cannot make the probabilities less reliable there.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -28,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +40,9 @@ N_BINS = 10
 # log T is searched in [-3, 3]: T from 0.05 (sharpen 20x) to 20 (flatten 20x).
 _LOG_T_BOUNDS = (-3.0, 3.0)
 MAX_TEMPERATURE = math.exp(_LOG_T_BOUNDS[1])
+# Temperature scaling is kept only when it lowers the validation ECE by more than this (float
+# noise on a tie must not decide).
+MIN_ECE_GAIN = 1e-6
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -107,3 +113,49 @@ def expected_calibration_error(probs: np.ndarray, codes: np.ndarray, n_bins: int
     used = bins[bins["count"] > 0]
     gaps = (used["accuracy"] - used["confidence"]).abs() * used["count"]
     return float(gaps.sum() / total)
+
+
+def choose_calibration(
+    logits: np.ndarray, codes: np.ndarray, n_bins: int = N_BINS
+) -> dict[str, Any]:
+    """Temperature scaling, kept only where it lowers the ECE of the rows it was fitted on.
+
+    The temperature is fitted by NLL (:func:`fit_temperature`) on validation rows; NLL and
+    ECE are different criteria, so the fitted temperature can make the probabilities less
+    reliable (e.g. a few confident mistakes pull it up and flatten well-calibrated rows). It
+    is then not applied: the raw probabilities are kept.
+
+    Args:
+        logits: (N, K) validation logits.
+        codes: (N,) true class indices.
+        n_bins: as for :func:`expected_calibration_error`.
+
+    Returns:
+        ``method`` (``temperature`` or ``none``), ``temperature`` (the one to apply: 1.0
+        when raw probabilities are kept), ``fitted_temperature``, ``ece_validation_raw``,
+        ``ece_validation_calibrated`` (with the fitted temperature) and ``kept`` (``raw`` or
+        ``calibrated``). A tie (a gain under :data:`MIN_ECE_GAIN`), or an ECE that cannot be
+        computed, keeps raw.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> codes = rng.integers(0, 3, 400)
+        >>> logits = rng.normal(0.0, 1.0, (400, 3))
+        >>> logits[np.arange(400), codes] += 1.5
+        >>> choose_calibration(4 * logits, codes)["kept"]  # over-confident: scaling helps
+        'calibrated'
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.int64)
+    fitted = fit_temperature(logits, codes)
+    raw = expected_calibration_error(softmax(logits), codes, n_bins)
+    scaled = expected_calibration_error(softmax(logits / fitted), codes, n_bins)
+    better = math.isfinite(raw) and math.isfinite(scaled) and scaled < raw - MIN_ECE_GAIN
+    return {
+        "method": "temperature" if better else "none",
+        "temperature": fitted if better else 1.0,
+        "fitted_temperature": fitted,
+        "ece_validation_raw": raw,
+        "ece_validation_calibrated": scaled,
+        "kept": "calibrated" if better else "raw",
+    }

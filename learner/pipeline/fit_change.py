@@ -8,8 +8,12 @@ alone, through a second probe fitted on training patients only:
 - **selection**: its balanced accuracy on validation pairs ranks the cells; the best cell's
   model is copied to ``OUT/change-model`` (test patients never choose);
 - **calibration**: a temperature fitted on validation pairs (minimum NLL), applied to the
-  saved probe's logits. Temperature scaling never changes a label. The calibration is
-  checked on the test patients: ECE and a reliability diagram, raw and calibrated.
+  saved probe's logits only where it lowers the validation ECE; otherwise the raw
+  probabilities are kept (``model.json``'s ``calibration``: ``method`` ``temperature`` or
+  ``none``, ``temperature`` applied, ``fitted_temperature``, ``ece_validation_raw`` /
+  ``_calibrated``, ``kept`` ``raw`` or ``calibrated``). Temperature scaling never changes a
+  label. The calibration is checked on the test patients: ECE and a reliability diagram, raw
+  and with the fitted temperature, whichever was kept.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from learner.data.pairs import consecutive_pairs
 from learner.errors import DataError
 from learner.evaluate.calibration import (
     MAX_TEMPERATURE,
+    choose_calibration,
     expected_calibration_error,
-    fit_temperature,
     reliability_bins,
     softmax,
 )
@@ -111,41 +115,52 @@ def fit_change_model(
     assert full.probe is not None
     probe = full.probe
     notes = list(full.warnings)
-    temperature = 1.0
     validation = dict.fromkeys(CLASS_METRICS, math.nan)
-    calibration: dict[str, Any] = {"method": "temperature", "fitted_on": "validation patients"}
+    # Until validation pairs say otherwise: raw probabilities (temperature 1).
+    calibration: dict[str, Any] = {
+        "method": "none",
+        "fitted_on": "validation patients",
+        "temperature": 1.0,
+        "fitted_temperature": None,
+        "ece_validation_raw": None,
+        "ece_validation_calibrated": None,
+        "kept": "raw",
+    }
     try:
         val = evaluate_change(frame, train_splits=("train",), test_split="val", **common)
     except DataError as exc:
-        notes.append(f"no validation estimate ({exc.problems[0]}); temperature 1 (uncalibrated)")
+        notes.append(f"no validation estimate ({exc.problems[0]}); raw probabilities kept")
     else:
         assert val.probe is not None
         val_probe = val.probe
         x_val, _ = _split_features(frame, "val", feature)
         val_codes = label_codes(val.test_pairs["label"])
-        val_logits = val_probe.logits(x_val)
-        temperature = fit_temperature(val_logits, val_codes)
-        if temperature > 0.99 * MAX_TEMPERATURE:
+        calibration.update(choose_calibration(val_probe.logits(x_val), val_codes))
+        calibration["n_validation_pairs"] = len(val_codes)
+        fitted = float(calibration["fitted_temperature"])
+        if calibration["kept"] == "raw":
+            notes.append(
+                f"temperature scaling (T = {fitted:.2f}) did not lower the validation ECE "
+                f"({_fmt(calibration['ece_validation_raw'])} raw, "
+                f"{_fmt(calibration['ece_validation_calibrated'])} scaled): raw "
+                "probabilities kept"
+            )
+        elif fitted > 0.99 * MAX_TEMPERATURE:
             notes.append(
                 f"calibration flattened the probabilities as far as allowed (T = "
-                f"{temperature:.0f}): on validation patients near-uniform probabilities fit "
+                f"{fitted:.0f}): on validation patients near-uniform probabilities fit "
                 "better than the probe's own"
             )
         validation = {m: float(val.metrics[m]) for m in CLASS_METRICS}
-        calibration["n_validation_pairs"] = len(val_codes)
-        calibration["ece_validation_raw"] = expected_calibration_error(
-            softmax(val_logits), val_codes
-        )
-        calibration["ece_validation_calibrated"] = expected_calibration_error(
-            softmax(val_logits / temperature), val_codes
-        )
-    probe.temperature = temperature
+    probe.temperature = float(calibration["temperature"])
     x_test, _ = _split_features(frame, "test", feature)
     test_codes = label_codes(full.test_pairs["label"])
-    raw = softmax(probe.logits(x_test))
-    calibrated = probe.predict_proba(x_test)
+    logits = probe.logits(x_test)
+    raw = softmax(logits)
+    # Test ECE with the fitted temperature whether or not it was kept: what scaling would do.
+    scaling = calibration["fitted_temperature"] or 1.0
+    calibrated = softmax(logits / scaling)
     calibration.update(
-        temperature=temperature,
         n_test_pairs=len(test_codes),
         ece_test_raw=expected_calibration_error(raw, test_codes),
         ece_test_calibrated=expected_calibration_error(calibrated, test_codes),
@@ -307,23 +322,25 @@ def save_cell_change_model(
     if (folder / MODEL_FILE).is_file() and evaluation is not None:
         if read_key(folder / KEY_FILE) == evaluation:
             info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
-            if evaluated is not None:
-                # A model saved before records existed, or before the baseline ran, gets its
-                # record from the evaluation that is already there.
-                record = model_record(
-                    evaluated,
-                    untrained=untrained,
-                    manifest=info.get("config", {}).get("data", {}).get("manifest"),
-                    split=info.get("split", {}),
-                    split_hash=info.get("split_hash"),
-                    run_dir=pretrained_checkpoint(cell_dir).parent.parent,
-                    target=target_name(cfg),
-                    source=cell,
-                )
-                if info.get("record") != json.loads(json.dumps(record)):
-                    info["record"] = record
-                    write_json(folder / MODEL_FILE, info)
-            return info
+            # One saved before calibration could be declined (no ``kept``) is fitted again.
+            if "kept" in info.get("calibration", {}):
+                if evaluated is not None:
+                    # A model saved before records existed, or before the baseline ran, gets its
+                    # record from the evaluation that is already there.
+                    record = model_record(
+                        evaluated,
+                        untrained=untrained,
+                        manifest=info.get("config", {}).get("data", {}).get("manifest"),
+                        split=info.get("split", {}),
+                        split_hash=info.get("split_hash"),
+                        run_dir=pretrained_checkpoint(cell_dir).parent.parent,
+                        target=target_name(cfg),
+                        source=cell,
+                    )
+                    if info.get("record") != json.loads(json.dumps(record)):
+                        info["record"] = record
+                        write_json(folder / MODEL_FILE, info)
+                return info
     frame, _ = read_embeddings(cell_dir / "embeddings.parquet")
     info = save_fitted_change_model(
         folder,
@@ -438,8 +455,10 @@ def save_run_change_models(
     tmp.rename(target)
 
     calibration = chosen["calibration"]
+    kept = calibration.get("kept", "calibrated")
     bins = {
-        f"{name} (ECE {_fmt(calibration[f'ece_test_{name}'])})": pd.DataFrame(table)
+        f"{name} (ECE {_fmt(calibration[f'ece_test_{name}'])})"
+        + (", kept" if name == kept else ""): pd.DataFrame(table)
         for name, table in calibration["reliability_test"].items()
     }
     figure = plot_reliability(bins, out / "figures" / "reliability.png")
@@ -448,6 +467,10 @@ def save_run_change_models(
         "folder": CHANGE_MODEL_DIR,
         "test": chosen["metrics"]["test"],
         "temperature": calibration["temperature"],
+        "fitted_temperature": calibration.get("fitted_temperature", calibration["temperature"]),
+        "calibration_kept": kept,
+        "ece_validation_raw": calibration.get("ece_validation_raw"),
+        "ece_validation_calibrated": calibration.get("ece_validation_calibrated"),
         "ece_test_raw": calibration["ece_test_raw"],
         "ece_test_calibrated": calibration["ece_test_calibrated"],
         "figure": figure.relative_to(out).as_posix(),
@@ -459,7 +482,8 @@ def save_run_change_models(
     log(
         f"change model: {target} ({cell}, validation {SELECTION_METRIC} "
         f"{_fmt(selection['validation'])}; test ECE {_fmt(summary['ece_test_raw'])} raw, "
-        f"{_fmt(summary['ece_test_calibrated'])} calibrated)"
+        f"{_fmt(summary['ece_test_calibrated'])} with temperature scaling; {kept} "
+        "probabilities kept)"
     )
     log(f"change model record: {record_line(chosen.get('record'))}")
     if summary["caveat"]:

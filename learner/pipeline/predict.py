@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ import pandas as pd
 
 from learner.data.manifest import Manifest, SkippedRow, load_manifest
 from learner.data.pairs import consecutive_pairs, label_changes
+from learner.data.readers import scan_from_memory, write_scan
 from learner.errors import ConfigError
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.features import (
@@ -124,8 +126,16 @@ def _embed_manifest(
     return embedded
 
 
-def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> pd.DataFrame:
-    """Embed scans given as paths or arrays: the embeddings frame, one row per item, in order."""
+def embed_items(model: ChangeModel, items: Sequence[Any], *, layout: str = "scan") -> pd.DataFrame:
+    """Embed scans given as paths, arrays or objects: the embeddings frame, one row per item,
+    in order.
+
+    An in-memory item (a numpy array in ``layout``, a nibabel image, a pydicom dataset) is
+    turned into the :class:`~learner.data.readers.Scan` its file would give
+    (:func:`~learner.data.readers.scan_from_memory`, the readers' own code and orientation
+    rule), written where :func:`~learner.data.readers.read_scan` reads it back unchanged, and
+    embedded as a file: file and array give the same model input.
+    """
     cfg = model.module.cfg
     columns = list(cfg.data.feature_columns or [])
     # Tables given as columns take vectors in column order; (F,) vector files take paths.
@@ -134,23 +144,22 @@ def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) ->
         rows: list[dict[str, Any]] = []
         for i, item in enumerate(items):
             row: dict[str, Any] = {"patient_id": f"item{i:06d}", "visit": 0, "score": ""}
+            is_path = isinstance(item, str | os.PathLike)
             if tabular:
-                vector = np.asarray(
-                    item if isinstance(item, np.ndarray) else np.load(item, allow_pickle=False)
-                )
+                vector = np.asarray(np.load(item, allow_pickle=False) if is_path else item)
                 if vector.shape != (len(columns),):
                     raise ConfigError(
                         f"item {i}: a feature vector of shape {vector.shape}; this model takes "
                         f"({len(columns)},) in the order {columns}"
                     )
                 row.update(dict(zip(columns, vector.tolist(), strict=True)))
-            elif isinstance(item, np.ndarray):
-                # Through a file, so arrays take exactly the readers' and datasets' path.
-                tmp_path = Path(tmp) / f"item{i:06d}.npy"
-                np.save(tmp_path, item)
-                row["path"] = str(tmp_path)
-            else:
+            elif is_path:
                 row["path"] = str(Path(item).resolve())
+            else:
+                # Through a file, so in-memory scans take exactly the readers' and datasets'
+                # path.
+                scan = scan_from_memory(item, layout, name=f"item {i}")
+                row["path"] = str(write_scan(scan, tmp, f"item{i:06d}"))
             rows.append(row)
         if not rows:
             return pd.DataFrame({"pred_score": [], "embedding": []})
@@ -162,18 +171,24 @@ def embed_items(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) ->
     return embedded.sort_values("patient_id", kind="stable").reset_index(drop=True)
 
 
-def embed_scans(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
-    """Embed scans given as file paths or arrays; returns (N, D) float32.
+def embed_scans(model: ChangeModel, items: Sequence[Any], *, layout: str = "scan") -> np.ndarray:
+    """Embed scans given as file paths, arrays or objects; returns (N, D) float32.
 
-    Arrays are what a reader returns for the model's input kind: video (T, H, W) uint8,
-    volume (D, H, W), feature vector (F,); they go through the same preprocessing as files.
+    Args:
+        model: the change model.
+        items: file paths; numpy arrays laid out as ``layout`` says; nibabel images;
+            pydicom datasets (see :func:`learner.data.readers.scan_from_memory`).
+        layout: ``scan`` (default: what a reader returns: video (T, H, W) uint8, volume
+            (D, H, W), image (H, W), feature vector (F,)), ``nibabel`` (``get_fdata()``),
+            ``pydicom`` (``pixel_array``) or ``pyav`` (stacked rgb24 frames). A file and the
+            same scan in its library's layout give the same embedding.
     """
-    return np.stack(list(embed_items(model, items)["embedding"]))
+    return np.stack(list(embed_items(model, items, layout=layout)["embedding"]))
 
 
-def predict_scores(model: ChangeModel, items: Sequence[str | Path | np.ndarray]) -> np.ndarray:
-    """The regression head's score (raw units) for scans given as paths or arrays: (N,)."""
-    return embed_items(model, items)["pred_score"].to_numpy(np.float64)
+def predict_scores(model: ChangeModel, items: Sequence[Any], *, layout: str = "scan") -> np.ndarray:
+    """The regression head's score (raw units) for scans given as in :func:`embed_scans`: (N,)."""
+    return embed_items(model, items, layout=layout)["pred_score"].to_numpy(np.float64)
 
 
 def _as_manifest(

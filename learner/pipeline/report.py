@@ -295,7 +295,8 @@ CAPTIONS = {
     "trajectories": "Held-out patients across visits: predicted score and embedding distance "
     "from the first visit.",
     "reliability": "Reliability of the saved change model on held-out pairs: accuracy against "
-    "confidence, raw probe and after temperature scaling fitted on validation patients.",
+    "confidence, raw probe and after temperature scaling fitted on validation patients (the "
+    "one the model applies is marked kept: scaling only where it lowered the validation ECE).",
 }
 
 
@@ -374,13 +375,28 @@ def _change_model_paragraph(chosen: dict[str, Any] | None) -> list[str]:
     def num(value: Any) -> str:
         return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
+    fitted = chosen.get("fitted_temperature", chosen["temperature"])
+    kept = chosen.get("calibration_kept", "calibrated")
+    if kept == "raw":
+        decision = (
+            "Temperature scaling did not lower the validation ECE "
+            f"({num(chosen.get('ece_validation_raw'))} raw, "
+            f"{num(chosen.get('ece_validation_calibrated'))} scaled), so the model keeps its "
+            "raw probabilities."
+        )
+    else:
+        decision = (
+            "Temperature scaling lowered the validation ECE "
+            f"({num(chosen.get('ece_validation_raw'))} raw, "
+            f"{num(chosen.get('ece_validation_calibrated'))} scaled), so the model applies it."
+        )
     return [
         f"Change model for `learner predict`: `{chosen['folder']}/`, the cell "
         f"`{chosen['cell']}`, chosen by {chosen['metric']} on validation patients "
         f"({num(chosen['validation'])}). Its calibration on the held-out pairs: ECE "
         f"{num(chosen['ece_test_raw'])} raw, {num(chosen['ece_test_calibrated'])} after "
-        f"temperature scaling (T = {num(chosen['temperature'])}, fitted on validation "
-        "patients; labels unchanged)."
+        f"temperature scaling (T = {num(fitted)}, fitted on validation patients; labels "
+        f"unchanged). {decision}"
     ]
 
 

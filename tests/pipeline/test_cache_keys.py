@@ -158,6 +158,13 @@ def test_saved_change_models_follow_the_evaluation_key(tmp_path: Path) -> None:
         for folder in (out / "cells" / "mse" / "seed0" / "change-model", out / "change-model"):
             info = json.loads((folder / "model.json").read_text())
             assert info["band"] == delta, folder
+    # A cell model saved before calibration could be declined (no `kept`) is fitted again.
+    cell_model = out / "cells" / "mse" / "seed0" / "change-model" / "model.json"
+    info = json.loads(cell_model.read_text())
+    del info["calibration"]["kept"]
+    cell_model.write_text(json.dumps(info))
+    save_run_change_models(ablation, cfg, out, log=_quiet)
+    assert json.loads(cell_model.read_text())["calibration"]["kept"] in ("raw", "calibrated")
 
 
 def test_claim_folder_refuses_artefacts_of_other_inputs(tmp_path: Path) -> None:

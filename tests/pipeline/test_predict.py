@@ -41,8 +41,17 @@ def test_run_saves_a_change_model_per_cell_and_reports_the_chosen_one(
     info = json.loads((run / "change-model" / "model.json").read_text())
     assert info["selection"]["cell"] == chosen["cell"] and info["classes"] == list(CLASSES)
     assert info["calibration"]["temperature"] > 0
+    # Calibration that cannot make things worse: the temperature applied is the fitted one
+    # only where it lowered the validation ECE, and the model, results and report say which.
+    calibration = info["calibration"]
+    kept = calibration["kept"]
+    applied = calibration["fitted_temperature"] if kept == "calibrated" else 1.0
+    assert calibration["temperature"] == applied == load_model(run).probe.temperature
+    assert chosen["calibration_kept"] == kept
+    assert {"ece_test_raw", "ece_test_calibrated", "ece_validation_raw"} <= set(chosen)
     report = (run / "report.md").read_text()
     assert chosen["cell"] in report and "ECE" in report
+    assert ("keeps its raw probabilities" if kept == "raw" else "so the model applies it") in report
     assert (run / "figures" / "reliability.png").stat().st_size > 2000
 
 
