@@ -506,7 +506,10 @@ def _drop_unnamed_columns(raw: pd.DataFrame, warnings: list[str], name: str) -> 
 def _missing_column_text(column: str, present: pd.Index, tabular: bool) -> str:
     text = f"required column is missing; add a {column!r} column to the header"
     if column == "path" and not tabular:
-        text += " (or name numeric feature columns with --features for tabular data)"
+        text += (
+            " (`learner manifest --path TEMPLATE` fills it from columns such as the scan ids; "
+            "or name numeric feature columns with --features for tabular data)"
+        )
     header = ",".join(present)
     for separator, label in ((";", "semicolons"), ("\t", "tabs")):
         if len(present) == 1 and separator in header:
