@@ -195,6 +195,13 @@ def test_bad_options_name_the_fix(tmp_path: Path) -> None:
             "nWBV)",
         ),
         (
+            ["--columns", COLUMNS, "--path", "axl/{Exam}_axl.npy", "--sep", ";"],
+            2,
+            "error: --columns patient_id=Subject ID: clinic.csv has no column 'Subject ID' (the "
+            "header reads as one column: is the separator ','? give --sep ',' or leave --sep "
+            "out to sniff it)",
+        ),
+        (
             ["--columns", COLUMNS, "--path", "axl/{Exam_axl.npy"],
             2,
             "error: --path 'axl/{Exam_axl.npy': expected a file name with {column} fields",

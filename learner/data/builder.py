@@ -355,8 +355,9 @@ def read_visits(
             problems.cell(
                 row,
                 column,
-                f"{texts[row]!r} is a {_KIND_NAMES[kind]} but the column's visits are "
-                f"{_KIND_NAMES[major]}s (e.g. {example!r}); write every visit the same way",
+                f"{texts[row]!r} is {_KIND_ARTICLES[kind]} {_KIND_NAMES[kind]} but the "
+                f"column's visits are {_KIND_NAMES[major]}s (e.g. {example!r}); write every "
+                "visit the same way",
             )
         elif kind == "label" and label_prefix and label_prefix != prefix:
             problems.cell(
@@ -378,6 +379,7 @@ def read_visits(
 
 
 _KIND_NAMES = {"number": "number", "date": "ISO date", "label": "visit label"}
+_KIND_ARTICLES = {"number": "a", "date": "an", "label": "a"}
 
 
 def _visit_kind(text: str) -> tuple[str, str, str] | None:
@@ -537,11 +539,21 @@ class _Columns:
 
 
 def _suggest(wanted: str, header: Iterable[str]) -> str:
-    """`` (did you mean 'Subject ID'?)`` for a close or differently-cased column name."""
+    """`` (did you mean 'Subject ID'?)`` for a close or differently-cased column name, or a
+    hint at the separator when the header reads as one column that holds another one."""
     names = list(header)
     same_case = [c for c in names if c.lower() == wanted.lower()]
     close = same_case or difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if len(names) == 1:
+        other = next((c for c in ",;\t|" if c in names[0]), None)
+        if other is not None:
+            return (
+                f" (the header reads as one column: is the separator {other!r}? give --sep "
+                f"{'tab' if other == chr(9) else other!r} or leave --sep out to sniff it)"
+            )
+    return ""
 
 
 def _read(source: Path, sep: str | None, decimal: str | None) -> TextTable:
