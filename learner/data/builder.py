@@ -247,14 +247,15 @@ def build_manifest(
                 skipped.append(Skipped(row, template.zone, resolved, "file not found"))
     _check_missing(source.name, skipped, found, missing, used.templates, base)
 
-    kept = [r for r in rows if r[0] in {row for row, *_ in found}]
+    with_files = {row for row, *_ in found}
+    kept = [(row, cells) for row, cells in rows if row in with_files]
     visits, how = read_visits(
         [(row, cells[used.visit]) for row, cells in kept], used.visit, date_format, problems
     )
-    frame = _manifest_rows(found, used, visits, target, problems)
+    entries = _manifest_rows(found, used, visits, target, problems)
     problems.raise_any()
 
-    atomic_write_text(target, _csv_text(frame))
+    atomic_write_text(target, _csv_text(entries))
     loaded = load_manifest(target)
     notes = []
     if used.score is None:
