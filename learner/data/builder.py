@@ -13,8 +13,8 @@ accepts, without a pandas script:
   is the cell of column NAME as written. A relative result starts at the table's folder. A
   template may name its zone (``"axl=axl/{MRI ID}_axl.nii.gz"``): several templates give one
   manifest row per zone and file. Instead of templates, a ``path`` column may be mapped;
-- visits are read by :func:`read_visits` (numbers, ISO dates, dates in a given format, or
-  labels such as ``V1`` / ``baseline`` / ``m12``);
+- visits are read by :func:`learner.data.visits.read_visits` (numbers, ISO dates, dates in
+  a given format, or labels such as ``V1`` / ``baseline`` / ``m12``);
 - files that do not exist stop the build (``missing="stop"``) or are left out and reported
   (``missing="skip"``).
 
@@ -49,20 +49,15 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 from learner.data.manifest import Manifest, check_column_map, load_manifest
 from learner.data.table import TextTable, read_text_table
+from learner.data.visits import read_visits
 from learner.errors import ConfigError, DataError
 from learner.io import atomic_write_text
 
 MISSING_CHOICES = ("stop", "skip")
-# Visit labels that mean "the first visit" (0) and "before it" (-1), whatever the prefix of the
-# numbered labels beside them (ADNI writes sc, bl, m06, m12, ...).
-BASELINE_LABELS = {"baseline": 0, "base": 0, "bl": 0, "screening": -1, "scr": -1, "sc": -1}
-# A numbered label: letters (words joined by space, _ or -), an optional separator, a number.
-_LABEL = re.compile(r"([^\W\d_]+(?:[ _-][^\W\d_]+)*)[ _.-]?(\d+)")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 # A zone before "=": a plain name (no braces, no path separators).
 _ZONE = re.compile(r"([\w.-]+)=(.+)")
@@ -249,9 +244,9 @@ def build_manifest(
 
     with_files = {row for row, *_ in found}
     kept = [(row, cells) for row, cells in rows if row in with_files]
-    visits, how = read_visits(
-        [(row, cells[used.visit]) for row, cells in kept], used.visit, date_format, problems
-    )
+    visits, how, bad = read_visits([(row, cells[used.visit]) for row, cells in kept], date_format)
+    for row, why in bad:
+        problems.cell(row, used.visit, why)
     entries = _manifest_rows(found, used, visits, target, problems)
     problems.raise_any()
 
@@ -277,144 +272,6 @@ def build_manifest(
         skipped=skipped,
         notes=notes,
     )
-
-
-def read_visits(
-    cells: Sequence[tuple[int, str]],
-    column: str,
-    date_format: str | None,
-    problems: _Problems,
-) -> tuple[dict[int, str], str]:
-    """Each row's visit as the manifest writes it (a number or an ISO date), and how the
-    column was read.
-
-    The rule: with ``date_format`` every cell is a date in that format (written YYYY-MM-DD).
-    Otherwise the column is read as the kind most of its cells are:
-
-    - numbers (``1``, ``2``; days since baseline ``0``, ``457``; ``12.5``): written as they are;
-    - ISO dates (``2001-01-15``, with a time or not): written as they are;
-    - labels: a word and a number (``V1``, ``Visit 2``, ``m06``, ``MR3``: the number, so ``V10``
-      comes after ``V9`` and ``m06`` before ``m12``), or ``baseline`` / ``base`` / ``bl``
-      (0) and ``screening`` / ``scr`` / ``sc`` (-1). Every numbered label of the column uses
-      the same word (compared without case, spaces, ``_`` and ``-``): ``V1`` beside ``m12``
-      cannot be ordered and is an error.
-
-    Args:
-        cells: ``(table row, cell)`` of the visit column.
-        column: the column's name (for the messages).
-        date_format: a :meth:`datetime.strptime` format, or None.
-        problems: collects one line per bad cell.
-
-    Example:
-        >>> from learner.data.builder import _Problems
-        >>> read_visits([(2, "bl"), (3, "m06"), (4, "M12")], "VISCODE", None, _Problems("t"))
-        ({2: '0', 3: '6', 4: '12'}, 'labels bl, m06, M12 -> 0, 6, 12')
-    """
-    out: dict[int, str] = {}
-    empty = "is empty; write the visit (a number, a date or a label such as V1)"
-    if date_format is not None:
-        for row, text in cells:
-            if not text:
-                problems.cell(row, column, empty)
-                continue
-            try:
-                moment = datetime.strptime(text, date_format)
-            except ValueError:
-                problems.cell(
-                    row,
-                    column,
-                    f"{text!r} does not match --date-format {date_format!r}; fix the cell or "
-                    "the format (e.g. %d/%m/%Y for 15/01/2001)",
-                )
-                continue
-            out[row] = (
-                moment.date().isoformat()
-                if moment.time() == datetime.min.time()
-                else moment.isoformat()
-            )
-        return out, f"dates in the format {date_format} -> ISO dates"
-    parsed: dict[int, tuple[str, str, str]] = {}  # row -> (kind, prefix, written)
-    for row, text in cells:
-        if not text:
-            problems.cell(row, column, empty)
-            continue
-        visit = _visit_kind(text)
-        if visit is None:
-            problems.cell(row, column, _unknown_visit_text(text))
-            continue
-        parsed[row] = visit
-    kinds = Counter(kind for kind, _, _ in parsed.values())
-    if not kinds:
-        return out, "no visits"
-    major = kinds.most_common(1)[0][0]
-    prefixes = Counter(prefix for kind, prefix, _ in parsed.values() if kind == "label" and prefix)
-    prefix = prefixes.most_common(1)[0][0] if prefixes else ""
-    texts = dict(cells)
-    example = next(texts[row] for row, (kind, _, _) in parsed.items() if kind == major)
-    for row, (kind, label_prefix, written) in parsed.items():
-        if kind != major:
-            problems.cell(
-                row,
-                column,
-                f"{texts[row]!r} is {_KIND_ARTICLES[kind]} {_KIND_NAMES[kind]} but the "
-                f"column's visits are {_KIND_NAMES[major]}s (e.g. {example!r}); write every "
-                "visit the same way",
-            )
-        elif kind == "label" and label_prefix and label_prefix != prefix:
-            problems.cell(
-                row,
-                column,
-                f"{texts[row]!r} is numbered differently from the column's other labels "
-                f"({prefix!r}...), so the two cannot be ordered; use one kind of label "
-                "(V1, V2 ... or bl, m06, m12 ...)",
-            )
-        else:
-            out[row] = written
-    if major != "label":
-        return out, f"{_KIND_NAMES[major]}s as written"
-    labels = sorted({texts[row]: int(out[row]) for row in out}.items(), key=lambda kv: kv[1])
-    more = " ..." if len(labels) > 3 else ""
-    shown = ", ".join(label for label, _ in labels[:3])
-    numbers = ", ".join(str(number) for _, number in labels[:3])
-    return out, f"labels {shown}{more} -> {numbers}{more}"
-
-
-_KIND_NAMES = {"number": "number", "date": "ISO date", "label": "visit label"}
-_KIND_ARTICLES = {"number": "a", "date": "an", "label": "a"}
-
-
-def _visit_kind(text: str) -> tuple[str, str, str] | None:
-    """``(kind, label prefix, text to write)`` for a visit cell, or None."""
-    try:
-        number = float(text)
-    except ValueError:
-        pass
-    else:
-        return ("number", "", text) if math.isfinite(number) else None
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
-        return "date", "", text
-    lowered = text.lower()
-    if lowered in BASELINE_LABELS:
-        return "label", "", str(BASELINE_LABELS[lowered])
-    match = _LABEL.fullmatch(text)
-    if match:
-        prefix = re.sub(r"[ _-]", "", match.group(1)).lower()
-        return "label", prefix, str(int(match.group(2)))
-    return None
-
-
-def _unknown_visit_text(text: str) -> str:
-    looks_like_date = bool(re.fullmatch(r"\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}", text))
-    fix = (
-        "give the dates' format, e.g. --date-format %d/%m/%Y (or %m/%d/%Y)"
-        if looks_like_date
-        else "write numbers, ISO dates (YYYY-MM-DD) or labels (V1, V2; baseline, m06, m12)"
-    )
-    return f"{text!r} is not a number, an ISO date or a visit label; {fix}"
 
 
 class _Problems:

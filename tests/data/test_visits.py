@@ -1,25 +1,24 @@
-"""The visit rule and path templates of :mod:`learner.data.builder` (the command's tests are
-in tests/test_cli_manifest.py)."""
+"""The visit rule (:mod:`learner.data.visits`) and path templates (:mod:`learner.data.builder`);
+the command's tests are in tests/test_cli_manifest.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from learner.data.builder import PathTemplate, _Problems, read_visits
-from learner.errors import ConfigError, DataError
+from learner.data.builder import PathTemplate
+from learner.data.visits import read_visits
+from learner.errors import ConfigError
 
 
 def _visits(cells: list[str], date_format: str | None = None) -> tuple[list[str], str]:
-    problems = _Problems("t.csv")
-    out, how = read_visits(list(enumerate(cells, start=2)), "visit", date_format, problems)
-    problems.raise_any()
+    out, how, problems = read_visits(list(enumerate(cells, start=2)), date_format)
+    assert not problems
     return [out[row] for row in sorted(out)], how
 
 
 def _visit_problems(cells: list[str], date_format: str | None = None) -> list[str]:
-    with pytest.raises(DataError) as info:
-        _visits(cells, date_format)
-    return info.value.problems
+    _, _, problems = read_visits(list(enumerate(cells, start=2)), date_format)
+    return [f"t.csv row {row}, column visit: {text}" for row, text in problems]
 
 
 def test_numbers_and_iso_dates_are_written_as_they_are() -> None:
