@@ -452,6 +452,112 @@ def validate(
         console.print(f"scan files decoded: {decoded}, all readable")
 
 
+class Missing(StrEnum):
+    stop = "stop"
+    skip = "skip"
+
+
+@app.command("manifest")
+@handle_errors
+def manifest_(
+    table: Annotated[
+        Path,
+        typer.Option(
+            help="The clinic's table: one row per visit (or scan); separator, decimal mark "
+            "and line endings are sniffed."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The manifest to write (.csv).")],
+    path: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--path",
+            help="Scan file template filled from the table's columns, e.g. \"axl/{MRI ID}"
+            "_axl.nii.gz\" (relative to the table's folder, or absolute). Repeat it as "
+            "ZONE=TEMPLATE for several views or zones. Default: the table's path column.",
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="The table's column for each manifest column, e.g. "
+            "patient_id=Subject ID,visit=MR Delay,score=MMSE."
+        ),
+    ] = None,
+    sep: Annotated[
+        str | None, typer.Option(help="The table's separator: , ; | or tab (default: sniffed).")
+    ] = None,
+    decimal: Annotated[
+        str | None, typer.Option(help="The table's decimal mark: . or , (default: sniffed).")
+    ] = None,
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            help="The visits are dates in this strptime format, e.g. %d/%m/%Y; written as "
+            "ISO dates. Without it visits are numbers, ISO dates, or labels (V1, V2 ...; "
+            "bl/baseline = 0, m06 = 6 ...)."
+        ),
+    ] = None,
+    missing: Annotated[
+        Missing,
+        typer.Option(
+            help="A scan file that does not exist: stop with an error, or skip it and report "
+            "what was skipped."
+        ),
+    ] = Missing.stop,
+    keep: Annotated[
+        str | None,
+        typer.Option(help="More table columns to copy into the manifest, e.g. nWBV,CDR."),
+    ] = None,
+    delta: Annotated[
+        str | None,
+        typer.Option(
+            help="Stable band for the summary's change pairs: a raw score value or 'tertiles'."
+        ),
+    ] = None,
+) -> None:
+    """Build a manifest from a clinic's table and the scan files, then print its summary
+    (as `learner validate` does, without decoding the scans).
+
+    Example: learner manifest --table oasis_longitudinal_demographic.csv --out manifest.csv
+    --columns "patient_id=Subject ID,visit=MR Delay,score=MMSE" --path "axl=axl/{MRI ID}_axl.nii.gz"
+    --path "cor=cor/{MRI ID}_cor.nii.gz" --missing skip
+    """
+    from learner.data.builder import build_manifest
+    from learner.data.manifest import parse_column_map
+    from learner.data.pairs import resolve_delta
+    from learner.data.summary import render_summary, summarize_manifest, summary_warnings
+    from learner.data.table import parse_decimal, parse_separator
+
+    kept = [c.strip() for c in (keep or "").split(",") if c.strip()]
+    built = build_manifest(
+        table,
+        out,
+        templates=path or (),
+        columns=parse_column_map(columns),
+        sep=parse_separator(sep),
+        decimal=parse_decimal(decimal),
+        date_format=date_format,
+        missing=missing.value,
+        keep=kept,
+    )
+    say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
+    say(f"table {built.table}; {built.table_rows} rows")
+    say(f"visits: {built.visits}")
+    for line in built.skipped_lines():
+        say(line)
+    say(
+        f"wrote {built.path}: {len(built.manifest.frame)} scans from {built.rows_used} of "
+        f"{built.table_rows} table rows"
+    )
+    band, _ = resolve_delta(delta)
+    summary = summarize_manifest(built.manifest, delta=band, higher_is_better=True)
+    for line in [*built.notes, *built.manifest.warnings, *summary_warnings(summary)]:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    render_summary(summary, console)
+    say(f"next: learner validate {built.path} (decodes every scan)")
+
+
 @app.command()
 @handle_errors
 def pretrain(

@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -42,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from learner.data.splits import PRETRAIN
+from learner.data.table import read_text_table
 from learner.errors import ConfigError, DataError, closest
 
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -471,22 +471,22 @@ def _read_table(source: Path, problems: _Problems) -> pd.DataFrame:
 
 def _read_csv(source: Path, problems: _Problems) -> pd.DataFrame:
     """CSV as text cells; the csv module counts records, so rows match a spreadsheet's even
-    with blank lines or line breaks inside quoted cells."""
-    with open(source, encoding="utf-8-sig", newline="") as handle:  # -sig: Excel's BOM
-        records = list(csv.reader(handle))
-    if not records or not any(cell.strip() for cell in records[0]):
-        raise DataError(f"{source.name}: is empty; write a header row and one row per scan")
-    header = records[0]
+    with blank lines or line breaks inside quoted cells. The separator (``,`` ``;`` tab ``|``)
+    and the decimal mark are sniffed (:mod:`learner.data.table`): a spreadsheet saved as
+    ``;``-separated with decimal commas reads as it is."""
+    table = read_text_table(source, unit="scan")
+    header = table.header
     width = len(header)
+    separators = "commas" if table.sep == "," else f"separators ({table.sep!r})"
     kept: list[list[str]] = []
     rows: list[int] = []
-    for row, record in enumerate(records[1:], start=2):
+    for row, record in table.records:
         if len(record) > width and any(cell.strip() for cell in record[width:]):
             problems.cell(
                 row,
                 f"{width + 1} (no header)",
                 f"the row has {len(record)} cells but the header has {width}; check the "
-                "commas and quotes of this row",
+                f"{separators} and quotes of this row",
             )
             continue
         kept.append((record + [""] * width)[:width])
@@ -560,11 +560,18 @@ def _missing_column_text(column: str, present: pd.Index, tabular: bool) -> str:
     elif close is not None:
         text += f"; did you mean {close!r}?"
     if column == "path" and not tabular:
-        text += " (or name numeric feature columns with --features for tabular data)"
+        text += (
+            " (`learner manifest --path TEMPLATE` fills it from columns such as the scan ids; "
+            "or name numeric feature columns with --features for tabular data)"
+        )
     header = ",".join(present)
     for separator, label in ((";", "semicolons"), ("\t", "tabs")):
         if len(present) == 1 and separator in header:
-            text += f"; the header seems to use {label}: save the file comma-separated"
+            # Separators are sniffed: here the header and the rows disagree.
+            text += (
+                f"; the header seems to use {label} but the rows do not: use one separator "
+                "in the whole file"
+            )
     return text
 
 

@@ -237,9 +237,29 @@ def test_missing_required_columns(write_manifest) -> None:
     ]
 
 
-def test_semicolon_header_gets_a_hint(write_manifest) -> None:
-    lines = _problems(write_manifest("patient_id;visit;path;score\np;1;a.npy;1\n"))
-    assert all("semicolons" in line for line in lines)
+def test_semicolons_and_decimal_commas_are_read(write_manifest) -> None:
+    path = write_manifest(
+        "patient_id;visit;path;score\rp;1;a.npy;1,5\rp;2;a.npy;2\r", files=("a.npy",)
+    )
+    assert load_manifest(path).frame["score"].tolist() == [1.5, 2.0]
+
+
+def test_missing_path_column_names_learner_manifest(write_manifest) -> None:
+    lines = _problems(write_manifest("patient_id;visit;score;MRI ID\rp;1;2;p_mr1\r"))
+    assert lines == [
+        "manifest.csv row 1, column path: required column is missing; add a 'path' column to "
+        "the header (`learner manifest --path TEMPLATE` fills it from columns such as the scan "
+        "ids; or name numeric feature columns with --features for tabular data)"
+    ]
+
+
+def test_semicolon_header_over_comma_rows_gets_a_hint(write_manifest) -> None:
+    text = "patient_id;visit;path;score\np,1,a.npy,1\np,2,a.npy,1\nq,1,a.npy,2\n"
+    lines = _problems(write_manifest(text, files=("a.npy",)))
+    assert lines[0].endswith(
+        "the header seems to use semicolons but the rows do not: use one separator in the "
+        "whole file"
+    )
 
 
 def test_split_values_and_patient_in_two_splits(write_manifest) -> None:
