@@ -54,7 +54,8 @@ def test_the_site_builds_strict(tmp_path: Path) -> None:
     done = build(ROOT, site)
     assert done.returncode == 0, done.stdout + done.stderr
     home = (site / "index.html").read_text(encoding="utf-8")
-    assert "make demo" in home and "make test" in home
+    assert "intra-patient" in home, "the home page is not README.md"
+    assert 'href="guide/"' in home, "README's link to docs/guide.md was not made a site link"
     reference = (site / "reference" / "learner" / "index.html").read_text(encoding="utf-8")
     for name in ("load_model", "predict_change", "write_cohort"):
         assert name in reference, f"the API reference lost {name}"
