@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check learner tests benchmarks conftest.py
-	$(VENV)/bin/ruff format --check learner tests benchmarks conftest.py
+	$(VENV)/bin/ruff check learner tests benchmarks conftest.py docs/hooks.py
+	$(VENV)/bin/ruff format --check learner tests benchmarks conftest.py docs/hooks.py
 	$(VENV)/bin/mypy learner
 
 # Quality benchmarks (BENCHMARKS.md, reports in benchmarks/reports/): the objective-defaults

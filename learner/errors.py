@@ -1,6 +1,6 @@
 """Error types that the CLI turns into one clear line and an exit code.
 
-Exit codes (DESIGN section 2): 0 ok, 1 unexpected failure, 2 usage or config error,
+Exit codes of the command line: 0 ok, 1 unexpected failure, 2 usage or config error,
 3 data error. Library code raises these; only the CLI prints and exits.
 """
 

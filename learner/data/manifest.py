@@ -1,4 +1,5 @@
-"""Load and validate a manifest: one row per scan (DESIGN section 2).
+"""Load and validate a manifest: one row per scan (``patient_id``, ``visit``, ``path``,
+``score``, optional ``zone`` and ``split``).
 
 The loader reads every cell as text, checks the whole file and reports every problem at once,
 one line each, naming the manifest, the spreadsheet row (header = row 1), the column and the fix.

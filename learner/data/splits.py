@@ -1,6 +1,6 @@
 """Patient-level train / val / test splits: deterministic from the seed, hashed, leak-checked.
 
-No patient is ever in two splits (DESIGN section 2, "Splits"). Assignments are plain
+No patient is ever in two splits. Assignments are plain
 ``{patient_id: split}`` dicts so that they can be saved as ``split.json`` with their hash.
 
 Example:

@@ -3,11 +3,11 @@
 A visit's embedding is the mean of its scans' embeddings (per zone when the frame has one),
 consecutive visits give ``d = u_to - u_from`` (or ``[u_from, u_to]``), and a classifier on
 these frozen features, trained on the pairs of training patients, is tested on the pairs of
-held-out patients (DESIGN section 1, 'Downstream'). Every metric comes with a 95% interval
-from a bootstrap over *test patients*. Reported beside the probe, as the design asks:
+held-out patients (the paper's downstream task). Every metric comes with a 95% interval
+from a bootstrap over *test patients*. Reported beside the probe:
 
 - ``head_delta``: the same classifier on one feature, the regression head's predicted change
-  ``pred_to - pred_from`` (the pilot's strongest baseline);
+  ``pred_to - pred_from`` (a strong baseline: the score model's own reading of change);
 - Figure 1: cosine distance of each test pair against |score change|, Spearman rho
   (``spearman_distance``);
 - ``score_mae``: the head's error on labelled test scans;

@@ -1,4 +1,5 @@
-"""Pretraining pair objectives (DESIGN section 1): pure functions and their thin modules."""
+"""Pretraining pair objectives (the pair term of the loss): pure functions and their thin
+modules."""
 
 from learner.losses.functional import (
     PairLoss,

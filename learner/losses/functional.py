@@ -1,4 +1,4 @@
-"""Pair objectives as pure, typed, fully vectorised functions (DESIGN section 1).
+"""Pair objectives as pure, typed, fully vectorised functions.
 
 Every objective has the signature::
 
@@ -310,7 +310,7 @@ def weighted_contrastive_loss(
     pairs: PairSet = "inter",
     score_noise: float = 0.0,
 ) -> PairLoss:
-    """LEARNER's weighted contrastive loss (our reconstruction, DESIGN section 1).
+    """LEARNER's weighted contrastive loss (our reconstruction of the paper's loss).
 
     With ``w = score_weight(Delta)`` (positive weight ``1 - w``, negative weight ``w``):
 

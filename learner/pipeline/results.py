@@ -119,7 +119,8 @@ def build_results(
     *,
     oracles: dict[str, list[list[CellResult]]] | None = None,
 ) -> dict[str, Any]:
-    """results.json (DESIGN section 2) from the per-cell results and, where the cohort's
+    """results.json (a block per objective and baseline, each metric with its interval)
+    from the per-cell results and, where the cohort's
     truth is known, the oracles' (the ``ceilings`` block and ``fraction_of_achievable``)."""
     oracles = oracles or {}
     n_boot, seed0 = cfg.eval.n_boot, cfg.run.seeds[0]

@@ -2,8 +2,9 @@
 
 Each cell lives in ``OUT/cells/<label>/seed<S>[-fold<K>]/``; a cell whose ``eval-<feature>``
 folder holds ``metrics.json`` is finished and is read back instead of recomputed, so an
-interrupted run continues where it stopped. ``results.json`` follows the contract of DESIGN
-section 2, with the baselines under the names ``head_delta`` and ``untrained``.
+interrupted run continues where it stopped. ``results.json`` holds a block per objective (each
+metric with its 95% interval and its difference to ``mse``), with the baselines under the
+names ``head_delta`` and ``untrained``.
 """
 
 from __future__ import annotations

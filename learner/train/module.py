@@ -1,7 +1,7 @@
 """The LightningModule: encoder -> embedding u -> (regression head, pair objective).
 
-Loss per batch (DESIGN section 1): ``MSE(head(u), y) + lam * L_pair(u, y, patient)``, scores
-normalised to [0, 1]. Validation logs the loss terms, the score MAE in raw units and the
+The paper's pretraining loss per batch: ``MSE(head(u), y) + lam * L_pair(u, y, patient)``,
+scores normalised to [0, 1]. Validation logs the loss terms, the score MAE in raw units and the
 Figure-1 Spearman (cosine distance against |score difference| over inter-patient pairs).
 """
 

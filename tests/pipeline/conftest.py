@@ -28,7 +28,7 @@ RUN_SETTINGS = [
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``root/cohort-a`` and ``root/cohort-b`` (seeds 0 and 1) and ``root/runs/a``, a
-    `learner run` on cohort-a, as the README and docs/api.md lay them out."""
+    `learner run` on cohort-a, as docs/predict.md and docs/api.md lay them out."""
     runner = CliRunner()
     root = tmp_path_factory.mktemp("predict")
     for name, seed in (("cohort-a", 0), ("cohort-b", 1)):

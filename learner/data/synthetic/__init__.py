@@ -1,4 +1,4 @@
-"""Synthetic longitudinal cohorts written as real files (DESIGN section 3).
+"""Synthetic longitudinal cohorts written as real files (docs/synthetic.md).
 
 ``write_cohort`` simulates the latent trajectories and scores (``common.py``), renders each
 scan (``lus.py`` clips as mp4, ``mri.py`` volumes as NIfTI), and writes ``manifest.csv`` (the

@@ -1,4 +1,4 @@
-"""Cohort-level latent model shared by the synthetic LUS and MRI cohorts (DESIGN section 3).
+"""Cohort-level latent model shared by the synthetic LUS and MRI cohorts (docs/synthetic.md).
 
 Every patient has a latent disease severity in [0, 1] (0 healthy, 1 severe) that drifts over
 1-4 visits. The severity drives the clinical score through a noisy, coarse mapping (patient
