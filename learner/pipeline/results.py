@@ -321,9 +321,17 @@ def target_results(
         "probes_fitted_on": "observed-score labels of training patients (as every row)",
         "class_band": "|target change| quantile that makes the test pairs' target classes as "
         "frequent as the observed classes among training pairs",
-        "intervals": "two-stage bootstrap: seeds resampled, then patients within each seed",
+        "intervals": INTERVALS[block["design"]],
         **block,
     }
+
+
+# How the target block's intervals resample, by design (learner.evaluate.target).
+INTERVALS = {
+    "nested": "two-stage bootstrap: seeds resampled, then patients within each seed",
+    "crossed": "crossed bootstrap: seeds resampled, and one patient resample shared by every "
+    "drawn seed (every seed tested the same patients)",
+}
 
 
 def interpatient_results(
