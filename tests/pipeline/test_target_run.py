@@ -36,6 +36,8 @@ def test_run_with_the_truth_target_reports_it_apart(
     assert set(results["objectives"]) == {"mse", "weighted"}
     block = results["target"]
     assert block["name"] == "truth" and "severity" in block["source"]
+    # One seed: nothing crossed; its interval is that seed's patient bootstrap.
+    assert block["design"] == "nested" and block["intervals"].startswith("two-stage")
     assert list(block["rows"]) == [
         "score_delta",
         "mse:head_delta",
