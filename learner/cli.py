@@ -389,8 +389,9 @@ def validate(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="YAML config: its eval.delta and data.higher_is_better are used, and the "
-            "scans are checked against its data.input.kind and model.encoder."
+            help="YAML config: its eval.delta and data.higher_is_better are used, the "
+            "scans are checked against its data.input.kind and model.encoder, and the scores "
+            "against its data.score_range (before any training)."
         ),
     ] = None,
     features: Annotated[
@@ -412,6 +413,10 @@ def validate(
     change pairs per class. Exit 3 with one line per problem; with --config, exit 2 when the
     scans are of another kind than its data.input.kind and model.encoder read.
 
+    Warnings (stderr), the same `evaluate`, `run` and `predict` give: a class missing from
+    the pairs or with few of them, one class dominating, few patients with pairs, and with
+    --config scores outside data.score_range.
+
     Example: learner validate cohort/manifest.csv --delta 2
     """
     from learner.config import load_config
@@ -424,6 +429,7 @@ def validate(
         summary_warnings,
     )
     from learner.errors import ConfigError
+    from learner.evaluate.data_warnings import data_warnings
 
     cfg = load_config(config, None) if config is not None else None
     band, _ = resolve_delta(delta, config=(str(config), cfg.eval.delta) if cfg else None)
@@ -444,7 +450,18 @@ def validate(
     kinds: Counter[tuple[str, str]] = Counter()
     decoded = check_scans(loaded, kinds) if decode else None
     summary = summarize_manifest(loaded, delta=band, higher_is_better=higher)
-    for line in [*loaded.warnings, *summary_warnings(summary)]:
+    # The warnings `run`, `evaluate` and `predict` give (learner.evaluate.data_warnings), on
+    # the manifest's pairs; with --config, its scores against data.score_range too.
+    data_lines = data_warnings(
+        delta=band,
+        pair_counts=[
+            {"class_counts_test": summary.pairs, "n_test_patients": summary.pair_patients}
+        ],
+        scores=loaded.frame["score"].to_numpy(dtype=float) if cfg is not None else None,
+        score_range=cfg.data.score_range if cfg is not None else None,
+        judged_on="manifest",
+    )
+    for line in [*loaded.warnings, *summary_warnings(summary), *data_lines]:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     render_summary(summary, console)
     if decoded is not None and feature_columns is None:
@@ -704,6 +721,8 @@ def _print_interpatient(evaluation: Any) -> None:
     from learner.evaluate.interpatient import INTERPATIENT_METRICS
 
     result, name = evaluation.interpatient, evaluation.name
+    for note in evaluation.warnings:
+        err_console.print(f"warning: {note}", markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"no change pairs (one labelled visit per patient): inter-patient evaluation on "
         f"{result.n_patients} held-out patients",
@@ -788,8 +807,16 @@ def predict(
     - patient_id, zone (with zones), visit_from, visit_to: as in the manifest
     - visit_order_from, visit_order_to: the visits' order, 0, 1, ...
     - p_worsen, p_stable, p_improve: 3 decimals in CSV, full in Parquet
-    - label: the most probable class
+    - label: the probe's label, the most probable class
+    - head_label: the regression head's label: predicted_change in the
+      model's stable band and direction
+    - agree: whether label and head_label are the same
+    - answer: the label to read, that of answer_from
+    - answer_from: probe or head, whichever had the higher balanced
+      accuracy on the model's validation patients (probe on a tie);
+      'probe (no validation choice recorded)' for an older model
     - predicted_change: the regression head's score change
+      (score_to - score_from, raw units)
     - distance: cosine distance of the two visit embeddings
     - n_zones (with zones); score_from, score_to, change, true_label
       (where both visits have a score)
@@ -801,8 +828,12 @@ def predict(
 
     Beside OUT: OUT_scans (pred_score per scan; seen: the patient's split
     in the model's training, external if never seen), OUT_zones (with
-    zones), OUT_summary.json (the model's whole record, caveat, counts,
-    notes, metrics on pairs with scores). When the caveat is set a warning
+    zones), OUT_summary.json (the model's whole record, caveat, the
+    answer's source, rule and validation numbers, counts, notes,
+    warnings, metrics on pairs with scores). Warnings, as validate,
+    evaluate and run give them: on the pairs with scores, a class
+    missing or with few pairs, one class dominating, few patients;
+    scores outside the model's data.score_range. When the caveat is set a warning
     is printed: read the labels as no better than a guess.
 
     Rows whose scans cannot be used are skipped and listed (--on-error stop to stop instead);
@@ -829,10 +860,13 @@ def predict(
             highlight=False,
             soft_wrap=True,
         )
+    console.print(f"answer: {_answer_line(loaded)}", markup=False, highlight=False, soft_wrap=True)
     mapping = parse_column_map(columns) if columns is not None else None
     result = predict_change(loaded, manifest, columns=mapping, on_error=on_error.value)
     for note in result.summary["notes"]:
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    for line in result.summary["warnings"]:
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     written = write_predictions(result, out)
     summary = result.summary
     skipped = summary["skipped_rows"]
@@ -847,15 +881,36 @@ def predict(
 
         rows = [SkippedRow(**entry) for entry in summary["skipped"]]
         report_skipped(rows, summary["scans"] + skipped, written["summary"])
+    answer = summary["answer"]
+    if answer["pairs_disagreeing"]:
+        console.print(
+            f"probe and head disagree on {answer['pairs_disagreeing']} of {summary['pairs']} "
+            "pair(s) (agree column)",
+            highlight=False,
+        )
     metrics = summary.get("metrics")
     if metrics:
         console.print(
             f"on pairs with scores: accuracy {metrics['accuracy']:.3f}, balanced accuracy "
-            f"{metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
+            f"{metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} (probe); "
+            "balanced accuracy by label: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in metrics["balanced_accuracy_by_label"].items()),
             highlight=False,
         )
     for key, path in written.items():
         console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _answer_line(model: Any) -> str:
+    """Which label the answer column reads, and the validation numbers it was chosen on."""
+    source = model.answer_from
+    numbers = (model.info.get("answer") or {}).get("balanced_accuracy_validation") or {}
+    if source not in ("probe", "head"):
+        return source
+    shown = ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} n/a" for k, v in numbers.items()
+    )
+    return f"{source} (chosen on validation patients; balanced accuracy {shown or 'n/a'})"
 
 
 def _with_columns(cfg: Any, columns: str | None) -> Any:

@@ -60,6 +60,7 @@ class ManifestSummary:
         single_visit_patients: patients with one visit (no change pairs).
         features: number of feature columns (tabular), or None.
         pairs: change pairs per label of ``LABELS``, zone-matched when zones exist.
+        pair_patients: patients with at least one change pair.
         band: the stable band used, in score units; None when ``delta`` is ``"tertiles"`` and
             there are no pairs.
         delta: the stable band as asked (a number or ``"tertiles"``).
@@ -82,6 +83,7 @@ class ManifestSummary:
     band: float | None
     delta: str
     higher_is_better: bool
+    pair_patients: int = 0
 
 
 def summarize_manifest(
@@ -143,6 +145,7 @@ def summarize_manifest(
         band=band,
         delta=str(delta),
         higher_is_better=higher_is_better,
+        pair_patients=int(pairs["patient_id"].nunique()) if len(pairs) else 0,
     )
 
 

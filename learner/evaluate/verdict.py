@@ -29,63 +29,24 @@ import pandas as pd
 
 from learner.data.pairs import LABELS
 
-MIN_CLASS_PAIRS = 10
-MAX_CLASS_SHARE = 0.8
-MIN_TEST_PATIENTS = 5
-# A score range this much wider than the scores makes every normalised gap tiny.
-MIN_RANGE_USE = 0.1
+# The data warnings live in learner.evaluate.data_warnings (one function for every command);
+# their names stay importable from here.
+from learner.evaluate.data_warnings import (
+    MIN_CLASS_PAIRS,
+    class_table_warnings,
+    score_range_warnings,
+)
 
-
-def class_table_warnings(summaries: Sequence[Mapping[str, Any]], delta: Any) -> list[str]:
-    """Warnings about the change classes of one evaluated feature, over its seeds/folds.
-
-    Args:
-        summaries: per cell, the evaluation summary (``class_counts_train``,
-            ``class_counts_test``, ``n_test_patients``, ``seed``).
-        delta: the configured stable band (for the fix text).
-    """
-    out: list[str] = []
-    test_total = {label: 0 for label in LABELS}
-    for s in summaries:
-        for label in LABELS:
-            test_total[label] += int(s["class_counts_test"].get(label, 0))
-    for label in LABELS:
-        if any(int(s["class_counts_train"].get(label, 0)) == 0 for s in summaries):
-            out.append(
-                f"no '{label}' pairs among training patients in some seed: the probe never "
-                f"predicts it; change eval.delta (now {delta}) or add patients"
-            )
-    fewest = min(
-        (
-            (int(s["class_counts_test"].get(label, 0)), label, s.get("seed"))
-            for s in summaries
-            for label in LABELS
-        ),
-        default=None,
-    )
-    if fewest is not None and fewest[0] < MIN_CLASS_PAIRS:
-        count, label, seed = fewest
-        out.append(
-            f"class '{label}' has {count} test pairs (seed {seed}; {test_total[label]} over all "
-            f"seeds): its recall is noise; add test patients, use --set data.split.folds=5, or "
-            f"change eval.delta (now {delta})"
-        )
-    total = sum(test_total.values())
-    if total:
-        label = max(test_total, key=lambda k: test_total[k])
-        share = test_total[label] / total
-        if share > MAX_CLASS_SHARE:
-            out.append(
-                f"'{label}' is {share:.0%} of test pairs: accuracy mostly counts the majority "
-                f"class; read balanced accuracy and macro-F1, or change eval.delta (now {delta})"
-            )
-    fewest_patients = min((int(s.get("n_test_patients", 0)) for s in summaries), default=0)
-    if summaries and fewest_patients < MIN_TEST_PATIENTS:
-        out.append(
-            f"only {fewest_patients} test patients with change pairs in some seed: intervals "
-            "are unreliable; add patients or use --set data.split.folds=5"
-        )
-    return out
+__all__ = [
+    "class_table_warnings",
+    "concat_warning",
+    "degenerate_classes",
+    "pair_batch_counts",
+    "pair_term_warning",
+    "regressor_warning",
+    "score_range_warnings",
+    "verdict",
+]
 
 
 def degenerate_classes(summaries: Sequence[Mapping[str, Any]]) -> str | None:
@@ -98,28 +59,6 @@ def degenerate_classes(summaries: Sequence[Mapping[str, Any]]) -> str | None:
         if total < MIN_CLASS_PAIRS:
             return f"'{label}' has {total} test pairs over all seeds"
     return None
-
-
-def score_range_warnings(scores: np.ndarray, score_range: Sequence[float] | None) -> list[str]:
-    """Scores outside ``data.score_range``, or a range far wider than the scores use."""
-    finite = scores[np.isfinite(scores)]
-    if score_range is None or finite.size == 0:
-        return []
-    lo, hi = float(score_range[0]), float(score_range[1])
-    smin, smax = float(finite.min()), float(finite.max())
-    fix = f"--set data.score_range=[{smin:g},{smax:g}] (or the score's clinical range)"
-    if smin < lo or smax > hi:
-        return [
-            f"scores span [{smin:g}, {smax:g}], outside data.score_range [{lo:g}, {hi:g}]: the "
-            f"normalised scores leave [0, 1]; set {fix}"
-        ]
-    if (smax - smin) < MIN_RANGE_USE * (hi - lo):
-        return [
-            f"scores span [{smin:g}, {smax:g}], under {MIN_RANGE_USE:.0%} of data.score_range "
-            f"[{lo:g}, {hi:g}]: every normalised score gap is tiny, so the pair objectives see "
-            f"almost no negative pairs; set {fix}"
-        ]
-    return []
 
 
 def pair_batch_counts(run_dir: Path) -> tuple[float, float, float] | None:

@@ -4,8 +4,9 @@ A change model is a folder of plain data, nothing executable:
 
 - ``model.json``: format version, class order, stable band, score range and direction, the
   config (input spec, encoder), the training split, calibration, the metrics the model
-  was selected on, and its held-out ``record`` (:mod:`learner.pipeline.record`; absent in
-  models saved before records existed);
+  was selected on, which label answers (``answer``: probe or head, chosen on validation
+  patients; :mod:`learner.evaluate.answer`), and its held-out ``record``
+  (:mod:`learner.pipeline.record`; absent in models saved before records existed);
 - ``probe.json``: the fitted probe as numbers (:class:`learner.evaluate.probe.Probe`): the
   standardisation (mean, scale) and the layers (weights, biases) of the logistic regression
   (one layer) or the MLP, with the logits' columns already in :data:`CLASSES` order;
@@ -34,6 +35,7 @@ import torch
 
 from learner.device import resolve_device
 from learner.errors import DataError
+from learner.evaluate.answer import answer_source
 from learner.evaluate.probe import CLASSES, Probe
 from learner.io import atomic_path, atomic_write_text, write_json
 from learner.pipeline.record import record_caveat
@@ -86,6 +88,13 @@ class ChangeModel:
         """Why not to trust this model's predictions (``""`` when its record beats chance and
         the untrained encoder); every prediction row carries it."""
         return record_caveat(self.record)
+
+    @property
+    def answer_from(self) -> str:
+        """Which label the ``answer`` column of a prediction reads: ``probe`` or ``head``, as
+        chosen on validation patients when the model was fitted (``info["answer"]``), or
+        ``probe (no validation choice recorded)`` for a model saved before the choice."""
+        return answer_source(self.info)
 
     @property
     def feature(self) -> str:

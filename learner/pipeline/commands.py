@@ -12,8 +12,9 @@ CLI only parses options, calls one function and prints what it returns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,10 +22,11 @@ from learner.config import Config, load_config
 from learner.data.pairs import resolve_delta
 from learner.errors import ConfigError
 from learner.evaluate.change import ChangeResult, evaluate_change, has_change_pairs
+from learner.evaluate.data_warnings import data_warnings
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.interpatient import InterpatientResult, evaluate_interpatient
 from learner.evaluate.plots import plot_confusions, plot_figure1, plot_trajectories
-from learner.evaluate.verdict import pair_batch_counts, pair_term_warning, score_range_warnings
+from learner.evaluate.verdict import pair_batch_counts, pair_term_warning
 from learner.io import write_json
 from learner.pipeline.fit_change import (
     probe_settings,
@@ -45,7 +47,8 @@ class Evaluation:
     Exactly one of ``change`` (the change task) and ``interpatient`` (one visit per patient)
     is set. ``band`` / ``band_source``: the stable band asked for and where it came from;
     ``change_model``: the saved change-model folder, or None when the embeddings name no
-    checkpoint.
+    checkpoint; ``warnings``: the data warnings (:mod:`learner.evaluate.data_warnings`; for
+    the change task also in ``change.warnings``).
     """
 
     metrics_path: Path
@@ -55,6 +58,7 @@ class Evaluation:
     band: float | str | None = None
     band_source: str | None = None
     change_model: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def evaluate_embeddings(
@@ -87,7 +91,12 @@ def evaluate_embeddings(
     frame, meta = read_embeddings(embeddings)
     name = str(meta.get("objective", "embeddings"))
     if not has_change_pairs(frame):
-        return _evaluate_interpatient(frame, name, out, cfg)
+        scores_ok = data_warnings(
+            delta=cfg.eval.delta,
+            scores=frame["score"].to_numpy(dtype=float) if "score" in frame.columns else None,
+            score_range=meta.get("score_range") or cfg.data.score_range,
+        )
+        return _evaluate_interpatient(frame, name, out, cfg, scores_ok)
     higher = bool(meta.get("higher_is_better", cfg.data.higher_is_better))
     band, source = resolve_delta(
         delta,
@@ -101,6 +110,17 @@ def evaluate_embeddings(
         n_boot=cfg.eval.n_boot,
         **probe_settings(cfg),
     )
+    # The warnings `run` gives about the same numbers (learner.evaluate.data_warnings): the
+    # test pairs' classes and patients, and the scores against the range the model used.
+    score_range = meta.get("score_range") or cfg.data.score_range
+    for line in data_warnings(
+        delta=band,
+        pair_counts=[evaluation_counts(result)],
+        scores=frame["score"].to_numpy(dtype=float) if "score" in frame.columns else None,
+        score_range=score_range,
+    ):
+        if line not in result.warnings:
+            result.warnings.append(line)
     out.mkdir(parents=True, exist_ok=True)
     evaluated = result.to_json()
     write_json(out / "metrics.json", evaluated)
@@ -120,7 +140,19 @@ def evaluate_embeddings(
     )
 
 
-def _evaluate_interpatient(frame: pd.DataFrame, name: str, out: Path, cfg: Config) -> Evaluation:
+def evaluation_counts(result: ChangeResult) -> dict[str, Any]:
+    """A change evaluation's pair and patient counts, as the data warnings read them."""
+    return {
+        "class_counts_test": result.class_counts_test,
+        "class_counts_train": result.class_counts_train,
+        "n_test_patients": result.n_test_patients,
+        "seed": result.seed,
+    }
+
+
+def _evaluate_interpatient(
+    frame: pd.DataFrame, name: str, out: Path, cfg: Config, warnings: list[str]
+) -> Evaluation:
     """`evaluate` on one-visit data: held-out inter-patient rho and score MAE with CIs."""
     result = evaluate_interpatient(
         {name: frame}, unit="scan", n_boot=cfg.eval.n_boot, seed=cfg.train.seed
@@ -135,9 +167,10 @@ def _evaluate_interpatient(frame: pd.DataFrame, name: str, out: Path, cfg: Confi
             "held_out_patients": result.n_patients,
             "held_out_scans": result.n_units,
             "inter_patient_pairs": result.n_pairs,
+            "warnings": warnings,
         },
     )
-    return Evaluation(out / "metrics.json", name, interpatient=result)
+    return Evaluation(out / "metrics.json", name, interpatient=result, warnings=warnings)
 
 
 @dataclass
@@ -177,7 +210,7 @@ def pretrain_warnings(cfg: Config, run_dir: Path) -> list[str]:
     a pair term that saw no negative (or positive) pair in most batches."""
     manifest = config_manifest(cfg)
     scores = manifest.frame["score"].to_numpy(dtype=float)
-    lines = score_range_warnings(scores, cfg.data.score_range)
+    lines = data_warnings(delta=cfg.eval.delta, scores=scores, score_range=cfg.data.score_range)
     counts = pair_batch_counts(run_dir)
     if counts is not None:
         line = pair_term_warning(cfg.objective.name, counts, cfg.objective.tau)

@@ -13,7 +13,11 @@ alone, through a second probe fitted on training patients only:
   ``none``, ``temperature`` applied, ``fitted_temperature``, ``ece_validation_raw`` /
   ``_calibrated``, ``kept`` ``raw`` or ``calibrated``). Temperature scaling never changes a
   label. The calibration is checked on the test patients: ECE and a reliability diagram, raw
-  and with the fitted temperature, whichever was kept.
+  and with the fitted temperature, whichever was kept;
+- **the answer**: which label a prediction's ``answer`` column reads, the probe's or the
+  regression head's (``predicted_change`` in the model's band), whichever had the higher
+  balanced accuracy on validation pairs (``model.json``'s ``answer``: ``chosen``, ``rule``
+  and both validation numbers; :mod:`learner.evaluate.answer`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ import numpy as np
 import pandas as pd
 
 from learner.config import Config
-from learner.data.pairs import consecutive_pairs
+from learner.data.pairs import consecutive_pairs, label_changes
 from learner.errors import DataError
+from learner.evaluate.answer import choose_answer, no_validation_answer
 from learner.evaluate.calibration import (
     MAX_TEMPERATURE,
     choose_calibration,
@@ -68,6 +73,7 @@ class FittedChange:
     test: dict[str, float]
     calibration: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    answer: dict[str, Any] = field(default_factory=dict)
 
 
 def _split_features(
@@ -130,6 +136,7 @@ def fit_change_model(
         val = evaluate_change(frame, train_splits=("train",), test_split="val", **common)
     except DataError as exc:
         notes.append(f"no validation estimate ({exc.problems[0]}); raw probabilities kept")
+        answer = no_validation_answer(f"no validation estimate ({exc.problems[0]})")
     else:
         assert val.probe is not None
         val_probe = val.probe
@@ -152,6 +159,7 @@ def fit_change_model(
                 "better than the probe's own"
             )
         validation = {m: float(val.metrics[m]) for m in CLASS_METRICS}
+        answer = _validation_answer(val.test_pairs, full.band, higher_is_better)
     probe.temperature = float(calibration["temperature"])
     x_test, _ = _split_features(frame, "test", feature)
     test_codes = label_codes(full.test_pairs["label"])
@@ -176,6 +184,22 @@ def fit_change_model(
         test={m: float(full.metrics[m]) for m in CLASS_METRICS},
         calibration=calibration,
         notes=notes,
+        answer=answer,
+    )
+
+
+def _validation_answer(pairs: pd.DataFrame, band: float, higher_is_better: bool) -> dict[str, Any]:
+    """Probe or head (:mod:`learner.evaluate.answer`), judged on the validation pairs of a
+    probe fitted on training patients, every label with the model's own band."""
+    change = pairs["change"].to_numpy(np.float64)
+    # ``head_change`` is oriented so that higher = better; the head's raw change is its sign back.
+    raw_head = pairs["head_change"].to_numpy(np.float64) * (1.0 if higher_is_better else -1.0)
+    return choose_answer(
+        label_changes(change, band, higher_is_better=higher_is_better).tolist(),
+        pairs["predicted"].astype(str).tolist(),
+        raw_head,
+        band=band,
+        higher_is_better=higher_is_better,
     )
 
 
@@ -226,6 +250,7 @@ def save_fitted_change_model(
         "selected_on": SELECTION_METRIC,
         "metrics": {"validation": fitted.validation, "test": fitted.test},
         "calibration": fitted.calibration,
+        "answer": fitted.answer,
         "notes": fitted.notes,
         "split": meta.get("split", {}),
         "split_hash": meta.get("split_hash"),
@@ -322,8 +347,9 @@ def save_cell_change_model(
     if (folder / MODEL_FILE).is_file() and evaluation is not None:
         if read_key(folder / KEY_FILE) == evaluation:
             info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
-            # One saved before calibration could be declined (no ``kept``) is fitted again.
-            if "kept" in info.get("calibration", {}):
+            # One saved before calibration could be declined (no ``kept``), or before the
+            # answer was chosen on validation patients (no ``answer``), is fitted again.
+            if "kept" in info.get("calibration", {}) and "answer" in info:
                 if evaluated is not None:
                     # A model saved before records existed, or before the baseline ran, gets its
                     # record from the evaluation that is already there.
@@ -476,6 +502,7 @@ def save_run_change_models(
         "figure": figure.relative_to(out).as_posix(),
         "record": chosen.get("record"),
         "caveat": record_caveat(chosen.get("record")),
+        "answer": chosen.get("answer"),
     }
     ablation.results["change_model"] = summary
     write_json(ablation.results_path, ablation.results)

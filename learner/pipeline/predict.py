@@ -7,6 +7,11 @@ by zone (as in training) and their probabilities then averaged per visit pair. S
 optional: where both visits of a pair have one, the true label is added, and a summary of
 the metrics on those pairs.
 
+Each pair row holds the probe's ``label`` and the regression head's (``head_label``:
+``predicted_change`` in the model's stable band), whether they ``agree``, and the ``answer``
+to read, from the one chosen on validation patients when the model was fitted
+(``answer_from``; :mod:`learner.evaluate.answer`).
+
 Every pair row also carries the model's held-out record (``model_record``, one line) and a
 ``caveat``: empty where the record beats chance and the untrained encoder on the model's test
 patients, else the short reason not to trust the row (:mod:`learner.pipeline.record`). The
@@ -45,6 +50,8 @@ from learner.data.manifest import Manifest, SkippedRow, load_manifest
 from learner.data.pairs import consecutive_pairs, label_changes
 from learner.data.readers import scan_from_memory, write_scan
 from learner.errors import ConfigError
+from learner.evaluate.answer import NO_CHOICE, RULE, head_labels
+from learner.evaluate.data_warnings import data_warnings
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.features import (
     change_features,
@@ -62,6 +69,8 @@ from learner.pipeline.record import record_line, record_lines
 PROBABILITIES = tuple(f"p_{c}" for c in CLASSES)
 EXTERNAL = "external"
 ON_ERROR = ("skip", "stop")
+# The probe's label, the head's, whether they agree, and the one to read (with its source).
+ANSWER_COLUMNS = ("label", "head_label", "agree", "answer", "answer_from")
 # The model's record, on every pair row (learner.pipeline.record).
 RECORD_COLUMNS = ("caveat", "model_record")
 CSV_DECIMALS = 3
@@ -77,14 +86,20 @@ class Predictions:
             pred_score, seen (the model's split of the patient, ``external`` if never seen).
         pairs: one row per consecutive visit pair: patient_id, visit_from, visit_to (as
             written in the manifest), visit_order_from, visit_order_to, p_worsen, p_stable,
-            p_improve, label, predicted_change, distance, [n_zones,] and, where both visits
+            p_improve, label (the probe's), head_label (predicted_change in the model's
+            band), agree, answer (the label to read), answer_from (``probe``, ``head`` or
+            ``probe (no validation choice recorded)``; :mod:`learner.evaluate.answer`),
+            predicted_change, distance, [n_zones,] and, where both visits
             have a score, score_from, score_to, change, true_label; then ``caveat`` (empty,
             or why not to trust the row: the model's held-out record does not beat chance or
             the untrained encoder, or there is none) and ``model_record`` (that record in
             one line).
         zone_pairs: with zones, the same per zone before averaging (else None).
         summary: the model used, its held-out ``record`` (None when it has none) and
-            ``caveat``, counts, notes, ``metrics`` on labelled pairs, and
+            ``caveat``, ``answer`` (which label answers, by which rule, and how often probe
+            and head agree), counts, notes, ``warnings``
+            (:func:`~learner.evaluate.data_warnings.data_warnings` on the pairs with scores
+            and the scores against the model's range), ``metrics`` on labelled pairs, and
             ``skipped_rows`` with ``skipped`` (row, path, reason of each row left out).
     """
 
@@ -312,6 +327,15 @@ def _finish(table: pd.DataFrame, model: ChangeModel, visit_ids: pd.Series) -> pd
     out = table.reset_index(drop=True).copy()
     proba = out[list(PROBABILITIES)].to_numpy(np.float64)
     out["label"] = np.asarray(CLASSES)[np.argmax(proba, axis=1)] if len(out) else []
+    # The head's reading of the same pair, in the model's band (learner.evaluate.answer).
+    head = head_labels(out["predicted_change"], model.band, higher_is_better=model.higher_is_better)
+    out["head_label"] = head
+    out["agree"] = np.asarray(out["label"].to_numpy() == head, dtype=bool)
+    source = model.answer_from
+    # The head answers where it was chosen and has a reading; else the probe does.
+    use_head = np.asarray([source == "head" and h is not None for h in head], dtype=bool)
+    out["answer"] = np.where(use_head, head, out["label"].to_numpy(dtype=object))
+    out["answer_from"] = np.where(use_head, "head", "probe" if source == "head" else source)
     for side in ("from", "to"):
         keys = list(zip(out["patient_id"], out[f"visit_order_{side}"], strict=True))
         out[f"visit_{side}"] = visit_ids.reindex(keys).to_numpy()
@@ -326,7 +350,7 @@ def _finish(table: pd.DataFrame, model: ChangeModel, visit_ids: pd.Series) -> pd
     out["true_label"] = true
     zone = ["zone"] if "zone" in out.columns else []
     first = ["patient_id", *zone, "visit_from", "visit_to", "visit_order_from", "visit_order_to"]
-    middle = [*PROBABILITIES, "label", "predicted_change", "distance"]
+    middle = [*PROBABILITIES, *ANSWER_COLUMNS, "predicted_change", "distance"]
     last = [c for c in ("n_zones",) if c in out.columns]
     last += ["score_from", "score_to", "change", "true_label"]
     out["caveat"] = model.caveat
@@ -362,28 +386,79 @@ def _summary(
         "record": model.record,
         "caveat": model.caveat,
         "record_summary": record_lines(model.record),
+        "answer": _answer_summary(model, pairs),
         "patients": int(scans["patient_id"].nunique()),
         "scans": len(scans),
         "pairs": len(pairs),
         "labelled_pairs": int(pairs["true_label"].notna().sum()),
         "notes": notes,
+        "warnings": _data_warnings(model, scans, pairs),
     }
     labelled = pairs[pairs["true_label"].notna()]
     if len(labelled):
         true, predicted = label_codes(labelled["true_label"]), label_codes(labelled["label"])
         confusion = confusion_counts(true, predicted)
         accuracy, balanced, macro_f1 = class_metrics(confusion)
+        by_source = {}
+        for name, column in (("probe", "label"), ("head", "head_label"), ("answer", "answer")):
+            read = labelled[labelled[column].notna()]
+            codes = confusion_counts(label_codes(read["true_label"]), label_codes(read[column]))
+            by_source[name] = class_metrics(codes)[1] if len(read) else math.nan
         scored = scans[np.isfinite(scans["score"].to_numpy(np.float64))]
         summary["metrics"] = {
             "accuracy": accuracy,
             "balanced_accuracy": balanced,
             "macro_f1": macro_f1,
             "confusion": confusion.tolist(),
+            "balanced_accuracy_by_label": by_source,
             "score_mae": float(np.mean(np.abs(scored["pred_score"] - scored["score"])))
             if len(scored)
             else math.nan,
         }
     return summary
+
+
+def _data_warnings(model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
+    """The warnings every command gives (:mod:`learner.evaluate.data_warnings`): on the pairs
+    with scores (what the summary's metrics rest on) and the scores against the model's
+    training range."""
+    labelled = pairs[pairs["true_label"].notna()]
+    counts = []
+    if len(labelled):
+        per_class = labelled["true_label"].value_counts()
+        counts = [
+            {
+                "class_counts_test": {c: int(per_class.get(c, 0)) for c in CLASSES},
+                "n_test_patients": int(labelled["patient_id"].nunique()),
+            }
+        ]
+    score_range = model.info.get("score_range")
+    return data_warnings(
+        delta=model.band,
+        pair_counts=counts,
+        scores=scans["score"].to_numpy(np.float64) if "score" in scans.columns else None,
+        score_range=score_range,
+        judged_on="scored",
+    )
+
+
+def _answer_summary(model: ChangeModel, pairs: pd.DataFrame) -> dict[str, Any]:
+    """Which label the ``answer`` column reads, by which rule, the validation numbers it was
+    chosen on, and how often probe and head agree here."""
+    choice = model.info.get("answer")
+    recorded = model.answer_from != NO_CHOICE and isinstance(choice, Mapping)
+    return {
+        "from": model.answer_from,
+        "rule": RULE if recorded else "none recorded: the probe's label is the answer",
+        "balanced_accuracy_validation": choice.get("balanced_accuracy_validation")
+        if recorded and isinstance(choice, Mapping)
+        else None,
+        "n_validation_pairs": choice.get("n_validation_pairs")
+        if recorded and isinstance(choice, Mapping)
+        else None,
+        "pairs_agreeing": int(pairs["agree"].sum()),
+        "pairs_disagreeing": int((~pairs["agree"].astype(bool)).sum()),
+    }
 
 
 def round_probabilities(proba: np.ndarray, decimals: int = CSV_DECIMALS) -> np.ndarray:

@@ -26,16 +26,15 @@ from learner.evaluate.ceilings import (
     fraction_of_achievable,
 )
 from learner.evaluate.change import HEAD_DELTA_PREFIX
+from learner.evaluate.data_warnings import data_warnings
 from learner.evaluate.interpatient import InterpatientResult, pool_interpatient
 from learner.evaluate.metrics import CLASS_METRICS
 from learner.evaluate.target import target_block
 from learner.evaluate.verdict import (
-    class_table_warnings,
     concat_warning,
     degenerate_classes,
     pair_term_warning,
     regressor_warning,
-    score_range_warnings,
     verdict,
 )
 from learner.pipeline.grid import FINETUNED, HEAD_DELTA, REFERENCE, UNTRAINED, untrained_name
@@ -88,8 +87,12 @@ def run_warnings(
     """Every warning that qualifies the run's numbers, one line each, naming the fix."""
     scores = manifest.frame["score"].to_numpy(dtype=np.float64)
     out = list(manifest.warnings)
-    out += score_range_warnings(scores, cfg.data.score_range)
-    out += class_table_warnings(_first_feature_summaries(units), cfg.eval.delta)
+    out += data_warnings(
+        delta=cfg.eval.delta,
+        pair_counts=_first_feature_summaries(units),
+        scores=scores,
+        score_range=cfg.data.score_range,
+    )
     for label, counts in pair_counts.items():
         line = pair_term_warning(label, tuple(np.sum(counts, axis=0)), cfg.objective.tau)
         if line is not None:
@@ -376,8 +379,11 @@ def interpatient_results(
             "score_spearman": "rho(predicted score, score) on held-out units",
         },
     }
-    results["warnings"] = list(manifest.warnings) + score_range_warnings(
-        frame["score"].to_numpy(dtype=np.float64), cfg.data.score_range
+    # One visit per patient: no change pairs to count, only the scores to check.
+    results["warnings"] = list(manifest.warnings) + data_warnings(
+        delta=cfg.eval.delta,
+        scores=frame["score"].to_numpy(dtype=np.float64),
+        score_range=cfg.data.score_range,
     )
     results["degenerate"] = None
     results["verdict"] = verdict(results)
