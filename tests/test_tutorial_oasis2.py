@@ -31,6 +31,7 @@ QUOTED = (
     "123 of 373 table rows gave no manifest row",
     "wrote manifest.csv: 747 scans from 250 of 373 table rows",
     "scan files decoded: 747, all readable",
+    "warning: 'stable' is 82% of manifest pairs",
     "change model caveat: held-out test had no improve pair: not comparable",
     "patients: 71 train, 15 val, 15 test",
     "58 test pairs of 15 patients",
@@ -110,4 +111,5 @@ def test_the_tutorial_runs_on_the_real_data(tmp_path: Path) -> None:
     assert (work / "runs" / "oasis2" / "change-model" / "model.json").is_file()
     header = (work / "predictions.csv").read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("patient_id,visit_from,visit_to,")
+    assert ",label,head_label,agree,answer,answer_from," in header
     assert header.endswith(",caveat,model_record")
