@@ -57,6 +57,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from learner.errors import DataError
+from learner.io import atomic_path
 
 ScanKind = Literal["video", "volume", "image", "vector"]
 
@@ -888,7 +889,7 @@ def write_scan(scan: Scan, folder: str | Path, stem: str) -> Path:
     if scan.kind == "image" and scan.array.ndim == 3:
         path = folder / f"{stem}.png"
         height, width = scan.array.shape[:2]
-        with av.open(str(path), "w", format="image2") as container:
+        with atomic_path(path) as tmp, av.open(str(tmp), "w", format="image2") as container:
             stream = container.add_stream("png")
             stream.height, stream.width, stream.pix_fmt = height, width, "rgb24"
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(scan.array), format="rgb24")
@@ -896,5 +897,6 @@ def write_scan(scan: Scan, folder: str | Path, stem: str) -> Path:
                 container.mux(packet)
         return path
     path = folder / f"{stem}.npy"
-    np.save(path, scan.array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, scan.array)
     return path

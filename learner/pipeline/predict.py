@@ -498,7 +498,8 @@ def _write_parquet(frame: pd.DataFrame, path: Path, record: dict[str, Any]) -> N
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = {**(table.schema.metadata or {}), PARQUET_RECORD_KEY: json.dumps(record).encode()}
-    pq.write_table(table.replace_schema_metadata(metadata), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(metadata), tmp)
 
 
 def read_parquet_record(path: str | Path) -> dict[str, Any] | None:
