@@ -51,14 +51,7 @@ def build_classifier(name: str, seed: int = 0, groups: npt.ArrayLike | None = No
     elif name == "logreg-cv":
         if groups is None:
             raise ConfigError("classifier 'logreg-cv' needs the patient of each training pair")
-        patients = np.asarray(groups).ravel()
-        n_folds = min(CV_FOLDS, len(np.unique(patients)))
-        if n_folds < 2:
-            raise DataError(
-                "classifier 'logreg-cv' needs training pairs from at least 2 patients to "
-                "choose C; use classifier logreg"
-            )
-        folds = list(GroupKFold(n_splits=n_folds).split(patients, groups=patients))
+        folds = patient_folds(groups, "classifier 'logreg-cv'", "C; use classifier logreg")
         clf = LogisticRegressionCV(
             Cs=list(CV_CS),
             cv=folds,
@@ -72,6 +65,22 @@ def build_classifier(name: str, seed: int = 0, groups: npt.ArrayLike | None = No
     else:
         raise ConfigError(f"classifier={name!r} is not known; use one of {list(CLASSIFIERS)}")
     return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+
+
+def patient_folds(
+    groups: npt.ArrayLike, who: str, choice: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Folds of *patients* (at most :data:`CV_FOLDS`) over training rows for choosing a
+    setting; ``who`` and ``choice`` word the error when fewer than 2 patients leave no folds.
+
+    Raises:
+        DataError: training pairs from fewer than 2 patients.
+    """
+    patients = np.asarray(groups).ravel()
+    n_folds = min(CV_FOLDS, len(np.unique(patients)))
+    if n_folds < 2:
+        raise DataError(f"{who} needs training pairs from at least 2 patients to choose {choice}")
+    return list(GroupKFold(n_splits=n_folds).split(patients, groups=patients))
 
 
 def _cv_quiet_options() -> dict[str, Any]:
@@ -144,14 +153,7 @@ def select_low_capacity(
     Raises:
         DataError: training pairs from fewer than 2 patients (no folds to choose in).
     """
-    patients = np.asarray(groups).ravel()
-    n_folds = min(CV_FOLDS, len(np.unique(patients)))
-    if n_folds < 2:
-        raise DataError(
-            "eval.pca: auto needs training pairs from at least 2 patients to choose k and C; "
-            "give eval.pca a number"
-        )
-    folds = list(GroupKFold(n_splits=n_folds).split(patients, groups=patients))
+    folds = patient_folds(groups, "eval.pca: auto", "k and C; give eval.pca a number")
     best: tuple[float, int, float] | None = None
     for k in sorted(candidates):
         search = GridSearchCV(
