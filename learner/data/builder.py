@@ -251,15 +251,13 @@ def build_manifest(
     problems.raise_any()
 
     atomic_write_text(target, _csv_text(entries))
-    loaded = load_manifest(target)
+    loaded = load_manifest(target, kept_columns=keep)
     notes = []
     if used.score is None:
         notes.append(
             f"{source.name} has no score column: every scan is unlabelled (fine for `learner "
             "predict`; map one with --columns score=NAME to train)"
         )
-    # The columns asked for with keep are meant to be there: no "not used" warning for them.
-    loaded.warnings = [w for w in loaded.warnings if not _only_kept_unused(w, keep)]
     return BuiltManifest(
         path=target,
         manifest=loaded,
@@ -545,15 +543,3 @@ def _csv_text(rows: list[dict[str, str]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _only_kept_unused(warning: str, keep: Sequence[str]) -> bool:
-    """Whether ``warning`` is the manifest's unused-columns line and names only kept columns."""
-    marker = " not used and ignored: "
-    if marker not in warning:
-        return False
-    listed = warning.split(marker, 1)[1].split(" (known columns", 1)[0]
-    if " more" in listed:  # a capped list: some names are not shown
-        return False
-    names = re.findall(r"'([^']*)'", listed)
-    return bool(names) and set(names) <= set(keep)

@@ -161,6 +161,7 @@ def load_manifest(
     require_score: bool = True,
     measurement_columns: Sequence[str] = (),
     skip_bad_files: bool = False,
+    kept_columns: Sequence[str] = (),
 ) -> Manifest:
     """Read and validate a manifest (CSV, or Parquet with ``.parquet`` / ``.pq``).
 
@@ -179,6 +180,8 @@ def load_manifest(
             type are left out of ``frame`` and listed in ``Manifest.skipped`` instead of
             failing the load, and scans of several kinds may share the manifest (whoever
             reads the scans checks each one's kind). Every other problem still fails.
+        kept_columns: extra columns meant to be there (``learner manifest --keep``): not
+            reported as unused.
 
     Returns:
         The :class:`Manifest`; ``frame`` has one row per scan (n_rows, n_columns).
@@ -208,7 +211,7 @@ def load_manifest(
     for column in missing:
         problems.cell(1, column, _missing_column_text(column, raw.columns, features is not None))
 
-    known = set(required) | set(OPTIONAL_COLUMNS)
+    known = set(required) | set(OPTIONAL_COLUMNS) | set(kept_columns)
     if "path" in raw.columns and features:
         warnings.append(
             f"{name}: column path is ignored because feature columns are used; "

@@ -213,20 +213,23 @@ def split_train_val(
     return dict(sorted(assignment.items()))
 
 
-def pool_patients(frame: pd.DataFrame) -> list[str]:
-    """Sorted ids of the patients a manifest marks ``pretrain`` (none without a split column)."""
+def marked_patients(frame: pd.DataFrame, mark: str) -> list[str]:
+    """Sorted ids of the patients a manifest marks ``mark`` in its split column (none
+    without one)."""
     if "split" not in frame.columns:
         return []
-    marked = frame.loc[frame["split"].astype(str) == PRETRAIN, "patient_id"]
+    marked = frame.loc[frame["split"].astype(str) == mark, "patient_id"]
     return sorted(set(marked.astype(str)))
+
+
+def pool_patients(frame: pd.DataFrame) -> list[str]:
+    """Sorted ids of the patients a manifest marks ``pretrain`` (a pretraining pool)."""
+    return marked_patients(frame, PRETRAIN)
 
 
 def fixed_test_patients(frame: pd.DataFrame) -> list[str]:
-    """Sorted ids of the patients a manifest marks ``test`` (none without a split column)."""
-    if "split" not in frame.columns:
-        return []
-    marked = frame.loc[frame["split"].astype(str) == "test", "patient_id"]
-    return sorted(set(marked.astype(str)))
+    """Sorted ids of the patients a manifest marks ``test`` (a fixed test set)."""
+    return marked_patients(frame, "test")
 
 
 def split_assignment(frame: pd.DataFrame) -> dict[str, str]:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -622,12 +622,7 @@ def _low_capacity_probe(
         f"{score:.3f} over k in {ks})"
     )
     projection = widest.truncated(k)
-    model = Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("clf", LogisticRegression(class_weight="balanced", max_iter=2000, C=c)),
-        ]
-    )
+    model = build_classifier("logreg").set_params(clf__C=c)
     model.chosen_c_ = c  # read by chosen_c
     return projection, model
 

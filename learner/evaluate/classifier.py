@@ -157,12 +157,7 @@ def select_low_capacity(
     best: tuple[float, int, float] | None = None
     for k in sorted(candidates):
         search = GridSearchCV(
-            Pipeline(
-                [
-                    ("scale", StandardScaler()),
-                    ("clf", LogisticRegression(class_weight="balanced", max_iter=2000)),
-                ]
-            ),
+            build_classifier("logreg"),
             {"clf__C": list(CV_CS)},
             cv=folds,
             scoring="balanced_accuracy",

@@ -23,6 +23,7 @@ from learner.data.readers import Scan, read_scan, scan_from_memory, write_scan
 from learner.errors import DataError
 from learner.evaluate.probe import Probe
 from learner.train.module import LearnerModule
+from tests.data.test_readers import write_video
 
 # A tiny random-init encoder per input kind: equal inputs must give equal embeddings.
 TINY = {
@@ -206,17 +207,7 @@ def test_monochrome1_needs_the_dataset_not_the_bare_array(tmp_path: Path) -> Non
 
 
 def write_clip(path: Path, frames: np.ndarray) -> Path:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for image in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_video(path, frames)
 
 
 def pyav_frames(path: Path) -> np.ndarray:
