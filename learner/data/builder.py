@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from learner.data.manifest import Manifest, check_column_map, load_manifest
+from learner.data.pairs import CHANGE_LABEL
 from learner.data.table import TextTable, read_text_table
 from learner.data.visits import read_visits
 from learner.errors import ConfigError, DataError
@@ -189,7 +190,8 @@ def build_manifest(
         templates: path templates, ``"axl/{MRI ID}_axl.nii.gz"`` or ``"ZONE=TEMPLATE"``;
             none: the table's ``path`` column (or the column ``columns`` maps to ``path``).
         columns: standard name -> the table's column (``patient_id``, ``visit``, ``score``,
-            ``path``, ``zone``, ``split``); a standard name the table already uses needs none.
+            ``path``, ``zone``, ``split``, ``change_label``); a standard name the table
+            already uses needs none.
         sep: the table's separator (None: sniffed).
         decimal: the table's decimal mark, ``.`` or ``,`` (None: sniffed).
         date_format: the visits' date format for :meth:`datetime.strptime`, e.g.
@@ -298,6 +300,7 @@ class _Columns:
     split: str | None
     templates: tuple[PathTemplate, ...]
     keep: tuple[str, ...]
+    change_label: str | None = None
 
     @classmethod
     def resolve(
@@ -369,7 +372,7 @@ class _Columns:
                     f"--keep {extra}: {name} has no column {extra!r}{_suggest(extra, header)}; "
                     f"its columns are: {', '.join(header)}"
                 )
-        standard = {"patient_id", "visit", "path", "score", "zone", "split"}
+        standard = {"patient_id", "visit", "path", "score", "zone", "split", CHANGE_LABEL}
         clash = [c for c in keep if c in standard or c in columns.values()]
         if clash:
             raise ConfigError(
@@ -387,6 +390,7 @@ class _Columns:
             score=column("score"),
             zone=None if named else zone,
             split=column("split"),
+            change_label=column(CHANGE_LABEL),
             templates=parsed,
             keep=tuple(dict.fromkeys(keep)),
         )
@@ -530,6 +534,10 @@ def _manifest_rows(
             entry["zone"] = zone
         if used.split:
             entry["split"] = cells[used.split]
+        if used.change_label:
+            # The clinician's judgement of the change to this visit: every scan row of the
+            # visit carries it, and load_manifest checks it.
+            entry[CHANGE_LABEL] = cells[used.change_label]
         for extra in used.keep:
             entry[extra] = cells[extra]
         rows.append(entry)

@@ -1,5 +1,5 @@
 """Load and validate a manifest: one row per scan (``patient_id``, ``visit``, ``path``,
-``score``, optional ``zone`` and ``split``).
+``score``, optional ``zone``, ``split`` and ``change_label``).
 
 The loader reads every cell as text, checks the whole file and reports every problem at once,
 one line each, naming the manifest, the spreadsheet row (header = row 1), the column and the fix.
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from learner.data.pairs import CHANGE_LABEL, LABELS
 from learner.data.splits import PRETRAIN
 from learner.data.table import read_text_table
 from learner.errors import ConfigError, DataError, closest
@@ -62,7 +63,19 @@ SCAN_EXTENSIONS = (
     ".npy",
 )
 SPLITS = ("train", "val", "test", "pretrain")
-OPTIONAL_COLUMNS = ("zone", "split")
+OPTIONAL_COLUMNS = ("zone", "split", CHANGE_LABEL)
+# What a clinician may write in change_label (case and surrounding spaces ignored): the three
+# labels and the few everyday words for them; anything else is an error, never a guess.
+CHANGE_WORDS = {
+    "worsen": "worsen",
+    "worse": "worsen",
+    "worsened": "worsen",
+    "stable": "stable",
+    "unchanged": "stable",
+    "improve": "improve",
+    "improved": "improve",
+    "better": "improve",
+}
 STANDARD_COLUMNS = ("patient_id", "visit", "path", "score", *OPTIONAL_COLUMNS)
 
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -82,8 +95,11 @@ class Manifest:
         frame: one row per scan, in file order, with columns ``patient_id`` (str), ``visit``
             (str, as written), ``visit_order`` (int, 0-based rank of the visit within its
             patient), ``path`` (absolute str; absent for tabular data), ``score`` (float, NaN =
-            unlabelled), ``zone`` (str, only if present), ``split`` (str, only if present), the
-            feature columns (float, tabular only) and ``row`` (1-based spreadsheet row).
+            unlabelled), ``zone`` (str, only if present), ``split`` (str, only if present),
+            ``change_label`` (only if present: the clinician's label of the change from the
+            patient's previous visit to this one, one of ``worsen`` / ``stable`` /
+            ``improve`` on every row of a labelled visit, None elsewhere), the feature
+            columns (float, tabular only) and ``row`` (1-based spreadsheet row).
         source: the manifest file.
         warnings: one line each; problems that do not stop loading.
         feature_columns: the numeric columns used instead of ``path``, or ``None``.
@@ -267,6 +283,10 @@ def load_manifest(
                 )
     if "split" in present:
         frame["split"] = _splits(raw["split"], rows, frame, problems)
+    if CHANGE_LABEL in present and "visit_order" in frame.columns:
+        labels = _change_labels(raw[CHANGE_LABEL], rows, frame, problems)
+        # object, not pandas' text dtype: a visit without a label holds None, not NaN.
+        frame[CHANGE_LABEL] = pd.Series(labels, index=frame.index, dtype=object)
 
     if not missing:
         _check_duplicates(frame, features, problems)
@@ -844,6 +864,62 @@ def _splits(
                 f"{first[1]}; put all of a patient's scans in one split",
             )
     return values
+
+
+def _change_labels(
+    column: pd.Series, rows: np.ndarray, frame: pd.DataFrame, problems: _Problems
+) -> np.ndarray:
+    """The clinician's change label of each row's visit (n_rows,), object: one of
+    :data:`~learner.data.pairs.LABELS`, or None for a visit without one.
+
+    A visit's non-empty cells must agree (a zone's blank row takes the visit's label), and a
+    patient's first visit has no previous visit to change from."""
+    labels = np.full(len(column), None, dtype=object)
+    first_seen: dict[tuple[str, int], tuple[str, int]] = {}
+    patients: list[str] = [str(p) for p in frame["patient_id"].tolist()]
+    orders: list[int] = [int(o) for o in frame["visit_order"].tolist()]
+    visits: list[str] = [str(v) for v in frame["visit"].tolist()]
+    accepted = ", ".join(sorted(CHANGE_WORDS))
+    for i, (row, text) in enumerate(zip(rows, column.tolist(), strict=True)):
+        if text == "":
+            continue
+        label = CHANGE_WORDS.get(text.strip().lower())
+        if label is None:
+            problems.cell(
+                row,
+                CHANGE_LABEL,
+                f"{text!r} is not a change label; write {', '.join(LABELS)} (also accepted: "
+                f"{accepted}; any case), or leave the cell empty where the clinician gave none",
+            )
+            continue
+        patient, order, visit = patients[i], orders[i], visits[i]
+        if order < 0:
+            continue  # the visit itself is reported
+        if order == 0:
+            problems.cell(
+                row,
+                CHANGE_LABEL,
+                f"{text!r} is on the first visit ({visit!r}) of patient {patient!r}, which "
+                "has no previous visit to change from; change_label judges the change from the "
+                "previous visit to this one: leave it empty on a first visit",
+            )
+            continue
+        first = first_seen.setdefault((patient, order), (label, int(row)))
+        if first[0] != label:
+            problems.cell(
+                row,
+                CHANGE_LABEL,
+                f"patient {patient!r} visit {visit!r} is labelled {label!r} here but "
+                f"{first[0]!r} at row {first[1]}; give every row of a visit the same "
+                "change_label (or leave the others empty)",
+            )
+            continue
+        labels[i] = label
+    # A visit's blank rows (other zones) adopt its label.
+    for i, key in enumerate(zip(patients, orders, strict=True)):
+        if key in first_seen:
+            labels[i] = first_seen[key][0]
+    return labels
 
 
 def _check_duplicates(frame: pd.DataFrame, features: list[str] | None, problems: _Problems) -> None:

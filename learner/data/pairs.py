@@ -2,7 +2,9 @@
 
 A visit's value is the mean over its scans (per zone when the frame has a ``zone`` column, so
 that pairs compare the same lung zone or view). Consecutive visits of a patient form a pair;
-the score change is labelled with a stable band ``delta`` in raw score units.
+the score change is labelled with a stable band ``delta`` in raw score units, unless the
+manifest gives the clinician's own label of the change (``change_label`` on the later visit),
+which then takes precedence (:func:`pair_labels`).
 
 Example:
     >>> frame = pd.DataFrame({"patient_id": ["a", "a", "a"], "visit_order": [0, 1, 2],
@@ -27,6 +29,11 @@ import pandas as pd
 from learner.errors import ConfigError, DataError
 
 LABELS = ("worsen", "stable", "improve")
+# The manifest column holding a clinician's judgement of the change from the previous visit
+# to this one (a visit's value, one of LABELS, or missing), and the two sources of a label.
+CHANGE_LABEL = "change_label"
+CLINICIAN, SCORE = "clinician", "score"
+LABEL_SOURCES = (CLINICIAN, SCORE)
 TERTILES: Final = "tertiles"
 # The one default stable band of `validate`, `evaluate` and `run` (eval.delta): a third of the
 # training pairs' |change|, so the three classes are about equally frequent.
@@ -86,8 +93,10 @@ def visit_table(frame: pd.DataFrame, value_cols: Sequence[str] = ("score",)) -> 
         raise ValueError(f"visit_table needs columns {missing}; got {list(frame.columns)}")
     groups = frame.groupby(keys, sort=True, dropna=False)
     out = groups.size().rename("n_scans").reset_index()
-    extras = [c for c in ("visit", "split") if c in frame.columns and c not in keys + cols]
+    carried = ("visit", "split", CHANGE_LABEL)
+    extras = [c for c in carried if c in frame.columns and c not in keys + cols]
     if extras:
+        # first() skips missing cells: a visit's clinician label is the same on all its rows.
         out[extras] = groups[extras].first().to_numpy()
     for column in cols:
         if _is_array_column(frame[column]):
@@ -113,23 +122,27 @@ def consecutive_pairs(visits: pd.DataFrame) -> pd.DataFrame:
     A patient's visit sequence is the sorted ``visit_order`` values it has in ``visits``;
     each visit pairs with the next one. With zones, a (patient, zone) row pairs with the same
     zone at the patient's next visit; a zone missing at either visit skips that pair (never
-    jumps a visit). Pairs with a NaN score at either end (unlabelled) are dropped.
+    jumps a visit). Pairs with a NaN score at either end (unlabelled) are dropped, unless
+    the clinician labelled the pair: the probe needs embeddings, not scores.
 
     Args:
         visits: from :func:`visit_table`: patient_id, [zone,] visit_order, score, ...
+            and optionally :data:`CHANGE_LABEL` (the later visit's clinician label).
 
     Returns:
         Columns patient_id, [zone,] visit_from, visit_to (visit_order values), score_from,
-        score_to, change (= score_to - score_from), index_from, index_to (0-based positions
-        in ``visits``), and split (of the patient) when ``visits`` has one; sorted by
-        patient_id, [zone,] visit_from.
+        score_to, change (= score_to - score_from; NaN for a clinician-labelled pair without
+        scores), index_from, index_to (0-based positions in ``visits``), split (of the
+        patient) when ``visits`` has one, and :data:`CHANGE_LABEL` when ``visits`` has it
+        (the ``visit_to`` visit's label, None where absent or where the pair skips a visit
+        the manifest has); sorted by patient_id, [zone,] visit_from.
     """
     zone = ["zone"] if _has_zone(visits) else []
     needed = ["patient_id", "visit_order", "score"]
     missing = [c for c in needed if c not in visits.columns]
     if missing:
         raise ValueError(f"consecutive_pairs needs columns {missing}; got {list(visits.columns)}")
-    carry = ["split"] if "split" in visits.columns else []
+    carry = [c for c in ("split", CHANGE_LABEL) if c in visits.columns]
     table = visits[["patient_id", *zone, "visit_order", "score", *carry]].reset_index(drop=True)
     table["index"] = np.arange(len(table), dtype=np.int64)
 
@@ -138,12 +151,24 @@ def consecutive_pairs(visits: pd.DataFrame) -> pd.DataFrame:
     sequence["visit_next"] = sequence.groupby("patient_id")["visit_order"].shift(-1)
     left = table.merge(sequence.dropna(subset=["visit_next"]), on=["patient_id", "visit_order"])
     left["visit_next"] = left["visit_next"].astype(np.int64)
-    right = table[["patient_id", *zone, "visit_order", "score", "index"]].rename(
+    labelled = [CHANGE_LABEL] if CHANGE_LABEL in carry else []
+    right = table[["patient_id", *zone, "visit_order", "score", "index", *labelled]].rename(
         columns={"visit_order": "visit_next"}
     )
     pairs = left.merge(right, on=["patient_id", *zone, "visit_next"], suffixes=("_from", "_to"))
     pairs = pairs.rename(columns={"visit_order": "visit_from", "visit_next": "visit_to"})
-    pairs = pairs[pairs["score_from"].notna() & pairs["score_to"].notna()]
+    keep = pairs["score_from"].notna() & pairs["score_to"].notna()
+    if CHANGE_LABEL in carry:
+        pairs = pairs.drop(columns=[f"{CHANGE_LABEL}_from"]).rename(
+            columns={f"{CHANGE_LABEL}_to": CHANGE_LABEL}
+        )
+        # visit_order ranks every visit of the manifest: a gap means a visit whose scans were
+        # all skipped, and the label of the later visit judges the change from that one.
+        adjacent = pairs["visit_to"] == pairs["visit_from"] + 1
+        given = pairs[CHANGE_LABEL].isin(LABELS) & adjacent
+        pairs[CHANGE_LABEL] = pairs[CHANGE_LABEL].where(given, None)
+        keep |= given
+    pairs = pairs[keep]
     pairs = pairs.assign(change=pairs["score_to"] - pairs["score_from"])
     columns = [
         "patient_id",
@@ -233,3 +258,86 @@ def label_changes(
     codes[signed > checked] = 2
     codes[signed < -checked] = 0
     return np.asarray(LABELS)[codes]
+
+
+def pair_labels(
+    pairs: pd.DataFrame, band: float, *, higher_is_better: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's label and where it came from: the clinician's :data:`CHANGE_LABEL` where
+    the pair has one, else the score change in the stable band (:func:`label_changes`).
+
+    Args:
+        pairs: from :func:`consecutive_pairs` (``change``, optionally :data:`CHANGE_LABEL`).
+        band, higher_is_better: as :func:`label_changes`, for the pairs without a clinician
+            label (their ``change`` must be finite).
+
+    Returns:
+        ``(labels, sources)``: (n_pairs,) strings from :data:`LABELS` and (n_pairs,) strings
+        :data:`CLINICIAN` or :data:`SCORE`.
+    """
+    given = clinician_given(pairs)
+    labels = np.empty(len(pairs), dtype=object)
+    if given.any():
+        labels[given] = pairs[CHANGE_LABEL].to_numpy(dtype=object)[given]
+    scored = ~given
+    if scored.any():
+        changes = pairs["change"].to_numpy(dtype=np.float64)[scored]
+        labels[scored] = label_changes(changes, band, higher_is_better=higher_is_better)
+    sources = np.where(given, CLINICIAN, SCORE)
+    return labels.astype(str), sources
+
+
+def clinician_given(pairs: pd.DataFrame) -> np.ndarray:
+    """(n_pairs,) bool: whether each pair carries a clinician's change label."""
+    if CHANGE_LABEL not in pairs.columns:
+        return np.zeros(len(pairs), dtype=bool)
+    return pairs[CHANGE_LABEL].isin(LABELS).to_numpy(dtype=bool)
+
+
+def source_counts(sources: npt.ArrayLike) -> dict[str, int]:
+    """``{"clinician": n, "score": m}``: how many labels came from each source."""
+    values = np.asarray(sources, dtype=object)
+    return {source: int(np.sum(values == source)) for source in LABEL_SOURCES}
+
+
+def labels_source(counts: dict[str, int]) -> str:
+    """``clinician``, ``score`` or ``mixed``: the source of a set of labels, from
+    :func:`source_counts`."""
+    if counts.get(CLINICIAN, 0) and counts.get(SCORE, 0):
+        return "mixed"
+    return CLINICIAN if counts.get(CLINICIAN, 0) else SCORE
+
+
+def with_change_labels(frame: pd.DataFrame, source: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (one row per scan) with the :data:`CHANGE_LABEL` of ``source``'s visits (a
+    manifest frame), matched on (patient_id, visit_order); without the column when
+    ``source`` has none. `run` reads the labels from the manifest at evaluation, so that an
+    edited label re-evaluates a cell whose cached embeddings hold the old one."""
+    out = frame.drop(columns=[CHANGE_LABEL], errors="ignore")
+    if CHANGE_LABEL not in source.columns:
+        return out
+    given = source[source[CHANGE_LABEL].isin(LABELS)]
+    per_visit = dict(
+        zip(
+            zip(given["patient_id"].astype(str), given["visit_order"].astype(int), strict=True),
+            given[CHANGE_LABEL],
+            strict=True,
+        )
+    )
+    keys = zip(out["patient_id"].astype(str), out["visit_order"].astype(int), strict=True)
+    labels = [per_visit.get(key) for key in keys]
+    out[CHANGE_LABEL] = pd.Series(labels, index=out.index, dtype=object)
+    return out
+
+
+def split_label_counts(frame: pd.DataFrame, splits: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per split, how many of its consecutive visit pairs carry a clinician label and how
+    many take the score's (:func:`source_counts`), from a frame of scans with ``split``."""
+    pairs = consecutive_pairs(visit_table(frame))
+    given = clinician_given(pairs)
+    split = pairs["split"].astype(str).to_numpy() if "split" in pairs.columns else None
+    out = {}
+    for name in splits:
+        chosen = split == name if split is not None else np.zeros(len(pairs), dtype=bool)
+        out[name] = source_counts(np.where(given[chosen], CLINICIAN, SCORE))
+    return out

@@ -33,9 +33,11 @@ from rich.table import Table
 
 from learner.data.manifest import Manifest
 from learner.data.pairs import (
+    CHANGE_LABEL,
     LABELS,
+    clinician_given,
     consecutive_pairs,
-    label_changes,
+    pair_labels,
     resolve_stable_band,
     visit_table,
 )
@@ -59,7 +61,9 @@ class ManifestSummary:
             a split column.
         single_visit_patients: patients with one visit (no change pairs).
         features: number of feature columns (tabular), or None.
-        pairs: change pairs per label of ``LABELS``, zone-matched when zones exist.
+        pairs: change pairs per label of ``LABELS``, zone-matched when zones exist (the
+            clinician's change_label where a pair has one, else the score's).
+        clinician_pairs: pairs carrying a clinician's change_label; None without the column.
         pair_patients: patients with at least one change pair.
         band: the stable band used, in score units; None when ``delta`` is ``"tertiles"`` and
             there are no pairs.
@@ -84,6 +88,7 @@ class ManifestSummary:
     delta: str
     higher_is_better: bool
     pair_patients: int = 0
+    clinician_pairs: int | None = None
 
 
 def summarize_manifest(
@@ -107,16 +112,17 @@ def summarize_manifest(
     labelled = scores[~np.isnan(scores)]
     visits_per_patient = frame.groupby("patient_id")["visit_order"].nunique()
     pairs = consecutive_pairs(visit_table(frame))
+    given = clinician_given(pairs)
     try:
         band: float | None = resolve_stable_band(pairs["change"].to_numpy(), delta)
     except DataError:
-        if len(pairs):
+        if not given.all():
             raise
-        band = None  # 'tertiles' of no pairs: nothing to label anyway
+        band = None  # 'tertiles' of no scored pair: the clinicians label every pair
     counts = dict.fromkeys(LABELS, 0)
-    if len(pairs) and band is not None:
+    if len(pairs):
         labels, n = np.unique(
-            label_changes(pairs["change"], band, higher_is_better=higher_is_better),
+            pair_labels(pairs, band or 0.0, higher_is_better=higher_is_better)[0],
             return_counts=True,
         )
         counts.update({str(label): int(c) for label, c in zip(labels, n, strict=True)})
@@ -146,6 +152,7 @@ def summarize_manifest(
         delta=str(delta),
         higher_is_better=higher_is_better,
         pair_patients=int(pairs["patient_id"].nunique()) if len(pairs) else 0,
+        clinician_pairs=int(given.sum()) if CHANGE_LABEL in frame.columns else None,
     )
 
 
@@ -207,7 +214,13 @@ def render_summary(summary: ManifestSummary, console: Console) -> None:
     table.add_row("stable band", band)
     for label in LABELS:
         table.add_row(f"pairs {label}", str(summary.pairs[label]))
-    table.add_row("pairs total", str(sum(summary.pairs.values())))
+    total = sum(summary.pairs.values())
+    table.add_row("pairs total", str(total))
+    if summary.clinician_pairs is not None:
+        table.add_row(
+            "pairs with a clinician label",
+            f"{summary.clinician_pairs} of {total} (change_label)",
+        )
     console.print(table)
 
 
