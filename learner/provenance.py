@@ -113,6 +113,17 @@ def manifest_fingerprint(frame: pd.DataFrame, feature_columns: list[str] | None 
     return hasher.hexdigest()
 
 
+def change_label_content(frame: pd.DataFrame) -> str | None:
+    """A digest of a manifest's clinician change labels (``change_label`` per patient and
+    visit), or None without the column. The labels decide which label each pair trains and is
+    judged on, but no pretraining: they key the evaluations and fine-tuned encoders, not the
+    pretrained cells (:func:`manifest_fingerprint` leaves the column out)."""
+    if "change_label" not in frame.columns:
+        return None
+    table = frame[["patient_id", "visit_order", "change_label"]].drop_duplicates()
+    return digest({"change_label": table.to_csv(index=False, na_rep="")})
+
+
 def digest_file(path: Path) -> str:
     """SHA-256 of a small file's bytes (a side table, not a scan)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

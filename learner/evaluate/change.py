@@ -42,10 +42,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from learner.data.pairs import (
+    CHANGE_LABEL,
     LABELS,
     consecutive_pairs,
     label_changes,
+    pair_labels,
     resolve_stable_band,
+    source_counts,
     visit_table,
 )
 from learner.data.splits import check_no_leakage
@@ -119,7 +122,8 @@ class ChangeResult:
         n_boot, seed: bootstrap resamples and seed.
         warnings: one line each (a class absent from training, no convergence, ...).
         test_pairs: per test pair: patient_id, [zone,] visit_from, visit_to, change, label,
-            predicted, head_predicted, distance, predicted_change; and each predicted change
+            predicted, head_predicted, distance, predicted_change, [label_source:
+            ``clinician`` or ``score``, with a ``change_label`` column]; and each predicted change
             oriented so that higher = better: ``score_change`` (the observed score's),
             ``head_change`` (the regression head's), ``probe_change`` (the probe's expected
             signed change, p_improve - p_worsen); with a :data:`TARGET_COLUMN` in the frame
@@ -131,6 +135,9 @@ class ChangeResult:
             pair features (a ``pca`` projection folded in).
         pca: the number of principal axes the probe read (0: the full embedding).
         chosen_c: ``logreg-cv``'s inverse regularisation strength (None for the others).
+        labels: with a ``change_label`` column in the frame, where the pairs' labels came
+            from: ``{"train": {"clinician": n, "score": m}, "test": {...}}`` (the clinician's
+            label where a pair has one, else the score's); None without the column.
         target_band: with a :data:`TARGET_COLUMN`: the band on |target change| that makes
             the test pairs' target classes as frequent as the observed classes among
             training pairs (so the two targets' accuracies compare like with like).
@@ -167,6 +174,7 @@ class ChangeResult:
     pca: int = 0
     chosen_c: float | None = None
     target_band: float | None = None
+    labels: dict[str, dict[str, int]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-ready dict (floats, ints, strings, lists; NaN -> None)."""
@@ -196,6 +204,10 @@ class ChangeResult:
             "warnings": self.warnings,
             "figure1": {column: self.figure1[column].tolist() for column in self.figure1.columns},
         }
+        if self.labels is not None:
+            # Only with clinician labels, so that other files stay as they were ("labels" is
+            # the class order).
+            out["label_sources"] = self.labels
         return _plain(out)
 
 
@@ -287,12 +299,13 @@ def _train_test_pairs(
     if len(train) == 0:
         raise DataError(
             f"no training pairs: no patient in splits {list(train_splits)} has two consecutive "
-            "labelled visits; add such patients or change the split"
+            "labelled visits (scores at both, or a change_label); add such patients or change "
+            "the split"
         )
     if len(test) == 0:
         raise DataError(
             f"no test pairs: no patient in split {test_split!r} has two consecutive labelled "
-            "visits; add such patients or change the split"
+            "visits (scores at both, or a change_label); add such patients or change the split"
         )
     shared = sorted(set(train["patient_id"].astype(str)) & set(test["patient_id"].astype(str)))
     if shared:
@@ -421,9 +434,12 @@ def evaluate_change(
     train_patients = set(train["patient_id"].astype(str))
     test_patients = set(test["patient_id"].astype(str))
 
+    # The band is the score's: resolved on the training pairs that have scores at both visits.
     band = resolve_stable_band(train["change"].to_numpy(), delta)
-    y_train = label_changes(train["change"].to_numpy(), band, higher_is_better=higher_is_better)
-    y_test = label_changes(test["change"].to_numpy(), band, higher_is_better=higher_is_better)
+    # A clinician's change_label, where a pair has one, is the pair's label for the probe's
+    # training and for judging it; the score's label elsewhere.
+    y_train, source_train = pair_labels(train, band, higher_is_better=higher_is_better)
+    y_test, source_test = pair_labels(test, band, higher_is_better=higher_is_better)
     _training_classes_check(y_train, band, notes)
     true_codes = label_codes(y_test)
 
@@ -465,9 +481,19 @@ def evaluate_change(
     ridge = Pipeline(
         [("scale", StandardScaler()), ("ridge", RidgeCV(alphas=np.logspace(-3, 3, 13)))]
     )
-    ridge.fit(x_train, train["change"].to_numpy(dtype=np.float64))
-    change_pred = np.asarray(ridge.predict(x_test), dtype=np.float64)
+    # The change regression needs scores: it learns from the training pairs that have them.
+    change_train = train["change"].to_numpy(dtype=np.float64)
+    scored_train = np.isfinite(change_train)
     change_true = test["change"].to_numpy(dtype=np.float64)
+    if scored_train.all():
+        ridge.fit(x_train, change_train)
+        change_pred = np.asarray(ridge.predict(x_test), dtype=np.float64)
+    elif scored_train.sum() >= 2:
+        ridge.fit(x_train[scored_train], change_train[scored_train])
+        change_pred = np.asarray(ridge.predict(x_test), dtype=np.float64)
+    else:
+        change_pred = np.full(len(test), math.nan)
+    scored_test = np.isfinite(change_true)
 
     pair_patients = test["patient_id"].astype(str).to_numpy()
 
@@ -484,7 +510,7 @@ def evaluate_change(
                 *probe,
                 *head,
                 spearman(distance[idx], abs_change[idx]),
-                mae(change_pred[idx], change_true[idx]),
+                mae(change_pred[idx][scored_test[idx]], change_true[idx][scored_test[idx]]),
                 spearman(change_pred[idx], change_true[idx]),
             ]
         )
@@ -532,6 +558,10 @@ def evaluate_change(
         head_change=sign * (pred_visit[test["index_to"]] - pred_visit[test["index_from"]]),
         probe_change=expected_change(model, probe_test),
     )
+    labels: dict[str, dict[str, int]] | None = None
+    if CHANGE_LABEL in test.columns:
+        test_table["label_source"] = source_test
+        labels = {"train": source_counts(source_train), "test": source_counts(source_test)}
     # Judged only now, every prediction made: the target never reaches a model.
     target_change = test_target_change(frame, test, test_split)
     target_band: float | None = None
@@ -593,6 +623,7 @@ def evaluate_change(
         pca=projection.k if projection is not None else 0,
         chosen_c=chosen_c(model),
         target_band=target_band,
+        labels=labels,
     )
 
 

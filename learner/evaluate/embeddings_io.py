@@ -3,8 +3,10 @@
 Columns (docs/architecture.md, 'Embeddings file'): ``patient_id`` (str), ``visit`` (str),
 ``visit_order`` (int), ``zone`` (str or null, optional), ``path`` (str or null), ``score``
 (float, NaN = unlabelled), ``split`` (str), ``pred_score`` (float, raw score units) and
-``embedding`` (list<float32>, length D). Run facts (objective, seed, score range,
-higher_is_better, checkpoint) travel as JSON under the schema metadata key ``b"learner"``.
+``embedding`` (list<float32>, length D), and ``change_label`` (str or null) when the manifest
+had one (the clinician's label of the change from the previous visit). Run facts (objective,
+seed, score range, higher_is_better, checkpoint) travel as JSON under the schema metadata key
+``b"learner"``.
 
 Every write goes to a temporary file beside the target and is renamed on success, so a crash
 never leaves a half-written file under the final name.
@@ -54,7 +56,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 
 # Arrow types of the documented columns; any other column keeps the type Arrow infers.
-_STRING_COLUMNS = ("patient_id", "visit", "zone", "path", "split")
+_STRING_COLUMNS = ("patient_id", "visit", "zone", "path", "split", "change_label")
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "patient_id": pa.string(),
     "visit": pa.string(),
@@ -63,6 +65,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "path": pa.string(),
     "score": pa.float64(),
     "split": pa.string(),
+    "change_label": pa.string(),
     "pred_score": pa.float64(),
     "embedding": pa.list_(pa.float32()),
 }

@@ -33,7 +33,18 @@ from learner.train.prepared import (
     resolve_cache,
 )
 
-_META_COLUMNS = ("patient_id", "visit", "visit_order", "zone", "path", "score", "split")
+# change_label (a clinician's change judgement) travels along so that `learner evaluate`
+# and `learner predict` read it from the embeddings as `run` reads it from the manifest.
+_META_COLUMNS = (
+    "patient_id",
+    "visit",
+    "visit_order",
+    "zone",
+    "path",
+    "score",
+    "split",
+    "change_label",
+)
 
 
 @torch.no_grad()

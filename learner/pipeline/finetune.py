@@ -13,7 +13,9 @@ help on validation). Test patients are never read.
 Pairs are those the evaluation uses (:func:`learner.data.pairs.consecutive_pairs`: consecutive
 visits, zone-matched where zones exist), a visit's embedding the mean over its scans, and the
 labels come from the same stable band (``eval.delta`` resolved on training and validation
-pairs), so the fine-tuned encoder is trained for exactly the question it is then asked.
+pairs), so the fine-tuned encoder is trained for exactly the question it is then asked; where
+the manifest gives a clinician's ``change_label`` for a pair, that label is the pair's, here
+as in the evaluation (:func:`learner.data.pairs.pair_labels`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from torch import Tensor, nn
 
 from learner.data.dataset import SCAN_RANK
 from learner.data.pairs import (
+    CHANGE_LABEL,
     LABELS,
     consecutive_pairs,
-    label_changes,
+    pair_labels,
     resolve_stable_band,
+    source_counts,
     visit_table,
 )
 from learner.errors import DataError
@@ -82,9 +86,11 @@ class FinetuneResult:
     n_train_pairs: int = 0
     n_val_pairs: int = 0
     warnings: list[str] = field(default_factory=list)
+    # With clinician labels: per split, {"clinician": n, "score": m} of the pairs' labels.
+    labels: dict[str, dict[str, int]] | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "best_epoch": self.best_epoch,
             "band": self.band,
             "n_train_pairs": self.n_train_pairs,
@@ -92,6 +98,9 @@ class FinetuneResult:
             "history": self.history,
             "warnings": self.warnings,
         }
+        if self.labels is not None:
+            out["label_sources"] = self.labels
+        return out
 
 
 @dataclass
@@ -104,6 +113,7 @@ class _Pairs:
     members: list[np.ndarray]
     codes: np.ndarray
     patients: np.ndarray
+    sources: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -124,13 +134,14 @@ def _split_pairs(
     pairs: pd.DataFrame, members: list[np.ndarray], split: str, band: float, higher: bool
 ) -> _Pairs:
     chosen = pairs[pairs["split"].astype(str) == split]
-    labels = label_changes(chosen["change"].to_numpy(), band, higher_is_better=higher)
+    labels, sources = pair_labels(chosen, band, higher_is_better=higher)
     return _Pairs(
         start=chosen["index_from"].to_numpy(dtype=np.int64),
         end=chosen["index_to"].to_numpy(dtype=np.int64),
         members=members,
         codes=label_codes(labels),
         patients=chosen["patient_id"].astype(str).to_numpy(),
+        sources=sources,
     )
 
 
@@ -248,7 +259,8 @@ def finetune_change(
         which = "training" if len(train) == 0 else "validation"
         raise DataError(
             f"eval.finetune needs {which} patients with two consecutive labelled visits "
-            f"(found none); set eval.finetune: 0 or change data.split.ratios"
+            "(scores at both, or a change_label; found none); set eval.finetune: 0 or change "
+            "data.split.ratios"
         )
     if len(np.unique(train.codes)) < 2:
         raise DataError(
@@ -322,6 +334,11 @@ def finetune_change(
         n_train_pairs=len(train),
         n_val_pairs=len(val),
         warnings=notes,
+        labels=(
+            {"train": source_counts(train.sources), "val": source_counts(val.sources)}
+            if CHANGE_LABEL in pairs.columns
+            else None
+        ),
     )
 
 

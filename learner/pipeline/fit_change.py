@@ -34,7 +34,15 @@ import numpy as np
 import pandas as pd
 
 from learner.config import Config
-from learner.data.pairs import consecutive_pairs, label_changes
+from learner.data.pairs import (
+    CLINICIAN,
+    SCORE,
+    consecutive_pairs,
+    label_changes,
+    labels_source,
+    split_label_counts,
+    with_change_labels,
+)
 from learner.errors import DataError
 from learner.evaluate.answer import choose_answer, no_validation_answer
 from learner.evaluate.calibration import (
@@ -74,6 +82,7 @@ class FittedChange:
     calibration: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     answer: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
 
 
 def _split_features(
@@ -185,7 +194,24 @@ def fit_change_model(
         calibration=calibration,
         notes=notes,
         answer=answer,
+        labels=labels_block(frame),
     )
+
+
+def labels_block(frame: pd.DataFrame) -> dict[str, Any]:
+    """``model.json``'s ``labels``: where the labels of the pairs came from, per split, and
+    the ``source`` of those the saved probe was fitted on (training and validation patients'
+    pairs): ``clinician`` (every one a clinician's change_label), ``score`` (none) or
+    ``mixed``."""
+    counts = split_label_counts(frame, ("train", "val", "test"))
+    fitted = {k: counts["train"][k] + counts["val"][k] for k in (CLINICIAN, SCORE)}
+    return {
+        "source": labels_source(fitted),
+        "fitted_on": fitted,
+        **counts,
+        "rule": "a pair's label is the clinician's change_label where the later visit has "
+        "one, else the score change in the stable band",
+    }
 
 
 def _validation_answer(pairs: pd.DataFrame, band: float, higher_is_better: bool) -> dict[str, Any]:
@@ -194,8 +220,19 @@ def _validation_answer(pairs: pd.DataFrame, band: float, higher_is_better: bool)
     change = pairs["change"].to_numpy(np.float64)
     # ``head_change`` is oriented so that higher = better; the head's raw change is its sign back.
     raw_head = pairs["head_change"].to_numpy(np.float64) * (1.0 if higher_is_better else -1.0)
+    # A clinician's label stands as it is; a score's is read in the model's own band.
+    truth = pairs["label"].astype(str).to_numpy(dtype=object)
+    from_score = (
+        pairs["label_source"].to_numpy() == SCORE
+        if "label_source" in pairs.columns
+        else np.ones(len(pairs), dtype=bool)
+    )
+    if from_score.any():
+        truth[from_score] = label_changes(
+            change[from_score], band, higher_is_better=higher_is_better
+        )
     return choose_answer(
-        label_changes(change, band, higher_is_better=higher_is_better).tolist(),
+        truth.tolist(),
         pairs["predicted"].astype(str).tolist(),
         raw_head,
         band=band,
@@ -251,6 +288,7 @@ def save_fitted_change_model(
         "metrics": {"validation": fitted.validation, "test": fitted.test},
         "calibration": fitted.calibration,
         "answer": fitted.answer,
+        "labels": fitted.labels,
         "notes": fitted.notes,
         "split": meta.get("split", {}),
         "split_hash": meta.get("split_hash"),
@@ -331,11 +369,19 @@ def untrained_evaluation(cell_dir: Path, feature: str) -> dict[str, Any] | None:
 
 
 def save_cell_change_model(
-    cell_dir: Path, cfg: Config, *, objective: str, feature: str, seed: int
+    cell_dir: Path,
+    cfg: Config,
+    *,
+    objective: str,
+    feature: str,
+    seed: int,
+    labels_from: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """``cell_dir/change-model`` from the cell's embeddings and best checkpoint (reused when
     already saved); returns its ``model.json`` content. Its ``record`` is the cell's own
-    evaluation on its test patients, with the ``untrained`` cell's beside it."""
+    evaluation on its test patients, with the ``untrained`` cell's beside it.
+    ``labels_from``: the run's manifest frame, whose clinician change labels replace those
+    the cached embeddings hold (as the cell's evaluation does)."""
     folder = cell_dir / CHANGE_MODEL_DIR
     evaluated = _read_evaluation(cell_dir / f"eval-{feature}")
     untrained = untrained_evaluation(cell_dir, feature)
@@ -368,6 +414,8 @@ def save_cell_change_model(
                         write_json(folder / MODEL_FILE, info)
                 return info
     frame, _ = read_embeddings(cell_dir / "embeddings.parquet")
+    if labels_from is not None:
+        frame = with_change_labels(frame, labels_from)
     info = save_fitted_change_model(
         folder,
         frame,
@@ -454,7 +502,12 @@ def save_run_change_models(
             cell_dir = run_dir.parent
             seed = int(cell_dir.name.removeprefix("seed").split("-")[0])
             info = save_cell_change_model(
-                cell_dir, cfg, objective=label, feature=feature, seed=seed
+                cell_dir,
+                cfg,
+                objective=label,
+                feature=feature,
+                seed=seed,
+                labels_from=ablation.manifest.frame if ablation.manifest is not None else None,
             )
             candidates[info["cell"]] = {**info, "folder": cell_dir / CHANGE_MODEL_DIR}
     if not candidates:

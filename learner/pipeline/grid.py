@@ -18,6 +18,7 @@ from learner.data.manifest import Manifest
 from learner.data.splits import fixed_test_patients, kfold_patients, pool_patients
 from learner.errors import ConfigError, DataError
 from learner.provenance import (
+    change_label_content,
     digest,
     digest_file,
     finetune_key,
@@ -253,6 +254,10 @@ def plan_cells(
 def finetuned_cell(base: Cell, out: Path) -> Cell:
     """The ``<label>-ft`` cell that fine-tunes ``base``'s encoder (``eval.finetune``)."""
     label = base.label + FINETUNED
-    key = normalised(finetune_key(base.cfg, base.digest))
+    key = finetune_key(base.cfg, base.digest)
+    labels = change_label_content(base.data.frame)
+    if labels is not None:
+        key["change_label.content"] = labels  # the fine-tuning loss reads clinician labels
+    key = normalised(key)
     folder = out / "cells" / label / base.tag
     return Cell(label, base.tag, base.cfg, base.data, folder, key, base=base)

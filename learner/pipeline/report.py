@@ -339,6 +339,7 @@ def _intro(results: dict[str, Any]) -> list[str]:
         f"(raw score units; `{cfg['eval']['delta']}`). Held-out pairs per seed: "
         f"{ds['test_pairs_per_seed']} from {ds['test_patients_per_seed']} patients, classes "
         f"{ds['class_counts_test']}.",
+        *_labels_line(ds.get("label_sources")),
         "Values are means over seeds with a 95% patient-bootstrap interval on the held-out "
         "patients. `head_delta` classifies the mse model's predicted score change (one feature); "
         "`untrained` is a random-init encoder (its random head has no score MAE). "
@@ -347,6 +348,20 @@ def _intro(results: dict[str, Any]) -> list[str]:
         "paired difference in balanced accuracy to `mse` on the same pairs.",
         *_floors_paragraph(results.get("ceilings", {}).get("score_mae_floors")),
         *_change_model_paragraph(results.get("change_model")),
+    ]
+
+
+def _labels_line(labels: dict[str, Any] | None) -> list[str]:
+    """One line on where the change labels came from, where the manifest has clinicians'."""
+    if not labels:
+        return []
+    first = labels["per_seed"][0]
+    train, test = first["train"], first["test"]
+    return [
+        f"Change labels: clinicians' `change_label` where given, the score elsewhere "
+        f"(`{labels['source']}`): the first seed's probe trained on {train['clinician']} "
+        f"clinician and {train['score']} score labels and was judged on {test['clinician']} "
+        f"clinician and {test['score']} score labels."
     ]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from learner.config import Config, TargetColumn
 from learner.data.manifest import Manifest
+from learner.data.pairs import LABEL_SOURCES, labels_source
 from learner.evaluate.aggregate import (
     CellResult,
     majority_rate,
@@ -278,6 +279,9 @@ def change_results(
     """results.json of a change run: :func:`build_results`, the score regressor's floors
     (where truth.csv gave them), every warning, the degenerate-class note and the verdict."""
     results = build_results(cfg, manifest, units, splits, oracles=oracles)
+    labels = labels_summary(units)
+    if labels is not None:
+        results["dataset"]["label_sources"] = labels
     if floors:
         results["ceilings"]["score_mae_floors"] = mean_floors(floors, units)
     results["warnings"] = run_warnings(cfg, manifest, units, pair_counts)
@@ -287,6 +291,34 @@ def change_results(
         results["target"] = target
     results["verdict"] = verdict(results)
     return results
+
+
+def labels_summary(units: dict[str, list[list[CellResult]]]) -> dict[str, Any] | None:
+    """results.json's ``dataset.label_sources`` where the manifest has clinician change labels
+    (None otherwise): per seed (and fold), how many of the probe's training pairs (training
+    and validation patients) and test pairs took the clinician's label and how many the
+    score's, and the ``source`` of the training labels over all seeds (``clinician``,
+    ``score`` or ``mixed``). Every row of a seed reads the same pairs, so the reference's
+    cells speak for all."""
+    name = REFERENCE if REFERENCE in units else next(iter(units), None)
+    if name is None:
+        return None
+    per_seed = [
+        c.summary["label_sources"]
+        for cells in units[name]
+        for c in cells
+        if "label_sources" in c.summary
+    ]
+    if not per_seed:
+        return None
+    trained = {s: sum(entry["train"][s] for entry in per_seed) for s in LABEL_SOURCES}
+    return {
+        "source": labels_source(trained),
+        "per_seed": per_seed,
+        "rule": "a pair's label, for training the probe and for judging it, is the "
+        "clinician's change_label where the later visit has one, else the score change in "
+        "the stable band",
+    }
 
 
 def target_results(

@@ -19,6 +19,7 @@ import pandas as pd
 
 from learner.config import Config, TargetColumn
 from learner.data.manifest import Manifest
+from learner.data.pairs import with_change_labels
 from learner.device import training_device
 from learner.errors import ConfigError
 from learner.evaluate.aggregate import CellResult
@@ -53,6 +54,7 @@ from learner.pipeline.grid import (
 from learner.pipeline.results import change_results, interpatient_results
 from learner.provenance import (
     KEY_FILE,
+    change_label_content,
     changed_keys,
     digest,
     evaluation_key,
@@ -88,6 +90,9 @@ def _evaluate_cell(
         key = evaluation_key(cell.cfg, cell.digest, feature)
         if content is not None:
             key["target.content"] = content  # edited target values re-evaluate the cell
+        labels = change_label_content(cell.data.frame)
+        if labels is not None:
+            key["change_label.content"] = labels  # so do edited clinician labels
         key = normalised(key)
         stored = read_key(folder / KEY_FILE)
         if (folder / "metrics.json").exists():
@@ -98,6 +103,7 @@ def _evaluate_cell(
             log(f"[{cell.tag}] {cell.label}: re-evaluating {feature} ({'; '.join(changes)})")
         if frame is None:
             frame, _ = read_embeddings(emb_path)
+            frame = with_change_labels(frame, cell.data.frame)
             target = cell.cfg.eval.target
             if target == "truth" and truth is not None:
                 frame[TARGET_COLUMN] = truth_target(frame, truth)
@@ -308,6 +314,8 @@ class AblationResult:
     results: dict[str, Any]
     cells: dict[str, list[list[CellResult]]]
     run_dirs: dict[str, list[Path]]
+    # The manifest the run read: its clinician change labels serve the change models too.
+    manifest: Manifest | None = None
 
 
 def run_ablation(
@@ -405,7 +413,7 @@ def run_ablation(
     results["cells"] = keys
     path = out / "results.json"
     write_json(path, results)
-    return AblationResult(path, results, units, run_dirs)
+    return AblationResult(path, results, units, run_dirs, manifest)
 
 
 def run_interpatient(
