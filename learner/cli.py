@@ -413,6 +413,11 @@ def validate(
     change pairs per class. Exit 3 with one line per problem; with --config, exit 2 when the
     scans are of another kind than its data.input.kind and model.encoder read.
 
+    A change_label column (the clinician's worsen / stable / improve for the change from the
+    previous visit, on the later visit) labels its pairs instead of the score: the summary
+    counts the pairs with a clinician label, and an unknown value, rows of a visit that
+    disagree or a label on a first visit are errors.
+
     Warnings (stderr), the same `evaluate`, `run` and `predict` give: a class missing from
     the pairs or with few of them, one class dominating, few patients with pairs, and with
     --config scores outside data.score_range.
@@ -819,7 +824,9 @@ def predict(
       (score_to - score_from, raw units)
     - distance: cosine distance of the two visit embeddings
     - n_zones (with zones); score_from, score_to, change, true_label
-      (where both visits have a score)
+      (where both visits have a score, or the manifest's change_label
+      column gives the clinician's label of the pair, which then wins);
+      true_label_source (with a change_label column): clinician or score
     - caveat: empty, or why not to trust the row: the model's held-out
       test CI includes chance, it is not above an untrained encoder,
       or the model has no held-out record
@@ -829,8 +836,10 @@ def predict(
     Beside OUT: OUT_scans (pred_score per scan; seen: the patient's split
     in the model's training, external if never seen), OUT_zones (with
     zones), OUT_summary.json (the model's whole record, caveat, the
-    answer's source, rule and validation numbers, counts, notes,
-    warnings, metrics on pairs with scores). Warnings, as validate,
+    answer's source, rule and validation numbers, the labels the
+    model's probe was trained on (clinicians' change_label or the
+    score's), counts, notes, warnings, metrics on pairs with a true
+    label). Warnings, as validate,
     evaluate and run give them: on the pairs with scores, a class
     missing or with few pairs, one class dominating, few patients;
     scores outside the model's data.score_range. When the caveat is set a warning
@@ -843,7 +852,7 @@ def predict(
     """
     from learner.api import load_model
     from learner.data.manifest import parse_column_map
-    from learner.pipeline.predict import predict_change, write_predictions
+    from learner.pipeline.predict import model_labels_line, predict_change, write_predictions
     from learner.pipeline.record import record_lines
 
     loaded = load_model(model, device=device)
@@ -861,6 +870,9 @@ def predict(
             soft_wrap=True,
         )
     console.print(f"answer: {_answer_line(loaded)}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"labels: {model_labels_line(loaded.info)}", markup=False, highlight=False, soft_wrap=True
+    )
     mapping = parse_column_map(columns) if columns is not None else None
     result = predict_change(loaded, manifest, columns=mapping, on_error=on_error.value)
     for note in result.summary["notes"]:
@@ -870,10 +882,16 @@ def predict(
     written = write_predictions(result, out)
     summary = result.summary
     skipped = summary["skipped_rows"]
+    true_labels = summary["labels"].get("true_labels")
+    labelled = (
+        f"{summary['labelled_pairs']} with a true label: {true_labels['clinician']} from "
+        f"clinicians' change_label, {true_labels['score']} from scores"
+        if true_labels is not None
+        else f"{summary['labelled_pairs']} with scores"
+    )
     console.print(
         f"{summary['patients']} patients, {summary['scans']} scans, {summary['pairs']} visit "
-        f"pairs ({summary['labelled_pairs']} with scores)"
-        + (f", {skipped} row(s) skipped" if skipped else ""),
+        f"pairs ({labelled})" + (f", {skipped} row(s) skipped" if skipped else ""),
         highlight=False,
     )
     if skipped:
@@ -890,8 +908,9 @@ def predict(
         )
     metrics = summary.get("metrics")
     if metrics:
+        judged = "pairs with a true label" if true_labels is not None else "pairs with scores"
         console.print(
-            f"on pairs with scores: accuracy {metrics['accuracy']:.3f}, balanced accuracy "
+            f"on {judged}: accuracy {metrics['accuracy']:.3f}, balanced accuracy "
             f"{metrics['balanced_accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f} (probe); "
             "balanced accuracy by label: "
             + ", ".join(f"{k} {v:.3f}" for k, v in metrics["balanced_accuracy_by_label"].items()),

@@ -12,6 +12,11 @@ Each pair row holds the probe's ``label`` and the regression head's (``head_labe
 to read, from the one chosen on validation patients when the model was fitted
 (``answer_from``; :mod:`learner.evaluate.answer`).
 
+Where the manifest has a clinician's ``change_label`` (the later visit's judgement of the change
+from the previous one), that is a pair's true label, and ``true_label_source`` says which
+pairs' true labels are the clinician's and which the score's. The summary's ``labels`` says
+which labels the model's probe was trained on (``model.json``'s ``labels``).
+
 Every pair row also carries the model's held-out record (``model_record``, one line) and a
 ``caveat``: empty where the record beats chance and the untrained encoder on the model's test
 patients, else the short reason not to trust the row (:mod:`learner.pipeline.record`). The
@@ -47,7 +52,15 @@ import numpy as np
 import pandas as pd
 
 from learner.data.manifest import Manifest, SkippedRow, load_manifest
-from learner.data.pairs import consecutive_pairs, label_changes
+from learner.data.pairs import (
+    CHANGE_LABEL,
+    CLINICIAN,
+    LABELS,
+    SCORE,
+    consecutive_pairs,
+    label_changes,
+    source_counts,
+)
 from learner.data.readers import scan_from_memory, write_scan
 from learner.errors import ConfigError
 from learner.evaluate.answer import NO_CHOICE, RULE, head_labels
@@ -90,7 +103,9 @@ class Predictions:
             band), agree, answer (the label to read), answer_from (``probe``, ``head`` or
             ``probe (no validation choice recorded)``; :mod:`learner.evaluate.answer`),
             predicted_change, distance, [n_zones,] and, where both visits
-            have a score, score_from, score_to, change, true_label; then ``caveat`` (empty,
+            have a score, score_from, score_to, change, true_label (the clinician's
+            change_label where the manifest gives one), [true_label_source, with a
+            change_label column]; then ``caveat`` (empty,
             or why not to trust the row: the model's held-out record does not beat chance or
             the untrained encoder, or there is none) and ``model_record`` (that record in
             one line).
@@ -287,9 +302,10 @@ def predict_change(
         score_to=visits["score"].to_numpy(np.float64)[end],
     )
     visit_ids = _visit_ids(scans)
+    given = _clinician_labels(scans)
     zone_pairs: pd.DataFrame | None = None
     if zone:
-        zone_pairs = _finish(table, model, visit_ids)
+        zone_pairs = _finish(table, model, visit_ids, given)
         visit_scores = scans.groupby(["patient_id", "visit_order"])["score"].mean()
         table = (
             table.groupby(["patient_id", "visit_order_from", "visit_order_to"], sort=True)
@@ -305,7 +321,7 @@ def predict_change(
         key_to = list(zip(table["patient_id"], table["visit_order_to"], strict=True))
         table["score_from"] = visit_scores.reindex(key_from).to_numpy(np.float64)
         table["score_to"] = visit_scores.reindex(key_to).to_numpy(np.float64)
-    pair_table = _finish(table, model, visit_ids)
+    pair_table = _finish(table, model, visit_ids, given)
     summary = _summary(model, scans, pair_table, loaded)
     summary.update(_skipped_summary(skipped or []))
     return Predictions(scans=scans, pairs=pair_table, zone_pairs=zone_pairs, summary=summary)
@@ -322,8 +338,23 @@ def _visit_ids(scans: pd.DataFrame) -> pd.Series:
     return scans.groupby(["patient_id", "visit_order"])["visit"].first()
 
 
-def _finish(table: pd.DataFrame, model: ChangeModel, visit_ids: pd.Series) -> pd.DataFrame:
-    """Label, visit ids, and the true label where both visits have a score."""
+def _clinician_labels(scans: pd.DataFrame) -> pd.Series | None:
+    """(patient_id, visit_order) -> the clinician's change label of that visit, for the visits
+    that have one; None when the manifest has no change_label column."""
+    if CHANGE_LABEL not in scans.columns:
+        return None
+    given = scans[scans[CHANGE_LABEL].isin(LABELS)]
+    return given.groupby(["patient_id", "visit_order"])[CHANGE_LABEL].first()
+
+
+def _finish(
+    table: pd.DataFrame,
+    model: ChangeModel,
+    visit_ids: pd.Series,
+    given: pd.Series | None = None,
+) -> pd.DataFrame:
+    """Label, visit ids, and the true label: the clinician's change label of the later visit
+    (``given``) where it has one, else the score's where both visits have a score."""
     out = table.reset_index(drop=True).copy()
     proba = out[list(PROBABILITIES)].to_numpy(np.float64)
     out["label"] = np.asarray(CLASSES)[np.argmax(proba, axis=1)] if len(out) else []
@@ -347,12 +378,26 @@ def _finish(table: pd.DataFrame, model: ChangeModel, visit_ids: pd.Series) -> pd
         true[labelled] = label_changes(
             change[labelled], model.band, higher_is_better=model.higher_is_better
         )
+    sources = np.full(len(out), None, dtype=object)
+    sources[labelled] = SCORE
+    if given is not None:
+        keys = list(zip(out["patient_id"], out["visit_order_to"], strict=True))
+        clinician = given.reindex(keys).to_numpy(dtype=object)
+        # A label judges the change from the previous visit: a pair that skips a visit (all
+        # its scans left out) is not the pair the clinician labelled.
+        adjacent = (out["visit_order_to"] == out["visit_order_from"] + 1).to_numpy()
+        use = adjacent & pd.notna(clinician)
+        true[use] = clinician[use]
+        sources[use] = CLINICIAN
     out["true_label"] = true
     zone = ["zone"] if "zone" in out.columns else []
     first = ["patient_id", *zone, "visit_from", "visit_to", "visit_order_from", "visit_order_to"]
     middle = [*PROBABILITIES, *ANSWER_COLUMNS, "predicted_change", "distance"]
     last = [c for c in ("n_zones",) if c in out.columns]
     last += ["score_from", "score_to", "change", "true_label"]
+    if given is not None:
+        out["true_label_source"] = sources
+        last.append("true_label_source")
     out["caveat"] = model.caveat
     out["model_record"] = record_line(model.record)
     return out[first + middle + last + list(RECORD_COLUMNS)]
@@ -391,6 +436,7 @@ def _summary(
         "scans": len(scans),
         "pairs": len(pairs),
         "labelled_pairs": int(pairs["true_label"].notna().sum()),
+        "labels": _labels_summary(model, pairs),
         "notes": notes,
         "warnings": _data_warnings(model, scans, pairs),
     }
@@ -416,6 +462,40 @@ def _summary(
             else math.nan,
         }
     return summary
+
+
+def model_labels_line(info: Mapping[str, Any]) -> str:
+    """One line on the labels a change model's probe was trained on (``model.json``'s
+    ``labels``): the clinicians' change_label, the score's, or both."""
+    labels = info.get("labels")
+    if not isinstance(labels, Mapping):
+        return (
+            "the model records no label source (saved by an older learner, which labelled "
+            "every pair from the score change)"
+        )
+    fitted = labels.get("fitted_on", {})
+    clinician, total = int(fitted.get(CLINICIAN, 0)), sum(int(v) for v in fitted.values())
+    if not clinician:
+        return f"the model's probe was trained on score-derived labels for all {total} pairs"
+    if clinician == total:
+        return f"the model's probe was trained on clinicians' change_label for all {total} pairs"
+    return (
+        f"the model's probe was trained on clinicians' change_label for {clinician} of "
+        f"{total} pairs (the rest from the score)"
+    )
+
+
+def _labels_summary(model: ChangeModel, pairs: pd.DataFrame) -> dict[str, Any]:
+    """The summary's ``labels``: what the model's probe was trained on (its ``model.json``
+    block and one line) and, with a change_label column here, where the true labels came
+    from."""
+    out: dict[str, Any] = {
+        "model": model.info.get("labels"),
+        "model_line": model_labels_line(model.info),
+    }
+    if "true_label_source" in pairs.columns:
+        out["true_labels"] = source_counts(pairs["true_label_source"].to_numpy(dtype=object))
+    return out
 
 
 def _data_warnings(model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame) -> list[str]:
