@@ -112,6 +112,10 @@ def build_record(
     """
     metrics = evaluation.get("metrics", {}) or {}
     ci95 = evaluation.get("ci95", {}) or {}
+    extra: dict[str, Any] = {}
+    if evaluation.get("label_sources"):
+        # With clinicians' change labels: how many test pairs were judged on them.
+        extra["label_sources_test"] = dict(evaluation["label_sources"].get("test", {}))
     return {
         "on": "held-out test patients",
         "metric": METRIC,
@@ -133,6 +137,7 @@ def build_record(
         "n_boot": evaluation.get("n_boot"),
         "trained_on": dict(data),
         "source": source,
+        **extra,
     }
 
 
@@ -200,9 +205,18 @@ def record_lines(record: Mapping[str, Any] | None) -> list[str]:
     band = _finite_or_none(record.get("band"))
     if band is not None:
         target = record.get("target") or "observed"
+        sources = record.get("label_sources_test") or {}
+        clinician = int(sources.get("clinician", 0))
+        labels = (
+            f"clinicians' change_label for {clinician} of "
+            f"{clinician + int(sources.get('score', 0))} test pairs, the {target} score for "
+            "the rest"
+            if clinician
+            else f"the {target} score"
+        )
         lines.append(
             f"stable band {band:g} score units (delta {record.get('delta')}); test labels from "
-            f"the {target} score"
+            f"{labels}"
         )
     data = record.get("trained_on") or {}
     if data:

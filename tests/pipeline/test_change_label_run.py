@@ -112,6 +112,11 @@ def test_predict_says_which_labels_and_follows_the_clinicians(
         "from the score)"
     )
     assert line in result.stdout
+    test = model["labels"]["test"]
+    assert (
+        f"test labels from clinicians' change_label for {test['clinician']} of "
+        f"{test['clinician'] + test['score']} test pairs, the observed score for the rest"
+    ) in result.stdout
     summary = json.loads(out.with_name("predictions_summary.json").read_text())
     assert summary["labels"]["model"]["fitted_on"] == fitted
     assert summary["labels"]["true_labels"] == {"clinician": 54, "score": 18}
