@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,22 @@ def test_single_visit_patient_gets_scan_predictions_and_a_note(
     result = model.predict_change(manifest)
     assert len(result.scans) == len(one) and result.pairs.empty
     assert any("1 patient(s) with one visit get per-scan" in n for n in result.summary["notes"])
+
+
+def test_predicting_from_a_frame_leaves_nothing_in_the_temp_directory(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A frame is read through a temporary manifest file; the scans' decode cache once
+    # re-created that temporary folder after it was removed, and every call left one behind.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    second = trained["second"]
+    frame = pd.read_csv(second)
+    frame["path"] = [str(second.parent / p) for p in frame["path"]]
+    result = load_model(trained["run"]).predict_change(frame)
+    assert len(result.scans) == len(frame) and not result.pairs.empty
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_planted_pickle_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
