@@ -80,9 +80,38 @@ def untrained_name(name: str) -> str:
     return UNTRAINED + plus + feature
 
 
-def result_name(label: str, feature: str, features: Sequence[str]) -> str:
-    """``weighted`` for the default feature; ``weighted+concat`` for another."""
-    return label if feature == features[0] else f"{label}+{feature}"
+@dataclass(frozen=True)
+class Reading:
+    """One way the probe reads a cell's embeddings: a pair feature and a PCA setting.
+
+    The first feature read with ``eval.pca`` is the row itself (``weighted``); another
+    feature adds ``+concat``; a ``run.probes`` entry adds ``+pca-<k|auto>`` (``weighted+pca-auto``),
+    so that a low-capacity probe and the full-rank one stand side by side on the same cells.
+    """
+
+    feature: str
+    pca: int | str
+    suffix: str
+    folder: str
+
+    def name(self, label: str) -> str:
+        return label + self.suffix
+
+
+def readings(cfg: Config) -> list[Reading]:
+    """Every (feature, probe) reading of a run: ``run.features`` x (``eval.pca``, then each
+    other entry of ``run.probes``). The ``eval.pca`` readings keep their ``eval-<feature>``
+    folders, so adding probes never re-evaluates a cached cell."""
+    features = list(dict.fromkeys(cfg.run.features))
+    pcas = [cfg.eval.pca, *(p for p in dict.fromkeys(cfg.run.probes) if p != cfg.eval.pca)]
+    out = []
+    for i, pca in enumerate(pcas):
+        probe = "" if i == 0 else f"+pca-{pca}"
+        for feature in features:
+            plus = "" if feature == features[0] else f"+{feature}"
+            folder = f"eval-{feature}" + ("" if i == 0 else f"-pca-{pca}")
+            out.append(Reading(feature, pca, plus + probe, folder))
+    return out
 
 
 @dataclass

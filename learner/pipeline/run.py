@@ -1,4 +1,5 @@
-"""`learner run`: every objective x seed (x fold) x feature: pretrain, embed, evaluate.
+"""`learner run`: every objective x seed (x fold) x reading (feature x probe): pretrain,
+embed, evaluate.
 
 Each cell lives in ``OUT/cells/<label>/seed<S>[-fold<K>]/``; a cell whose ``eval-<feature>``
 folder holds ``metrics.json`` is finished and is read back instead of recomputed, so an
@@ -46,10 +47,11 @@ from learner.pipeline.grid import (
     UNTRAINED,
     Cell,
     Log,
+    Reading,
     check_cache,
     objective_variants,
     plan_cells,
-    result_name,
+    readings,
 )
 from learner.pipeline.results import change_results, interpatient_results
 from learner.provenance import (
@@ -74,20 +76,22 @@ from learner.train.pretrain import pretrain
 
 
 def _evaluate_cell(
-    cell: Cell, features: Sequence[str], log: Log, truth: pd.DataFrame | None = None
-) -> dict[str, CellResult]:
-    """Evaluate each feature, reusing a cached evaluation only when its key still holds.
+    cell: Cell, reads: Sequence[Reading], log: Log, truth: pd.DataFrame | None = None
+) -> dict[Reading, CellResult]:
+    """Evaluate each reading (feature x probe), reusing a cached evaluation only when its
+    key still holds.
 
     With ``eval.target: truth`` the frame carries each scan's true severity
     (:func:`~learner.evaluate.ceilings.truth_target`), which ``evaluate_change`` reads for the
     test pairs only, after every prediction."""
     emb_path = cell.folder / "embeddings.parquet"
     frame: pd.DataFrame | None = None
-    out: dict[str, CellResult] = {}
+    out: dict[Reading, CellResult] = {}
     content = _target_content(cell, truth)
-    for feature in features:
-        folder = cell.folder / f"eval-{feature}"
-        key = evaluation_key(cell.cfg, cell.digest, feature)
+    for reading in reads:
+        feature, folder = reading.feature, cell.folder / reading.folder
+        cfg = cell.cfg if reading.pca == cell.cfg.eval.pca else _with_pca(cell.cfg, reading.pca)
+        key = evaluation_key(cfg, cell.digest, feature)
         if content is not None:
             key["target.content"] = content  # edited target values re-evaluate the cell
         labels = change_label_content(cell.data.frame)
@@ -97,10 +101,11 @@ def _evaluate_cell(
         stored = read_key(folder / KEY_FILE)
         if (folder / "metrics.json").exists():
             if stored == key:
-                out[feature] = CellResult.load(folder)
+                out[reading] = CellResult.load(folder)
                 continue
             changes = changed_keys(stored, key) if stored is not None else ["(no key)"]
-            log(f"[{cell.tag}] {cell.label}: re-evaluating {feature} ({'; '.join(changes)})")
+            what = reading.name(feature)
+            log(f"[{cell.tag}] {cell.label}: re-evaluating {what} ({'; '.join(changes)})")
         if frame is None:
             frame, _ = read_embeddings(emb_path)
             frame = with_change_labels(frame, cell.data.frame)
@@ -120,7 +125,7 @@ def _evaluate_cell(
             higher_is_better=cell.cfg.data.higher_is_better,
             feature=feature,
             classifier=cell.cfg.eval.classifier,
-            pca=cell.cfg.eval.pca,
+            pca=reading.pca,
             n_boot=cell.cfg.eval.n_boot,
             seed=cell.cfg.train.seed,
         )
@@ -130,8 +135,15 @@ def _evaluate_cell(
         result_cell.summary["regressor"] = {"val_mae": val_mae, "val_mae_of_train_mean": mean_mae}
         write_key(folder / KEY_FILE, key)
         result_cell.save(folder)
-        out[feature] = result_cell
+        out[reading] = result_cell
     return out
+
+
+def _with_pca(cfg: Config, pca: int | str) -> Config:
+    """``cfg`` with another ``eval.pca``: a ``run.probes`` reading's own evaluation key."""
+    tree = cfg.to_plain()
+    tree["eval"]["pca"] = pca
+    return Config.model_validate(tree)
 
 
 def _target_content(cell: Cell, truth: pd.DataFrame | None) -> str | None:
@@ -149,24 +161,24 @@ def _target_content(cell: Cell, truth: pd.DataFrame | None) -> str | None:
     return digest({column: table[[*keys, column]].to_csv(index=False)})
 
 
-def _cell_done(cell: Cell, features: Sequence[str]) -> bool:
+def _cell_done(cell: Cell, reads: Sequence[Reading]) -> bool:
     return (cell.folder / "embeddings.parquet").exists() and all(
-        (cell.folder / f"eval-{f}" / "metrics.json").exists() for f in features
+        (cell.folder / r.folder / "metrics.json").exists() for r in reads
     )
 
 
 def run_cell(
     cell: Cell,
     *,
-    features: Sequence[str],
+    reads: Sequence[Reading],
     progress: bool,
     log: Log = print,
     truth: pd.DataFrame | None = None,
-) -> dict[str, CellResult]:
+) -> dict[Reading, CellResult]:
     """Pretrain (or resume), embed and evaluate one objective x seed (x fold); ``truth``
     (the cohort's truth.csv) serves ``eval.target: truth``."""
     embed_cell(cell, progress=progress)
-    return _evaluate_cell(cell, features, log, truth)
+    return _evaluate_cell(cell, reads, log, truth)
 
 
 def embed_cell(cell: Cell, *, progress: bool) -> Path:
@@ -339,7 +351,7 @@ def run_ablation(
     """
     out = Path(out)
     variants = objective_variants(cfg)
-    features = list(dict.fromkeys(cfg.run.features))
+    reads = readings(cfg)
     if manifest is None:
         manifest = config_manifest(cfg)
     check_input_kind(cfg, manifest)  # before any model is built
@@ -383,9 +395,9 @@ def run_ablation(
                     oracle_folds.setdefault(name, []).append(result)
                 floors.append(_score_floors(fold[0].data.frame, truth))
             for cell in fold:
-                state = "cached" if _cell_done(cell, features) else "running"
+                state = "cached" if _cell_done(cell, reads) else "running"
                 log(f"[{cell.tag}] {cell.label}: {state}")
-                res = run_cell(cell, features=features, progress=progress, log=log, truth=truth)
+                res = run_cell(cell, reads=reads, progress=progress, log=log, truth=truth)
                 if cell.trained_here:
                     run_dirs.setdefault(cell.label, []).append(cell.folder / "run")
                     counts = pair_batch_counts(cell.folder / "run")
@@ -394,12 +406,12 @@ def run_ablation(
                 keys[cell.name] = {
                     "pretrain": cell.digest,
                     "evaluation": {
-                        f: r.summary.get("key", {}).get("digest") for f, r in res.items()
+                        r.folder.removeprefix("eval-"): c.summary.get("key", {}).get("digest")
+                        for r, c in res.items()
                     },
                 }
-                for feature, result in res.items():
-                    name = result_name(cell.label, feature, features)
-                    by_name.setdefault(name, []).append(result)
+                for reading, result in res.items():
+                    by_name.setdefault(reading.name(cell.label), []).append(result)
         for name, cells in by_name.items():
             units.setdefault(name, []).append(cells)
         for name, cells in oracle_folds.items():

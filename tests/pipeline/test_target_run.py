@@ -125,3 +125,35 @@ def test_evaluate_refuses_a_target_it_cannot_read(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "eval.target truth" in result.output and "learner run" in result.output
+
+
+def test_run_probes_add_low_capacity_rows_beside_the_full_rank_ones(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(trained["run"], out)
+    before = json.loads((out / "results.json").read_text())
+    embeddings = out / "cells" / "weighted" / "seed0" / "embeddings.parquet"
+    written = embeddings.stat().st_mtime_ns
+    code, output = _run(trained["first"], out, "eval.n_boot=0", "run.probes=[auto]")
+    assert code == 0, output
+    # The probe reads cached embeddings: nothing retrains, the eval.pca rows are reused.
+    assert "re-evaluating" not in output and embeddings.stat().st_mtime_ns == written
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["objectives"]) == {"mse", "weighted", "mse+pca-auto", "weighted+pca-auto"}
+    for name in ("mse", "weighted"):
+        assert results["objectives"][name] == before["objectives"][name]
+    assert "weighted+pca-auto" in results["comparisons"]["differences"]
+    cell = out / "cells" / "weighted" / "seed0"
+    metrics = json.loads((cell / "eval-diff-pca-auto" / "metrics.json").read_text())
+    # auto chose k in 2..32 on training patients; the full-rank row read every dimension.
+    assert metrics["pca"] in (2, 4, 8, 16, 32)
+    assert json.loads((cell / "eval-diff" / "metrics.json").read_text())["pca"] == 0
+    assert set(results["cells"]["weighted/seed0"]["evaluation"]) == {"diff", "diff-pca-auto"}
+
+    # Against the truth, the low-capacity rows stand beside the full-rank ones.
+    code, output = _run(trained["first"], out, "run.probes=[auto]", "eval.target=truth")
+    assert code == 0, output
+    rows = json.loads((out / "results.json").read_text())["target"]["rows"]
+    assert {"mse", "mse+pca-auto", "weighted", "weighted+pca-auto"} <= set(rows)
+    assert "weighted+pca-auto:head_delta" not in rows  # the head does not depend on the probe
