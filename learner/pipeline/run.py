@@ -88,13 +88,13 @@ def _evaluate_cell(
     frame: pd.DataFrame | None = None
     out: dict[Reading, CellResult] = {}
     content = _target_content(cell, truth)
+    labels = change_label_content(cell.data.frame)
     for reading in reads:
         feature, folder = reading.feature, cell.folder / reading.folder
         cfg = cell.cfg if reading.pca == cell.cfg.eval.pca else _with_pca(cell.cfg, reading.pca)
         key = evaluation_key(cfg, cell.digest, feature)
         if content is not None:
             key["target.content"] = content  # edited target values re-evaluate the cell
-        labels = change_label_content(cell.data.frame)
         if labels is not None:
             key["change_label.content"] = labels  # so do edited clinician labels
         key = normalised(key)
@@ -104,7 +104,7 @@ def _evaluate_cell(
                 out[reading] = CellResult.load(folder)
                 continue
             changes = changed_keys(stored, key) if stored is not None else ["(no key)"]
-            what = reading.name(feature)
+            what = reading.folder.removeprefix("eval-")  # diff, concat, diff-pca-auto
             log(f"[{cell.tag}] {cell.label}: re-evaluating {what} ({'; '.join(changes)})")
         if frame is None:
             frame, _ = read_embeddings(emb_path)
