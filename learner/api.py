@@ -45,6 +45,15 @@ class Model(ChangeModel):
         """The regression head's score (raw units) for scans given as in :meth:`embed`: (N,)."""
         return predict.predict_scores(self, items, layout=layout)
 
+    def ood(self, items: Sequence[Any], *, layout: str = "scan") -> pd.DataFrame:
+        """How unlike the model's training scans each item is (given as in :meth:`embed`):
+        one row per item with ``ood_score`` (distance to the training scans' embeddings, 1.0
+        = the validation scans' 95th percentile), ``ood_p`` (conformal p-value) and ``ood``
+        (flagged: beyond the validation scans' 99th percentile); :mod:`learner.evaluate.ood`.
+        Raises :class:`~learner.errors.DataError` for a model saved without an OOD
+        reference."""
+        return predict.ood_scores(self, items, layout=layout)
+
     def predict_change(
         self,
         manifest: str | Path | pd.DataFrame,

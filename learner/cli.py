@@ -827,14 +827,21 @@ def predict(
       (where both visits have a score, or the manifest's change_label
       column gives the clinician's label of the pair, which then wins);
       true_label_source (with a change_label column): clinician or score
+    - ood_score: the largest of the pair's scans' ood_score (below);
+      ood: whether any of them is flagged
     - caveat: empty, or why not to trust the row: the model's held-out
       test CI includes chance, it is not above an untrained encoder,
-      or the model has no held-out record
+      or the model has no held-out record; a scan unlike the training
+      scans (ood)
     - model_record: that record in one line (test balanced accuracy
       with 95% CI, chance, untrained, head_delta, test pairs)
 
     Beside OUT: OUT_scans (pred_score per scan; seen: the patient's split
-    in the model's training, external if never seen), OUT_zones (with
+    in the model's training, external if never seen; ood_score: distance
+    to the training scans' embeddings / the 95th percentile of the
+    validation scans', ood_p: its conformal p-value, ood: flagged beyond
+    the validation scans' 99th percentile; empty for a model saved
+    without an OOD reference), OUT_zones (with
     zones), OUT_summary.json (the model's whole record, caveat, the
     answer's source, rule and validation numbers, the labels the
     model's probe was trained on (clinicians' change_label or the
@@ -843,7 +850,9 @@ def predict(
     evaluate and run give them: on the pairs with scores, a class
     missing or with few pairs, one class dominating, few patients;
     scores outside the model's data.score_range. When the caveat is set a warning
-    is printed: read the labels as no better than a guess.
+    is printed: read the labels as no better than a guess. Scans flagged ood
+    (another view, modality or preprocessing?) are predicted and counted in a
+    warning.
 
     Rows whose scans cannot be used are skipped and listed (--on-error stop to stop instead);
     pairs are formed from the visits that remain.
@@ -879,6 +888,9 @@ def predict(
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for line in result.summary["warnings"]:
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    ood_line = _ood_warning(result.summary)
+    if ood_line:
+        err_console.print(f"warning: {ood_line}", markup=False, highlight=False, soft_wrap=True)
     written = write_predictions(result, out)
     summary = result.summary
     skipped = summary["skipped_rows"]
@@ -918,6 +930,26 @@ def predict(
         )
     for key, path in written.items():
         console.print(f"{key}: {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _ood_warning(summary: dict[str, Any], shown: int = 3) -> str:
+    """One line counting the scans (and pairs) unlike the model's training scans, naming the
+    first few (highest ood_score first); empty when none is flagged."""
+    ood = summary.get("ood") or {}
+    flagged = ood.get("flagged") or []
+    if not flagged:
+        return ""
+    names = ", ".join(
+        f"{s['patient_id']} visit {s['visit']} (ood_score {s['ood_score']:.1f})"
+        for s in flagged[:shown]
+    )
+    more = f" and {len(flagged) - shown} more" if len(flagged) > shown else ""
+    return (
+        f"{len(flagged)} of {summary['scans']} scan(s) unlike the model's training scans "
+        f"(ood: farther than the validation scans' 99th percentile), in "
+        f"{ood['pairs_flagged']} of {summary['pairs']} pair(s): {names}{more}; predicted "
+        "anyway, each such pair's caveat says so: check view, modality and preprocessing"
+    )
 
 
 def _answer_line(model: Any) -> str:

@@ -11,7 +11,11 @@ A change model is a folder of plain data, nothing executable:
   standardisation (mean, scale) and the layers (weights, biases) of the logistic regression
   (one layer) or the MLP, with the logits' columns already in :data:`CLASSES` order;
 - ``encoder.npz``: the encoder and regression-head weights (numpy arrays, read with
-  ``allow_pickle=False``).
+  ``allow_pickle=False``);
+- ``ood.npz``: the OOD reference (:mod:`learner.evaluate.ood`): training-scan embeddings,
+  their standardisation and the validation scans' distances, numpy arrays read with
+  ``allow_pickle=False`` (absent in models saved before it existed, and where the model had
+  no validation scans; ``model.json``'s ``ood`` block says which).
 
 Loading parses JSON and numeric arrays only; a folder holding a pickle-like file (``.pkl``,
 ``.joblib``, ``.pt``, ...) is refused, so no file of a change model can run code.
@@ -36,6 +40,7 @@ import torch
 from learner.device import resolve_device
 from learner.errors import DataError
 from learner.evaluate.answer import answer_source
+from learner.evaluate.ood import OodReference
 from learner.evaluate.probe import CLASSES, Probe
 from learner.io import atomic_path, atomic_write_text, write_json
 from learner.pipeline.record import record_caveat
@@ -44,6 +49,7 @@ from learner.train.module import LearnerModule
 FORMAT = "learner-change-model"
 FORMAT_VERSION = 1
 MODEL_FILE, PROBE_FILE, WEIGHTS_FILE = "model.json", "probe.json", "encoder.npz"
+OOD_FILE = "ood.npz"
 # Files that can carry code when loaded; a change model never holds one.
 UNSAFE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".bin", ".dill")
 
@@ -62,6 +68,9 @@ class ChangeModel:
         info: the parsed ``model.json`` (band, feature, higher_is_better, metrics, record...).
         folder: where it was loaded from.
         classes: ``("worsen", "stable", "improve")``, the column order of every probability.
+        ood_reference: what a new scan's OOD score is measured against
+            (:class:`~learner.evaluate.ood.OodReference`), or None for a model saved without
+            one.
     """
 
     module: LearnerModule
@@ -69,6 +78,7 @@ class ChangeModel:
     info: dict[str, Any]
     folder: Path
     classes: tuple[str, str, str] = field(default=CLASSES)
+    ood_reference: OodReference | None = None
 
     @property
     def band(self) -> float:
@@ -115,6 +125,7 @@ def save_change_model(
     module: LearnerModule,
     probe: Probe,
     info: dict[str, Any],
+    ood: OodReference | None = None,
 ) -> Path:
     """Write a change model folder (replacing one already there); returns ``folder``.
 
@@ -123,7 +134,8 @@ def save_change_model(
         module: the trained encoder and head (its config and score range are recorded).
         probe: the fitted, calibrated probe.
         info: band, delta, feature, classifier, higher_is_better, metrics, calibration,
-            split, feature_stats, record, source: written into ``model.json`` as given.
+            split, feature_stats, record, source, ood: written into ``model.json`` as given.
+        ood: the OOD reference, written as ``ood.npz`` (none without it).
     """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -133,6 +145,8 @@ def save_change_model(
     with atomic_path(tmp / WEIGHTS_FILE) as tmp_path, open(tmp_path, "wb") as fh:
         np.savez(fh, **state)
     atomic_write_text(tmp / PROBE_FILE, json.dumps(probe.to_json()))
+    if ood is not None:
+        ood.save(tmp / OOD_FILE)
     write_json(
         tmp / MODEL_FILE,
         {
@@ -206,7 +220,20 @@ def load_change_model(folder: str | Path) -> ChangeModel:
         first = str(exc).splitlines()[0]
         raise DataError(f"{weights}: weights do not fit the recorded config ({first})") from None
     module.eval()
-    return ChangeModel(module=module, probe=probe, info=info, folder=folder)
+    return ChangeModel(
+        module=module, probe=probe, info=info, folder=folder, ood_reference=_load_ood(folder, info)
+    )
+
+
+def _load_ood(folder: Path, info: dict[str, Any]) -> OodReference | None:
+    """The model's OOD reference; None for a model saved without one (``model.json`` has no
+    ``ood`` block, or one saying it is not available)."""
+    path = folder / OOD_FILE
+    if path.is_file():
+        return OodReference.load(path)
+    if (info.get("ood") or {}).get("available"):
+        raise DataError(f"{path}: missing; the change model is incomplete, save it again")
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -17,7 +17,10 @@ alone, through a second probe fitted on training patients only:
 - **the answer**: which label a prediction's ``answer`` column reads, the probe's or the
   regression head's (``predicted_change`` in the model's band), whichever had the higher
   balanced accuracy on validation pairs (``model.json``'s ``answer``: ``chosen``, ``rule``
-  and both validation numbers; :mod:`learner.evaluate.answer`).
+  and both validation numbers; :mod:`learner.evaluate.answer`);
+- **the OOD reference**: the training scans' embeddings, against which a new scan's distance
+  is measured, in units of the validation scans' distances (``ood.npz`` and ``model.json``'s
+  ``ood``; :mod:`learner.evaluate.ood`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from learner.data.pairs import (
     split_label_counts,
     with_change_labels,
 )
+from learner.data.splits import TRAINING_SPLITS
 from learner.errors import DataError
 from learner.evaluate.answer import choose_answer, no_validation_answer
 from learner.evaluate.calibration import (
@@ -56,6 +60,7 @@ from learner.evaluate.change import evaluate_change
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.features import change_features, visit_embeddings, visit_times
 from learner.evaluate.metrics import CLASS_METRICS, label_codes
+from learner.evaluate.ood import OodReference
 from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
 from learner.io import write_json
@@ -240,6 +245,29 @@ def _validation_answer(pairs: pd.DataFrame, band: float, higher_is_better: bool)
     )
 
 
+def fit_ood_reference(frame: pd.DataFrame) -> tuple[OodReference | None, dict[str, Any]]:
+    """The OOD reference of a cell's embeddings (:mod:`learner.evaluate.ood`): its training
+    scans (``train`` and a pretraining pool, what the encoder learnt from) against its
+    validation scans; and ``model.json``'s ``ood`` block (``available`` false with the
+    ``reason`` when the frame has no training or no validation scan)."""
+    splits = frame["split"].astype(str)
+
+    def embeddings(mask: pd.Series) -> np.ndarray:
+        rows = list(frame.loc[mask, "embedding"])
+        return np.stack(rows) if rows else np.zeros((0, 0))
+
+    try:
+        reference = OodReference.fit(
+            embeddings(splits.isin(TRAINING_SPLITS)), embeddings(splits == "val")
+        )
+    except DataError as exc:
+        return None, {"available": False, "reason": exc.problems[0]}
+    return reference, {
+        **reference.describe(),
+        "reference_splits": [s for s in TRAINING_SPLITS if (splits == s).any()],
+    }
+
+
 def save_fitted_change_model(
     folder: Path,
     frame: pd.DataFrame,
@@ -275,6 +303,7 @@ def save_fitted_change_model(
         seed=seed,
         pca=pca,
     )
+    ood, ood_info = fit_ood_reference(frame)
     info = {
         **source,
         "seed": seed,
@@ -305,8 +334,9 @@ def save_fitted_change_model(
             target=target,
             source=str(source.get("cell") or checkpoint),
         ),
+        "ood": ood_info,
     }
-    save_change_model(folder, module, fitted.probe, info)
+    save_change_model(folder, module, fitted.probe, info, ood)
     loaded: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
     return loaded
 
@@ -393,9 +423,10 @@ def save_cell_change_model(
     if (folder / MODEL_FILE).is_file() and evaluation is not None:
         if read_key(folder / KEY_FILE) == evaluation:
             info: dict[str, Any] = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
-            # One saved before calibration could be declined (no ``kept``), or before the
-            # answer was chosen on validation patients (no ``answer``), is fitted again.
-            if "kept" in info.get("calibration", {}) and "answer" in info:
+            # One saved before calibration could be declined (no ``kept``), before the
+            # answer was chosen on validation patients (no ``answer``), or before it kept an
+            # OOD reference (no ``ood``), is fitted again.
+            if "kept" in info.get("calibration", {}) and "answer" in info and "ood" in info:
                 if evaluated is not None:
                     # A model saved before records existed, or before the baseline ran, gets its
                     # record from the evaluation that is already there.

@@ -24,6 +24,13 @@ summary holds the whole record; a Parquet file holds it in its metadata
 (``learner.record``). CSV probabilities are rounded to 3 decimals (summing to 1), Parquet
 keeps full precision.
 
+Every scan gets an out-of-distribution score (``ood_score``, ``ood_p``, ``ood``;
+:mod:`learner.evaluate.ood`): how far its embedding is from the scans the model was trained
+on, in units of its validation scans' distances. A flagged scan (another view, modality or
+preprocessing than the training scans) is still predicted, but each pair row with a flagged
+scan says so (``ood``, and a reason appended to its ``caveat``) and the summary lists it
+(``ood``). A model saved without an OOD reference gives empty OOD columns and a note.
+
 Bad rows (``on_error="skip"``, the default): a row whose scan file is missing, unreadable or
 of another kind than the model's is left out and listed in the summary (``skipped``: row,
 path, reason); pairs are formed from the visits that remain. Only when no row is left does
@@ -62,7 +69,7 @@ from learner.data.pairs import (
     source_counts,
 )
 from learner.data.readers import scan_from_memory, write_scan
-from learner.errors import ConfigError
+from learner.errors import ConfigError, DataError
 from learner.evaluate.answer import NO_CHOICE, RULE, head_labels
 from learner.evaluate.data_warnings import data_warnings
 from learner.evaluate.embeddings_io import read_embeddings
@@ -86,6 +93,10 @@ ON_ERROR = ("skip", "stop")
 ANSWER_COLUMNS = ("label", "head_label", "agree", "answer", "answer_from")
 # The model's record, on every pair row (learner.pipeline.record).
 RECORD_COLUMNS = ("caveat", "model_record")
+# Per scan: how unlike the training scans it is (learner.evaluate.ood); per pair: the max
+# over its scans' scores, and whether any of them is flagged.
+OOD_SCAN_COLUMNS = ("ood_score", "ood_p", "ood")
+OOD_PAIR_COLUMNS = ("ood_score", "ood")
 CSV_DECIMALS = 3
 PARQUET_RECORD_KEY = b"learner.record"
 
@@ -96,7 +107,9 @@ class Predictions:
 
     Attributes:
         scans: one row per scan: patient_id, visit, visit_order, [zone,] path, score,
-            pred_score, seen (the model's split of the patient, ``external`` if never seen).
+            pred_score, seen (the model's split of the patient, ``external`` if never seen),
+            ood_score, ood_p, ood (:mod:`learner.evaluate.ood`; empty for a model saved
+            without an OOD reference).
         pairs: one row per consecutive visit pair: patient_id, visit_from, visit_to (as
             written in the manifest), visit_order_from, visit_order_to, p_worsen, p_stable,
             p_improve, label (the probe's), head_label (predicted_change in the model's
@@ -105,17 +118,19 @@ class Predictions:
             predicted_change, distance, [n_zones,] and, where both visits
             have a score, score_from, score_to, change, true_label (the clinician's
             change_label where the manifest gives one), [true_label_source, with a
-            change_label column]; then ``caveat`` (empty,
+            change_label column]; ood_score (the largest of the pair's scans) and ood
+            (any of them flagged); then ``caveat`` (empty,
             or why not to trust the row: the model's held-out record does not beat chance or
-            the untrained encoder, or there is none) and ``model_record`` (that record in
-            one line).
+            the untrained encoder, or there is none; a flagged scan in the pair) and
+            ``model_record`` (that record in one line).
         zone_pairs: with zones, the same per zone before averaging (else None).
         summary: the model used, its held-out ``record`` (None when it has none) and
             ``caveat``, ``answer`` (which label answers, by which rule, and how often probe
             and head agree), counts, notes, ``warnings``
             (:func:`~learner.evaluate.data_warnings.data_warnings` on the pairs with scores
-            and the scores against the model's range), ``metrics`` on labelled pairs, and
-            ``skipped_rows`` with ``skipped`` (row, path, reason of each row left out).
+            and the scores against the model's range), ``metrics`` on labelled pairs,
+            ``skipped_rows`` with ``skipped`` (row, path, reason of each row left out), and
+            ``ood`` (the rule, counts of flagged scans and pairs, each flagged scan).
     """
 
     scans: pd.DataFrame
@@ -221,6 +236,42 @@ def predict_scores(model: ChangeModel, items: Sequence[Any], *, layout: str = "s
     return embed_items(model, items, layout=layout)["pred_score"].to_numpy(np.float64)
 
 
+def ood_scores(model: ChangeModel, items: Sequence[Any], *, layout: str = "scan") -> pd.DataFrame:
+    """How unlike the model's training scans each item is (given as in :func:`embed_scans`):
+    one row per item, in order, with ``ood_score``, ``ood_p`` and ``ood``
+    (:mod:`learner.evaluate.ood`).
+
+    Raises:
+        DataError: the model has no OOD reference (saved without one).
+    """
+    if model.ood_reference is None:
+        raise DataError(f"{model.folder}: {_no_ood_note(model)}")
+    embedded = embed_items(model, items, layout=layout)
+    return _ood_columns(model, embedded)[list(OOD_SCAN_COLUMNS)]
+
+
+def _ood_columns(model: ChangeModel, embedded: pd.DataFrame) -> pd.DataFrame:
+    """``embedded`` without its embeddings, with each scan's OOD columns (empty without a
+    reference)."""
+    out = embedded.drop(columns=["embedding"])
+    reference = model.ood_reference
+    if reference is None or not len(out):
+        out["ood_score"] = np.full(len(out), math.nan)
+        out["ood_p"] = np.full(len(out), math.nan)
+        out["ood"] = np.full(len(out), None, dtype=object)
+        return out
+    found = reference.score(np.stack(list(embedded["embedding"])))
+    out["ood_score"], out["ood_p"], out["ood"] = found.score, found.p, found.flag
+    return out
+
+
+def _no_ood_note(model: ChangeModel) -> str:
+    """Why a model has no OOD reference, and what to do."""
+    reason = (model.info.get("ood") or {}).get("reason")
+    why = reason or "saved by a learner before OOD references existed"
+    return f"no OOD reference in this model ({why}); fit it again to get one"
+
+
 def _as_manifest(
     source: str | Path | pd.DataFrame,
     model: ChangeModel,
@@ -281,7 +332,7 @@ def predict_change(
         raise nothing_left(skipped)
     embedded = _embed_manifest(model, loaded, skipped)
     zone = ["zone"] if "zone" in embedded.columns and embedded["zone"].notna().any() else []
-    scans = embedded.drop(columns=["embedding"]).rename(columns={"split": "seen"})
+    scans = _ood_columns(model, embedded).rename(columns={"split": "seen"})
 
     visits, matrix = visit_embeddings(embedded)
     # Every consecutive pair, labelled or not: pair on a placeholder score, read the real one.
@@ -305,7 +356,7 @@ def predict_change(
     given = _clinician_labels(scans)
     zone_pairs: pd.DataFrame | None = None
     if zone:
-        zone_pairs = _finish(table, model, visit_ids, given)
+        zone_pairs = _finish(table, model, visit_ids, scans, given)
         visit_scores = scans.groupby(["patient_id", "visit_order"])["score"].mean()
         table = (
             table.groupby(["patient_id", "visit_order_from", "visit_order_to"], sort=True)
@@ -321,9 +372,12 @@ def predict_change(
         key_to = list(zip(table["patient_id"], table["visit_order_to"], strict=True))
         table["score_from"] = visit_scores.reindex(key_from).to_numpy(np.float64)
         table["score_to"] = visit_scores.reindex(key_to).to_numpy(np.float64)
-    pair_table = _finish(table, model, visit_ids, given)
+    pair_table = _finish(table, model, visit_ids, scans, given)
     summary = _summary(model, scans, pair_table, loaded)
     summary.update(_skipped_summary(skipped or []))
+    summary["ood"] = _ood_summary(model, scans, pair_table)
+    if model.ood_reference is None:
+        summary["notes"].append(summary["ood"]["note"])
     return Predictions(scans=scans, pairs=pair_table, zone_pairs=zone_pairs, summary=summary)
 
 
@@ -351,10 +405,12 @@ def _finish(
     table: pd.DataFrame,
     model: ChangeModel,
     visit_ids: pd.Series,
+    scans: pd.DataFrame,
     given: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Label, visit ids, and the true label: the clinician's change label of the later visit
-    (``given``) where it has one, else the score's where both visits have a score."""
+    """Label, visit ids, the true label (the clinician's change label of the later visit,
+    ``given``, where it has one, else the score's where both visits have a score), and the
+    OOD columns of the pair's scans."""
     out = table.reset_index(drop=True).copy()
     proba = out[list(PROBABILITIES)].to_numpy(np.float64)
     out["label"] = np.asarray(CLASSES)[np.argmax(proba, axis=1)] if len(out) else []
@@ -398,9 +454,54 @@ def _finish(
     if given is not None:
         out["true_label_source"] = sources
         last.append("true_label_source")
-    out["caveat"] = model.caveat
+    out["ood_score"], out["ood"] = _pair_ood(out, scans)
+    # None (no OOD reference) is not a flag.
+    flagged = [flag is not None and bool(flag) for flag in out["ood"]]
+    out["caveat"] = [
+        _ood_caveat(model.caveat, score) if flag else model.caveat
+        for flag, score in zip(flagged, out["ood_score"], strict=True)
+    ]
     out["model_record"] = record_line(model.record)
-    return out[first + middle + last + list(RECORD_COLUMNS)]
+    return out[first + middle + last + list(OOD_PAIR_COLUMNS) + list(RECORD_COLUMNS)]
+
+
+def _pair_ood(pairs: pd.DataFrame, scans: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair row: the largest ``ood_score`` of its two visits' scans (of its zone, on a
+    zone row), and whether any of them is flagged (None without an OOD reference)."""
+    if not len(pairs) or scans["ood"].isna().all():
+        return np.full(len(pairs), math.nan), np.full(len(pairs), None, dtype=object)
+    keys = ["patient_id", *(["zone"] if "zone" in pairs.columns else []), "visit_order"]
+    per_visit = scans.assign(ood=scans["ood"].astype(bool)).groupby(keys)
+    score, flag = per_visit["ood_score"].max(), per_visit["ood"].any()
+    scores, flags = [], []
+    for side in ("from", "to"):
+        index = pd.MultiIndex.from_frame(
+            pairs[keys[:-1]].assign(visit_order=pairs[f"visit_order_{side}"])
+        )
+        scores.append(score.reindex(index).to_numpy(np.float64))
+        flags.append(flag.reindex(index).fillna(False).to_numpy(bool))
+    return np.fmax(*scores), flags[0] | flags[1]
+
+
+def _ood_caveat(caveat: str, score: float) -> str:
+    """The row's caveat with the reason a flagged scan gives."""
+    reason = f"scan unlike the training scans (ood_score {score:.1f})"
+    return f"{caveat}; {reason}" if caveat else reason
+
+
+def _ood_summary(model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, Any]:
+    """The summary's ``ood``: the rule and thresholds, and the flagged scans and pairs."""
+    reference = model.ood_reference
+    if reference is None:
+        return {"available": False, "note": _no_ood_note(model)}
+    flagged = scans[scans["ood"].astype(bool)].sort_values("ood_score", ascending=False)
+    shown = [c for c in ("patient_id", "visit", "zone", "path", "ood_score", "ood_p") if c in scans]
+    return {
+        **reference.describe(),
+        "scans_flagged": len(flagged),
+        "pairs_flagged": int(pairs["ood"].astype(bool).sum()),
+        "flagged": json.loads(flagged[shown].to_json(orient="records")),
+    }
 
 
 def _summary(
