@@ -837,11 +837,13 @@ def predict(
       with 95% CI, chance, untrained, head_delta, test pairs)
 
     Beside OUT: OUT_scans (pred_score per scan; seen: the patient's split
-    in the model's training, external if never seen; ood_score: distance
-    to the training scans' embeddings / the 95th percentile of the
-    validation scans', ood_p: its conformal p-value, ood: flagged beyond
-    the validation scans' 99th percentile; empty for a model saved
-    without an OOD reference), OUT_zones (with
+    in the model's training, external if never seen; ood_input_score and
+    ood_embedding_score: distance to the training scans at the encoder's
+    input and in its embedding / the 95th percentile of the validation
+    scans'; ood_score: the larger; ood_p: the smaller conformal p-value;
+    ood: flagged beyond the validation scans' 99th percentile by either
+    part; ood_by: input, embedding or input+embedding; empty for a model
+    saved without an OOD reference), OUT_zones (with
     zones), OUT_summary.json (the model's whole record, caveat, the
     answer's source, rule and validation numbers, the labels the
     model's probe was trained on (clinicians' change_label or the
@@ -940,13 +942,15 @@ def _ood_warning(summary: dict[str, Any], shown: int = 3) -> str:
     if not flagged:
         return ""
     names = ", ".join(
-        f"{s['patient_id']} visit {s['visit']} (ood_score {s['ood_score']:.1f})"
+        f"{s['patient_id']} visit {s['visit']} (ood_score {s['ood_score']:.1f}"
+        + (f", by {s['ood_by']})" if s.get("ood_by") else ")")
         for s in flagged[:shown]
     )
     more = f" and {len(flagged) - shown} more" if len(flagged) > shown else ""
     return (
         f"{len(flagged)} of {summary['scans']} scan(s) unlike the model's training scans "
-        f"(ood: farther than the validation scans' 99th percentile), in "
+        f"(ood: at the encoder's input or in its embedding, farther than the validation "
+        f"scans' 99th percentile), in "
         f"{ood['pairs_flagged']} of {summary['pairs']} pair(s): {names}{more}; predicted "
         "anyway, each such pair's caveat says so: check view, modality and preprocessing"
     )

@@ -3,8 +3,10 @@
 Columns (docs/architecture.md, 'Embeddings file'): ``patient_id`` (str), ``visit`` (str),
 ``visit_order`` (int), ``zone`` (str or null, optional), ``path`` (str or null), ``score``
 (float, NaN = unlabelled), ``split`` (str), ``pred_score`` (float, raw score units) and
-``embedding`` (list<float32>, length D), and ``change_label`` (str or null) when the manifest
-had one (the clinician's label of the change from the previous visit). Run facts (objective,
+``embedding`` (list<float32>, length D), ``change_label`` (str or null) when the manifest
+had one (the clinician's label of the change from the previous visit), and ``descriptor``
+(list<float32>, the scan's input descriptor, :mod:`learner.data.descriptor`; absent for
+tabular input and in files written before descriptors existed). Run facts (objective,
 seed, score range, higher_is_better, checkpoint) travel as JSON under the schema metadata key
 ``b"learner"``.
 
@@ -68,7 +70,10 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "change_label": pa.string(),
     "pred_score": pa.float64(),
     "embedding": pa.list_(pa.float32()),
+    "descriptor": pa.list_(pa.float32()),
 }
+# Columns of equal-length float vectors, written as one flat buffer plus offsets.
+_VECTOR_COLUMNS = ("embedding", "descriptor")
 
 
 def embedding_matrix(frame: pd.DataFrame) -> np.ndarray:
@@ -84,17 +89,27 @@ def embedding_matrix(frame: pd.DataFrame) -> np.ndarray:
     Raises:
         DataError: when the column is missing or the lengths differ.
     """
-    if "embedding" not in frame.columns:
+    return vector_matrix(frame, "embedding")
+
+
+def vector_matrix(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """Stack a column of equal-length vectors (``embedding``, ``descriptor``): (N, D) float32,
+    (0, 0) for an empty frame.
+
+    Raises:
+        DataError: when the column is missing or the lengths differ.
+    """
+    if column not in frame.columns:
         raise DataError(
-            "embeddings frame has no 'embedding' column; pass the output of `learner embed`"
+            f"embeddings frame has no {column!r} column; pass the output of `learner embed`"
         )
     if len(frame) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    cells = [np.asarray(cell, dtype=np.float32).reshape(-1) for cell in frame["embedding"]]
+    cells = [np.asarray(cell, dtype=np.float32).reshape(-1) for cell in frame[column]]
     lengths = {cell.shape[0] for cell in cells}
     if len(lengths) != 1:
         raise DataError(
-            f"embedding lengths differ across rows ({sorted(lengths)}); "
+            f"{column} lengths differ across rows ({sorted(lengths)}); "
             "embed every scan with the same checkpoint"
         )
     return np.stack(cells)
@@ -117,14 +132,15 @@ def _frame_to_table(frame: pd.DataFrame, metadata: Mapping[str, Any]) -> tuple[p
         raise DataError(
             f"embeddings frame lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}"
         )
-    matrix = embedding_matrix(frame)
-    dim = int(matrix.shape[1])
+    dim = int(embedding_matrix(frame).shape[1])
     columns: dict[str, pa.Array] = {}
     for name in frame.columns:
         values = frame[name]
-        if name == "embedding":
+        if name in _VECTOR_COLUMNS:
             # Offsets + one flat buffer: no per-row Python lists for large files.
-            offsets = pa.array(np.arange(len(frame) + 1, dtype=np.int32) * dim, type=pa.int32())
+            matrix = vector_matrix(frame, name)
+            width = int(matrix.shape[1])
+            offsets = pa.array(np.arange(len(frame) + 1, dtype=np.int32) * width, type=pa.int32())
             columns[name] = pa.ListArray.from_arrays(
                 offsets, pa.array(matrix.reshape(-1), type=pa.float32())
             )
@@ -211,7 +227,8 @@ class EmbeddingsWriter:
         if self._closed:
             return
         if self._writer is None:
-            empty = {n: pa.array([], type=t) for n, t in _ARROW_TYPES.items() if n != "zone"}
+            optional = ("zone", "descriptor")
+            empty = {n: pa.array([], type=t) for n, t in _ARROW_TYPES.items() if n not in optional}
             pq.write_table(_with_metadata(pa.table(empty), self.metadata), self._tmp)
         else:
             self._writer.close()

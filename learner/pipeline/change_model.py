@@ -12,8 +12,9 @@ A change model is a folder of plain data, nothing executable:
   (one layer) or the MLP, with the logits' columns already in :data:`CLASSES` order;
 - ``encoder.npz``: the encoder and regression-head weights (numpy arrays, read with
   ``allow_pickle=False``);
-- ``ood.npz``: the OOD reference (:mod:`learner.evaluate.ood`): training-scan embeddings,
-  their standardisation and the validation scans' distances, numpy arrays read with
+- ``ood.npz``: the OOD reference (:mod:`learner.evaluate.ood`): training scans' input
+  descriptors and embeddings, their standardisation and the validation scans' distances
+  (the embedding part alone for tabular input and older models), numpy arrays read with
   ``allow_pickle=False`` (absent in models saved before it existed, and where the model had
   no validation scans; ``model.json``'s ``ood`` block says which).
 
@@ -40,7 +41,7 @@ import torch
 from learner.device import resolve_device
 from learner.errors import DataError
 from learner.evaluate.answer import answer_source
-from learner.evaluate.ood import OodReference
+from learner.evaluate.ood import OodCheck
 from learner.evaluate.probe import CLASSES, Probe
 from learner.io import atomic_path, atomic_write_text, write_json
 from learner.pipeline.record import record_caveat
@@ -69,8 +70,8 @@ class ChangeModel:
         folder: where it was loaded from.
         classes: ``("worsen", "stable", "improve")``, the column order of every probability.
         ood_reference: what a new scan's OOD score is measured against
-            (:class:`~learner.evaluate.ood.OodReference`), or None for a model saved without
-            one.
+            (:class:`~learner.evaluate.ood.OodCheck`: its input and embedding parts), or None
+            for a model saved without one.
     """
 
     module: LearnerModule
@@ -78,7 +79,7 @@ class ChangeModel:
     info: dict[str, Any]
     folder: Path
     classes: tuple[str, str, str] = field(default=CLASSES)
-    ood_reference: OodReference | None = None
+    ood_reference: OodCheck | None = None
 
     @property
     def band(self) -> float:
@@ -125,7 +126,7 @@ def save_change_model(
     module: LearnerModule,
     probe: Probe,
     info: dict[str, Any],
-    ood: OodReference | None = None,
+    ood: OodCheck | None = None,
 ) -> Path:
     """Write a change model folder (replacing one already there); returns ``folder``.
 
@@ -225,12 +226,12 @@ def load_change_model(folder: str | Path) -> ChangeModel:
     )
 
 
-def _load_ood(folder: Path, info: dict[str, Any]) -> OodReference | None:
+def _load_ood(folder: Path, info: dict[str, Any]) -> OodCheck | None:
     """The model's OOD reference; None for a model saved without one (``model.json`` has no
     ``ood`` block, or one saying it is not available)."""
     path = folder / OOD_FILE
     if path.is_file():
-        return OodReference.load(path)
+        return OodCheck.load(path)
     if (info.get("ood") or {}).get("available"):
         raise DataError(f"{path}: missing; the change model is incomplete, save it again")
     return None

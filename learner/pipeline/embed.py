@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from learner.config import Config
 from learner.data.dataset import SCAN_RANK
+from learner.data.descriptor import input_descriptor
 from learner.data.manifest import Manifest, SkippedRow
 from learner.data.readers import read_scan
 from learner.device import resolve_device
@@ -61,6 +62,9 @@ def embed_frame(
 ) -> Path:
     """Embed every row of ``frame`` (a manifest frame with a ``split`` column) into ``out``.
 
+    Each row also gets the scan's input ``descriptor`` (:mod:`learner.data.descriptor`; none
+    for tabular input), from the same eval-mode, unaugmented tensor the encoder embeds.
+
     With ``skipped`` (a list), a row whose scan cannot be read or is of another kind than
     the model's is left out and appended there; if no row is left, :class:`DataError` is
     raised and ``out`` keeps what it held. Without it, the first such row raises.
@@ -88,6 +92,9 @@ def embed_frame(
                 if "x" not in batch:
                     continue
             x = batch["x"].to(model.device)
+            # What the encoder is given, summarised (learner.data.descriptor): the OOD check's
+            # input part, measured in the same pass (no second read of any scan).
+            descriptor = input_descriptor(x, data.input.kind)
             if x.ndim == data_rank(data) + 2:  # several clips per scan: (B, K, ...)
                 b, k = x.shape[:2]
                 u, pred = model(x.flatten(0, 1))
@@ -110,6 +117,8 @@ def embed_frame(
             )
             chunk["pred_score"] = model.to_raw_score(pred.float().cpu()).numpy().astype(np.float64)
             chunk["embedding"] = list(u.float().cpu().numpy())
+            if descriptor is not None:
+                chunk["descriptor"] = list(descriptor.cpu().numpy())
             writer.write_batch(chunk)
         if skipped is not None and writer.n_rows == 0 and len(skipped):
             # Raised inside the writer: the file is discarded, never an empty one in its place.

@@ -60,7 +60,7 @@ from learner.evaluate.change import evaluate_change
 from learner.evaluate.embeddings_io import read_embeddings
 from learner.evaluate.features import change_features, visit_embeddings, visit_times
 from learner.evaluate.metrics import CLASS_METRICS, label_codes
-from learner.evaluate.ood import OodReference
+from learner.evaluate.ood import OodCheck
 from learner.evaluate.plots import plot_reliability
 from learner.evaluate.probe import Probe
 from learner.io import write_json
@@ -245,25 +245,45 @@ def _validation_answer(pairs: pd.DataFrame, band: float, higher_is_better: bool)
     )
 
 
-def fit_ood_reference(frame: pd.DataFrame) -> tuple[OodReference | None, dict[str, Any]]:
-    """The OOD reference of a cell's embeddings (:mod:`learner.evaluate.ood`): its training
-    scans (``train`` and a pretraining pool, what the encoder learnt from) against its
-    validation scans; and ``model.json``'s ``ood`` block (``available`` false with the
-    ``reason`` when the frame has no training or no validation scan)."""
+def fit_ood_reference(
+    frame: pd.DataFrame, kind: str = "video"
+) -> tuple[OodCheck | None, dict[str, Any]]:
+    """The OOD reference of a cell's embeddings frame (:mod:`learner.evaluate.ood`): its
+    training scans (``train`` and a pretraining pool, what the encoder learnt from) against
+    its validation scans, from their embeddings and, where the frame has them, their input
+    descriptors (``kind``: the model's input kind, to say why there are none); and
+    ``model.json``'s ``ood`` block (``available`` false with the ``reason`` when the frame has
+    no training or no validation scan)."""
     splits = frame["split"].astype(str)
+    training, validation = splits.isin(TRAINING_SPLITS), splits == "val"
 
-    def embeddings(mask: pd.Series) -> np.ndarray:
-        rows = list(frame.loc[mask, "embedding"])
+    def stacked(column: str, mask: pd.Series) -> np.ndarray:
+        rows = list(frame.loc[mask, column])
         return np.stack(rows) if rows else np.zeros((0, 0))
 
+    descriptors, note = None, ""
+    if kind == "tabular":
+        note = "tabular input: its features are what the embedding part compares"
+    elif (
+        "descriptor" not in frame.columns
+        or frame.loc[training | validation, "descriptor"].isna().any()
+    ):
+        note = (
+            "the embeddings hold no input descriptors (made by an older learner): the "
+            "embedding part alone; embed again and fit the model again for the input part"
+        )
+    else:
+        descriptors = (stacked("descriptor", training), stacked("descriptor", validation))
     try:
-        reference = OodReference.fit(
-            embeddings(splits.isin(TRAINING_SPLITS)), embeddings(splits == "val")
+        check = OodCheck.fit(
+            (stacked("embedding", training), stacked("embedding", validation)),
+            descriptors,
+            input_note=note,
         )
     except DataError as exc:
         return None, {"available": False, "reason": exc.problems[0]}
-    return reference, {
-        **reference.describe(),
+    return check, {
+        **check.describe(),
         "reference_splits": [s for s in TRAINING_SPLITS if (splits == s).any()],
     }
 
@@ -303,7 +323,7 @@ def save_fitted_change_model(
         seed=seed,
         pca=pca,
     )
-    ood, ood_info = fit_ood_reference(frame)
+    ood, ood_info = fit_ood_reference(frame, module.cfg.data.input.kind)
     info = {
         **source,
         "seed": seed,

@@ -25,11 +25,13 @@ summary holds the whole record; a Parquet file holds it in its metadata
 keeps full precision.
 
 Every scan gets an out-of-distribution score (``ood_score``, ``ood_p``, ``ood``;
-:mod:`learner.evaluate.ood`): how far its embedding is from the scans the model was trained
-on, in units of its validation scans' distances. A flagged scan (another view, modality or
-preprocessing than the training scans) is still predicted, but each pair row with a flagged
-scan says so (``ood``, and a reason appended to its ``caveat``) and the summary lists it
-(``ood``). A model saved without an OOD reference gives empty OOD columns and a note.
+:mod:`learner.evaluate.ood`): how far it is from the scans the model was trained on, at the
+encoder's input (``ood_input_score``) and in its embedding (``ood_embedding_score``), in units
+of its validation scans' distances; ``ood_by`` says which part flags it. A flagged scan
+(another view, modality or preprocessing than the training scans) is still predicted, but
+each pair row with a flagged scan says so (``ood``, and a reason appended to its
+``caveat``) and the summary lists it (``ood``). A model saved without an OOD reference gives
+empty OOD columns and a note; one without the input part, the embedding part and a note.
 
 Bad rows (``on_error="skip"``, the default): a row whose scan file is missing, unreadable or
 of another kind than the model's is left out and listed in the summary (``skipped``: row,
@@ -93,9 +95,10 @@ ON_ERROR = ("skip", "stop")
 ANSWER_COLUMNS = ("label", "head_label", "agree", "answer", "answer_from")
 # The model's record, on every pair row (learner.pipeline.record).
 RECORD_COLUMNS = ("caveat", "model_record")
-# Per scan: how unlike the training scans it is (learner.evaluate.ood); per pair: the max
-# over its scans' scores, and whether any of them is flagged.
-OOD_SCAN_COLUMNS = ("ood_score", "ood_p", "ood")
+# Per scan: how unlike the training scans it is (learner.evaluate.ood): combined, which part
+# flags it, and each part's score; per pair: the max over its scans' scores, and whether any
+# of them is flagged.
+OOD_SCAN_COLUMNS = ("ood_score", "ood_p", "ood", "ood_by", "ood_input_score", "ood_embedding_score")
 OOD_PAIR_COLUMNS = ("ood_score", "ood")
 CSV_DECIMALS = 3
 PARQUET_RECORD_KEY = b"learner.record"
@@ -108,8 +111,9 @@ class Predictions:
     Attributes:
         scans: one row per scan: patient_id, visit, visit_order, [zone,] path, score,
             pred_score, seen (the model's split of the patient, ``external`` if never seen),
-            ood_score, ood_p, ood (:mod:`learner.evaluate.ood`; empty for a model saved
-            without an OOD reference).
+            ood_score, ood_p, ood, ood_by, ood_input_score, ood_embedding_score
+            (:mod:`learner.evaluate.ood`; empty for a model saved without an OOD reference,
+            ood_input_score for one without the input part).
         pairs: one row per consecutive visit pair: patient_id, visit_from, visit_to (as
             written in the manifest), visit_order_from, visit_order_to, p_worsen, p_stable,
             p_improve, label (the probe's), head_label (predicted_change in the model's
@@ -238,8 +242,10 @@ def predict_scores(model: ChangeModel, items: Sequence[Any], *, layout: str = "s
 
 def ood_scores(model: ChangeModel, items: Sequence[Any], *, layout: str = "scan") -> pd.DataFrame:
     """How unlike the model's training scans each item is (given as in :func:`embed_scans`):
-    one row per item, in order, with ``ood_score``, ``ood_p`` and ``ood``
-    (:mod:`learner.evaluate.ood`).
+    one row per item, in order, with ``ood_score``, ``ood_p``, ``ood``, ``ood_by`` (the
+    parts that flag it: ``input``, ``embedding``, both joined by ``+``, or empty),
+    ``ood_input_score`` (NaN for a model without the input part) and
+    ``ood_embedding_score`` (:mod:`learner.evaluate.ood`).
 
     Raises:
         DataError: the model has no OOD reference (saved without one).
@@ -251,17 +257,27 @@ def ood_scores(model: ChangeModel, items: Sequence[Any], *, layout: str = "scan"
 
 
 def _ood_columns(model: ChangeModel, embedded: pd.DataFrame) -> pd.DataFrame:
-    """``embedded`` without its embeddings, with each scan's OOD columns (empty without a
-    reference)."""
-    out = embedded.drop(columns=["embedding"])
-    reference = model.ood_reference
-    if reference is None or not len(out):
-        out["ood_score"] = np.full(len(out), math.nan)
-        out["ood_p"] = np.full(len(out), math.nan)
+    """``embedded`` without its embeddings and descriptors, with each scan's OOD columns
+    (empty without a reference)."""
+    out = embedded.drop(columns=[c for c in ("embedding", "descriptor") if c in embedded])
+    check = model.ood_reference
+    if check is None or not len(out):
+        for column in OOD_SCAN_COLUMNS:
+            out[column] = np.full(len(out), math.nan)
         out["ood"] = np.full(len(out), None, dtype=object)
+        out["ood_by"] = np.full(len(out), None, dtype=object)
         return out
-    found = reference.score(np.stack(list(embedded["embedding"])))
+    descriptors = (
+        np.stack(list(embedded["descriptor"]))
+        if check.input is not None and "descriptor" in embedded
+        else None
+    )
+    found = check.score(np.stack(list(embedded["embedding"])), descriptors)
     out["ood_score"], out["ood_p"], out["ood"] = found.score, found.p, found.flag
+    out["ood_by"] = found.by
+    missing = np.full(len(out), math.nan)
+    out["ood_input_score"] = found.parts["input"].score if "input" in found.parts else missing
+    out["ood_embedding_score"] = found.parts["embedding"].score
     return out
 
 
@@ -378,6 +394,11 @@ def predict_change(
     summary["ood"] = _ood_summary(model, scans, pair_table)
     if model.ood_reference is None:
         summary["notes"].append(summary["ood"]["note"])
+    elif model.ood_reference.input is None and model.module.cfg.data.input.kind != "tabular":
+        # Views and modalities the encoder ignores go unseen without the input part: say so.
+        summary["notes"].append(
+            f"OOD check without its input part: {model.ood_reference.input_note}"
+        )
     return Predictions(scans=scans, pairs=pair_table, zone_pairs=zone_pairs, summary=summary)
 
 
@@ -495,7 +516,8 @@ def _ood_summary(model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame) -
     if reference is None:
         return {"available": False, "note": _no_ood_note(model)}
     flagged = scans[scans["ood"].astype(bool)].sort_values("ood_score", ascending=False)
-    shown = [c for c in ("patient_id", "visit", "zone", "path", "ood_score", "ood_p") if c in scans]
+    named = ("patient_id", "visit", "zone", "path", "ood_score", "ood_p", "ood_by")
+    shown = [c for c in named if c in scans]
     return {
         **reference.describe(),
         "scans_flagged": len(flagged),

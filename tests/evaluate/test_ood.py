@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from learner.errors import DataError
-from learner.evaluate.ood import K, OodReference
+from learner.evaluate.ood import K, OodCheck, OodReference
 
 
 def _gaussian(rng: np.random.Generator, n: int, dim: int = 8) -> np.ndarray:
@@ -93,3 +93,42 @@ def test_refusals(tmp_path: Path) -> None:
     np.savez(bad, reference=np.array([object()], dtype=object))
     with pytest.raises(DataError, match="refusing to load the OOD reference"):
         OodReference.load(bad)
+
+
+def test_two_parts_combine_larger_score_smaller_p_either_flag(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    embeddings = (rng.normal(size=(200, 3)), rng.normal(size=(60, 3)))
+    descriptors = (rng.normal(size=(200, 5)), rng.normal(size=(60, 5)))
+    check = OodCheck.fit(embeddings, descriptors)
+    # Scan 0 typical in both; 1 far at the input only; 2 far in the embedding only.
+    emb = np.zeros((3, 3))
+    emb[2] = 9.0
+    desc = np.zeros((3, 5))
+    desc[1] = 9.0
+    found = check.score(emb, desc)
+    parts = found.parts
+    assert list(parts) == ["input", "embedding"]
+    np.testing.assert_array_equal(
+        found.score, np.maximum(parts["input"].score, parts["embedding"].score)
+    )
+    np.testing.assert_array_equal(found.p, np.minimum(parts["input"].p, parts["embedding"].p))
+    assert found.flag.tolist() == [False, True, True]
+    assert found.by == ["", "input", "embedding"]
+    with pytest.raises(DataError, match="no input descriptors"):
+        check.score(emb)
+    with pytest.raises(DataError, match="input descriptors of shape"):
+        check.score(emb, desc[:, :4])
+
+    check.save(tmp_path / "ood.npz")
+    loaded = OodCheck.load(tmp_path / "ood.npz")
+    np.testing.assert_array_equal(loaded.score(emb, desc).score, found.score)
+    assert loaded.describe() == check.describe() and loaded.describe()["input"]["available"]
+
+    # Without descriptors: the embedding part alone, its note kept through save and load.
+    alone = OodCheck.fit(embeddings, input_note="tabular input")
+    assert alone.score(emb).by == ["", "", "embedding"]
+    alone.save(tmp_path / "alone.npz")
+    assert OodCheck.load(tmp_path / "alone.npz").describe()["input"] == {
+        "available": False,
+        "reason": "tabular input",
+    }
