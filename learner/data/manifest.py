@@ -87,6 +87,10 @@ _SHOWN_IDS = 5
 _SHOWN_COLUMNS = 8
 
 
+# The warning about patients without a pair; `predict` words its own (no pretraining there).
+SINGLE_VISIT = "have a single visit and give no change pairs"
+
+
 @dataclass
 class Manifest:
     """A validated manifest.
@@ -302,7 +306,7 @@ def load_manifest(
         shown = ", ".join(repr(p) for p in single[:_SHOWN_IDS])
         more = f" and {len(single) - _SHOWN_IDS} more" if len(single) > _SHOWN_IDS else ""
         warnings.append(
-            f"{name}: {len(single)} patient(s) have a single visit and give no change pairs "
+            f"{name}: {len(single)} patient(s) {SINGLE_VISIT} "
             f"(they still count for pretraining): {shown}{more}"
         )
 

@@ -60,7 +60,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from learner.data.manifest import Manifest, SkippedRow, load_manifest
+from learner.data.manifest import SINGLE_VISIT, Manifest, SkippedRow, load_manifest
 from learner.data.pairs import (
     CHANGE_LABEL,
     CLINICIAN,
@@ -529,7 +529,8 @@ def _ood_summary(model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame) -
 def _summary(
     model: ChangeModel, scans: pd.DataFrame, pairs: pd.DataFrame, manifest: Manifest
 ) -> dict[str, Any]:
-    notes = list(manifest.warnings)
+    # The manifest's own single-visit warning speaks of pretraining; the note below replaces it.
+    notes = [w for w in manifest.warnings if SINGLE_VISIT not in w]
     visits = scans.groupby("patient_id")["visit_order"].nunique()
     single = sorted(visits[visits < 2].index.astype(str))
     if single:

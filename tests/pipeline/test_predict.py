@@ -130,6 +130,8 @@ def test_single_visit_patient_gets_scan_predictions_and_a_note(
     result = model.predict_change(manifest)
     assert len(result.scans) == len(one) and result.pairs.empty
     assert any("1 patient(s) with one visit get per-scan" in n for n in result.summary["notes"])
+    # The manifest's own single-visit warning (about pretraining) is not repeated here.
+    assert not any("pretraining" in n for n in result.summary["notes"])
 
 
 def test_predicting_from_a_frame_leaves_nothing_in_the_temp_directory(
