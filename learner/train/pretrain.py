@@ -154,6 +154,11 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is deprecated.*")
+    # On --resume the earlier epochs' rows are put back (_keep_history), so Lightning's
+    # "Previous log files ... will be deleted" would tell the user the opposite of the truth.
+    warnings.filterwarnings(
+        "ignore", message=".*Previous log files in this directory will be deleted.*"
+    )
 
 
 def tensorboard_available() -> bool:
