@@ -96,3 +96,18 @@ def test_unwrap_help_joins_lines_and_keeps_paragraphs() -> None:
     assert unwrap_help(text) == (
         "First line goes on.\n\nSecond paragraph goes on too.\n\n\b\nkept\nas is"
     )
+
+
+def test_python_dash_m_learner_is_the_same_command_line() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "learner", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout and "--out" in done.stdout
