@@ -264,7 +264,8 @@ def demo(
     followed over time plus a pretraining pool of single-visit patients), pretrain mse /
     contrastive / weighted, evaluate change classification, print the comparison and write
     a report; the change is judged against the observed score and against the cohort's true
-    severity (eval.target truth).
+    severity (eval.target truth), and every embedding is read by the full-rank probe and by
+    the low-capacity one ('+pca-auto' rows, run.probes [auto]).
 
     Example: learner demo --out demo-output
     """
@@ -285,8 +286,10 @@ def demo(
         write_cohort(
             "lus", cohort, patients=None, seed=0, preset="demo", preview=True, pool=DEMO_POOL
         )
-    # The cohort knows its truth: judge change against it too, beside the observed score.
-    cfg = load_config(DEMO_CONFIG, [f"data.manifest={manifest}", "eval.target=truth"])
+    # The cohort knows its truth: judge change against it too, beside the observed score; and
+    # read every embedding with the low-capacity probe too, beside the full-rank one.
+    overrides = [f"data.manifest={manifest}", "eval.target=truth", "run.probes=[auto]"]
+    cfg = load_config(DEMO_CONFIG, overrides)
     _run_and_report(cfg, out / "run")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 

@@ -260,12 +260,13 @@ class RunConfig(_Section):
     objectives: list[str | RunVariant] = ["mse", "contrastive", "weighted"]
     seeds: list[int] = [0]
     features: list[Literal["diff", "concat", "hybrid", "rate"]] = ["diff"]
-    probes: list[Annotated[int, Field(ge=0)] | Literal["auto"]] = Field(
-        [],
+    probes: list[Annotated[int, Field(ge=0)] | Literal["auto"]] | None = Field(
+        None,
         description="Further probes read every row beside eval.pca's, each an eval.pca "
         "setting (0 = the full embedding, k, auto = the low-capacity probe); each adds a "
-        "'<row>+pca-<setting>' row on the same cells, e.g. [auto] for a low-capacity row "
-        "beside the full-rank one.",
+        "'<row>+pca-<setting>' row on the same cells. null (the default) = [auto] when "
+        "eval.target is truth or a column (the low-capacity row beside the full-rank one "
+        "where change is judged against a finer target), else none; [] = none.",
     )
     baselines: bool = Field(True, description="Also evaluate head_delta and untrained.")
     transfer: list[TransferEncoder] = Field(

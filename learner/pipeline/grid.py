@@ -103,7 +103,12 @@ def readings(cfg: Config) -> list[Reading]:
     other entry of ``run.probes``). The ``eval.pca`` readings keep their ``eval-<feature>``
     folders, so adding probes never re-evaluates a cached cell."""
     features = list(dict.fromkeys(cfg.run.features))
-    pcas = [cfg.eval.pca, *(p for p in dict.fromkeys(cfg.run.probes) if p != cfg.eval.pca)]
+    probes = cfg.run.probes
+    if probes is None:
+        # Judged against a finer target, each row also gets the low-capacity probe fixed in
+        # advance (issue 27): a full-rank probe alone understates what the embedding holds.
+        probes = [] if cfg.eval.target == "observed" else ["auto"]  # eval.pca: auto
+    pcas = [cfg.eval.pca, *(p for p in dict.fromkeys(probes) if p != cfg.eval.pca)]
     out = []
     for i, pca in enumerate(pcas):
         probe = "" if i == 0 else f"+pca-{pca}"

@@ -396,6 +396,8 @@ def run_ablation(
                 floors.append(_score_floors(fold[0].data.frame, truth))
             for cell in fold:
                 state = "cached" if _cell_done(cell, reads) else "running"
+                if state == "running" and (cell.folder / "embeddings.parquet").exists():
+                    state = "evaluating"  # trained and embedded: only a reading is new
                 log(f"[{cell.tag}] {cell.label}: {state}")
                 res = run_cell(cell, reads=reads, progress=progress, log=log, truth=truth)
                 if cell.trained_here:

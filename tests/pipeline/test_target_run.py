@@ -33,7 +33,9 @@ def test_run_with_the_truth_target_reports_it_apart(
     results = json.loads((out / "results.json").read_text())
 
     # The observed rows keep their contract; the target rows live apart, named as such.
-    assert set(results["objectives"]) == {"mse", "weighted"}
+    # Against a finer target every row is also read by the low-capacity probe (run.probes
+    # defaults to [auto] there), beside the full-rank one.
+    assert set(results["objectives"]) == {"mse", "weighted", "mse+pca-auto", "weighted+pca-auto"}
     block = results["target"]
     assert block["name"] == "truth" and "severity" in block["source"]
     # One seed: nothing crossed; its interval is that seed's patient bootstrap.
@@ -42,8 +44,10 @@ def test_run_with_the_truth_target_reports_it_apart(
         "score_delta",
         "mse:head_delta",
         "mse",
+        "mse+pca-auto",
         "weighted",
         "weighted:head_delta",
+        "weighted+pca-auto",
         "oracle_truth",
         "oracle_clean_score",
     ]
