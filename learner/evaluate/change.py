@@ -99,6 +99,11 @@ METRICS = (
 HEAD_DELTA_PREFIX = "head_delta_"
 
 
+# How a cell's note on the auto probe's choice begins: a record (each cell's metrics.json keeps
+# it beside pca and chosen_c), not a warning about the numbers.
+AUTO_PCA_NOTE = "eval.pca auto:"
+
+
 @dataclass
 class ChangeResult:
     """Everything one downstream evaluation measured (one objective, one seed).
@@ -649,7 +654,7 @@ def _low_capacity_probe(
     groups = train["patient_id"].astype(str).to_numpy()
     k, c, score = select_low_capacity(candidates, y_train, groups)
     notes.append(
-        f"eval.pca auto: k={k} principal axes, C={c:g} (inner-fold balanced accuracy "
+        f"{AUTO_PCA_NOTE} k={k} principal axes, C={c:g} (inner-fold balanced accuracy "
         f"{score:.3f} over k in {ks})"
     )
     projection = widest.truncated(k)

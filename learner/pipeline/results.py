@@ -26,7 +26,7 @@ from learner.evaluate.ceilings import (
     TRUTH_TARGET,
     fraction_of_achievable,
 )
-from learner.evaluate.change import HEAD_DELTA_PREFIX
+from learner.evaluate.change import AUTO_PCA_NOTE, HEAD_DELTA_PREFIX
 from learner.evaluate.data_warnings import data_warnings
 from learner.evaluate.interpatient import InterpatientResult, pool_interpatient
 from learner.evaluate.metrics import CLASS_METRICS
@@ -110,6 +110,8 @@ def run_warnings(
         out.append(line)
     for cells in units.values():
         for note in (n for seed_cells in cells for c in seed_cells for n in c.summary["warnings"]):
+            if note.startswith(AUTO_PCA_NOTE):
+                continue  # the auto probe's choice: kept in the cell's metrics.json
             if note not in out:
                 out.append(note)
     return out

@@ -154,6 +154,9 @@ def test_run_probes_add_low_capacity_rows_beside_the_full_rank_ones(
     assert metrics["pca"] in (2, 4, 8, 16, 32)
     assert json.loads((cell / "eval-diff" / "metrics.json").read_text())["pca"] == 0
     assert set(results["cells"]["weighted/seed0"]["evaluation"]) == {"diff", "diff-pca-auto"}
+    # The auto probe's choice is a record in the cell's metrics.json, not a run warning.
+    assert any(n.startswith("eval.pca auto:") for n in metrics["warnings"])
+    assert not any(w.startswith("eval.pca auto:") for w in results["warnings"])
 
     # Against the truth, the low-capacity rows stand beside the full-rank ones.
     code, output = _run(trained["first"], out, "run.probes=[auto]", "eval.target=truth")
