@@ -3,11 +3,13 @@ the cached cells (only the evaluation is redone), and a clear refusal without tr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from learner.cli import app
@@ -164,3 +166,24 @@ def test_run_probes_add_low_capacity_rows_beside_the_full_rank_ones(
     rows = json.loads((out / "results.json").read_text())["target"]["rows"]
     assert {"mse", "mse+pca-auto", "weighted", "weighted+pca-auto"} <= set(rows)
     assert "weighted+pca-auto:head_delta" not in rows  # the head does not depend on the probe
+
+
+def test_a_truth_target_run_with_baselines_meets_the_results_contract(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    # The truth target adds the low-capacity rows by default, the untrained one too; every
+    # row must still meet ../shared's results contract.
+    checker_path = Path(__file__).resolve().parents[3] / "shared" / "tools" / "check_results.py"
+    if not checker_path.is_file():
+        pytest.skip(f"{checker_path} is absent (../shared not checked out)")
+    out = tmp_path / "run"
+    shutil.copytree(trained["run"], out)
+    code, output = _run(trained["first"], out, "eval.target=truth", "run.baselines=true")
+    assert code == 0, output
+    results = json.loads((out / "results.json").read_text())
+    assert {"untrained", "untrained+pca-auto", "weighted+pca-auto"} <= set(results["objectives"])
+    spec = importlib.util.spec_from_file_location("check_results", checker_path)
+    assert spec is not None and spec.loader is not None
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    assert checker.problems(results) == []
