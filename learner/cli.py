@@ -286,10 +286,9 @@ def demo(
         write_cohort(
             "lus", cohort, patients=None, seed=0, preset="demo", preview=True, pool=DEMO_POOL
         )
-    # The cohort knows its truth: judge change against it too, beside the observed score; and
-    # read every embedding with the low-capacity probe too, beside the full-rank one.
-    overrides = [f"data.manifest={manifest}", "eval.target=truth", "run.probes=[auto]"]
-    cfg = load_config(DEMO_CONFIG, overrides)
+    # The cohort knows its truth: judge change against it too, beside the observed score
+    # (which also reads every embedding with the low-capacity probe: run.probes' default).
+    cfg = load_config(DEMO_CONFIG, [f"data.manifest={manifest}", "eval.target=truth"])
     _run_and_report(cfg, out / "run")
     console.print(f"demo finished in {time.perf_counter() - start:.0f} s")
 

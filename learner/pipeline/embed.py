@@ -224,10 +224,7 @@ def prepared_for_model(
         score_range=model.score_range,
         patient_codes={p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))},
         input=input_spec(cfg),
-        # A manifest given as a frame was read from a temporary file that is gone by now; a
-        # cache "beside" it would re-create that folder in the temp directory and leave it
-        # there after every call, so such scans are decoded without one.
-        cache=resolve_cache(cfg, manifest.source) if manifest.source.parent.is_dir() else None,
+        cache=resolve_cache(cfg, manifest.source),
         feature_stats=feature_stats,
     )
 

@@ -64,7 +64,6 @@ from learner.data.manifest import SINGLE_VISIT, Manifest, SkippedRow, load_manif
 from learner.data.pairs import (
     CHANGE_LABEL,
     CLINICIAN,
-    LABELS,
     SCORE,
     consecutive_pairs,
     label_changes,
@@ -358,7 +357,10 @@ def predict_change(
     x = change_features(matrix, pairs, model.feature, head, visit_times(visits))
     proba = model.probe.predict_proba(x) if len(pairs) else np.zeros((0, len(CLASSES)))
     pred = visits["pred_score"].to_numpy(np.float64)
-    table = pairs[["patient_id", *zone, "visit_from", "visit_to"]].rename(
+    # consecutive_pairs carries the clinician's label of each pair (None where a pair skips a
+    # visit or has none) when the manifest has a change_label column.
+    labelled = [CHANGE_LABEL] if CHANGE_LABEL in pairs.columns else []
+    table = pairs[["patient_id", *zone, "visit_from", "visit_to", *labelled]].rename(
         columns={"visit_from": "visit_order_from", "visit_to": "visit_order_to"}
     )
     table = table.assign(
@@ -369,10 +371,9 @@ def predict_change(
         score_to=visits["score"].to_numpy(np.float64)[end],
     )
     visit_ids = _visit_ids(scans)
-    given = _clinician_labels(scans)
     zone_pairs: pd.DataFrame | None = None
     if zone:
-        zone_pairs = _finish(table, model, visit_ids, scans, given)
+        zone_pairs = _finish(table, model, visit_ids, scans)
         visit_scores = scans.groupby(["patient_id", "visit_order"])["score"].mean()
         table = (
             table.groupby(["patient_id", "visit_order_from", "visit_order_to"], sort=True)
@@ -381,6 +382,7 @@ def predict_change(
                 predicted_change=("predicted_change", "mean"),
                 distance=("distance", "mean"),
                 n_zones=("zone", "size"),
+                **{c: (c, "first") for c in labelled},  # every zone of a visit pair shares it
             )
             .reset_index()
         )
@@ -388,7 +390,7 @@ def predict_change(
         key_to = list(zip(table["patient_id"], table["visit_order_to"], strict=True))
         table["score_from"] = visit_scores.reindex(key_from).to_numpy(np.float64)
         table["score_to"] = visit_scores.reindex(key_to).to_numpy(np.float64)
-    pair_table = _finish(table, model, visit_ids, scans, given)
+    pair_table = _finish(table, model, visit_ids, scans)
     summary = _summary(model, scans, pair_table, loaded)
     summary.update(_skipped_summary(skipped or []))
     summary["ood"] = _ood_summary(model, scans, pair_table)
@@ -413,25 +415,15 @@ def _visit_ids(scans: pd.DataFrame) -> pd.Series:
     return scans.groupby(["patient_id", "visit_order"])["visit"].first()
 
 
-def _clinician_labels(scans: pd.DataFrame) -> pd.Series | None:
-    """(patient_id, visit_order) -> the clinician's change label of that visit, for the visits
-    that have one; None when the manifest has no change_label column."""
-    if CHANGE_LABEL not in scans.columns:
-        return None
-    given = scans[scans[CHANGE_LABEL].isin(LABELS)]
-    return given.groupby(["patient_id", "visit_order"])[CHANGE_LABEL].first()
-
-
 def _finish(
     table: pd.DataFrame,
     model: ChangeModel,
     visit_ids: pd.Series,
     scans: pd.DataFrame,
-    given: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Label, visit ids, the true label (the clinician's change label of the later visit,
-    ``given``, where it has one, else the score's where both visits have a score), and the
-    OOD columns of the pair's scans."""
+    """Label, visit ids, the true label (the pair's clinician ``change_label`` where it has
+    one, else the score's where both visits have a score), and the OOD columns of the pair's
+    scans."""
     out = table.reset_index(drop=True).copy()
     proba = out[list(PROBABILITIES)].to_numpy(np.float64)
     out["label"] = np.asarray(CLASSES)[np.argmax(proba, axis=1)] if len(out) else []
@@ -457,13 +449,10 @@ def _finish(
         )
     sources = np.full(len(out), None, dtype=object)
     sources[labelled] = SCORE
-    if given is not None:
-        keys = list(zip(out["patient_id"], out["visit_order_to"], strict=True))
-        clinician = given.reindex(keys).to_numpy(dtype=object)
-        # A label judges the change from the previous visit: a pair that skips a visit (all
-        # its scans left out) is not the pair the clinician labelled.
-        adjacent = (out["visit_order_to"] == out["visit_order_from"] + 1).to_numpy()
-        use = adjacent & pd.notna(clinician)
+    given = CHANGE_LABEL in out.columns
+    if given:
+        clinician = out[CHANGE_LABEL].to_numpy(dtype=object)
+        use = pd.notna(clinician)
         true[use] = clinician[use]
         sources[use] = CLINICIAN
     out["true_label"] = true
@@ -472,7 +461,7 @@ def _finish(
     middle = [*PROBABILITIES, *ANSWER_COLUMNS, "predicted_change", "distance"]
     last = [c for c in ("n_zones",) if c in out.columns]
     last += ["score_from", "score_to", "change", "true_label"]
-    if given is not None:
+    if given:
         out["true_label_source"] = sources
         last.append("true_label_source")
     out["ood_score"], out["ood"] = _pair_ood(out, scans)

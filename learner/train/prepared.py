@@ -66,17 +66,26 @@ def input_spec(cfg: Config) -> InputSpec:
 def resolve_cache(cfg: Config, manifest_path: Path) -> DecodeCache | None:
     if cfg.data.input.kind == "tabular":
         return None
-    root = cfg.data.cache_dir or manifest_path.resolve().parent / ".learner-cache"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        writable = os.access(root, os.W_OK)
-    except OSError:
-        writable = False
-    if not writable:
+    root = cfg.data.cache_dir
+    folder = manifest_path.resolve().parent
+    # Beside the manifest only while its folder exists: a manifest given as a frame is read
+    # from a temporary file already removed, and re-creating that folder would leave it
+    # behind in the temporary directory after every call.
+    if root is None and folder.is_dir():
+        root = folder / ".learner-cache"
+    if root is None or not _writable_folder(root):
         # A read-only data folder (a shared archive) must not stop training.
         root = Path.home() / ".cache" / "learner" / "decode"
         root.mkdir(parents=True, exist_ok=True)
     return DecodeCache(root)
+
+
+def _writable_folder(root: Path) -> bool:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(root, os.W_OK)
 
 
 def config_manifest(
