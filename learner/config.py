@@ -68,7 +68,22 @@ class DataConfig(_Section):
     cache_dir: Path | None = Field(
         None, description="Decode cache; null = <manifest dir>/.learner-cache."
     )
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes; auto = the usable CPUs minus one (at most "
+        "16) when training on a GPU, 0 on a CPU, where the workers would take the cores the "
+        "training threads use.",
+    )
+    prefetch_factor: int = Field(
+        2, ge=1, description="Batches each worker prepares ahead (with num_workers > 0)."
+    )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0 or auto")
+        return v
 
     @field_validator("columns")
     @classmethod
@@ -182,6 +197,11 @@ class TrainConfig(_Section):
     scheduler: Literal["cosine", "none"] = "cosine"
     grad_clip: float | None = Field(1.0, gt=0.0)
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    channels_last: bool = Field(
+        False,
+        description="Convolutions in channels-last memory layout: on a GPU, with bf16-mixed, "
+        "about twice as fast (benchmarks/reports/gpu-check.md); no consistent gain on a CPU.",
+    )
     seed: int = 0
     accelerator: str = "auto"
     devices: int = Field(1, ge=1)

@@ -40,7 +40,13 @@ from learner.device import training_device
 
 # Config keys that never change what a cell computes: where files are read from or written
 # to, and how many loader processes read them. Every other key is part of the key.
-_NEUTRAL = ("data.manifest", "data.cache_dir", "data.num_workers", "train.out")
+_NEUTRAL = (
+    "data.manifest",
+    "data.cache_dir",
+    "data.num_workers",
+    "data.prefetch_factor",
+    "train.out",
+)
 # Sections that belong to other stages: `run` is the grid itself, `eval` the evaluation key.
 _PRETRAIN_SECTIONS = ("data", "model", "objective", "train")
 # An untrained encoder depends on its architecture, the data and the seed, not on training.
@@ -50,13 +56,15 @@ _UNTRAINED_SECTIONS = ("data", "model")
 # them stay valid; set to anything else, they enter it. (Adding a key to this list is only
 # honest when the default reproduces the earlier training bit for bit: `inter` is the mask
 # and the sampler every earlier learner used; `score_noise: 0` is the hard threshold partition,
-# the same floats; `drop_last: false` keeps the last batch, as every earlier learner did.
-# tests/losses/test_pair_sets.py, test_score_noise.py and tests/train/test_drop_last.py
-# check the key.)
+# the same floats; `drop_last: false` keeps the last batch, as every earlier learner did;
+# `channels_last: false` is the memory layout every earlier learner trained in.
+# tests/losses/test_pair_sets.py, test_score_noise.py, tests/train/test_drop_last.py and
+# tests/train/test_channels_last.py check the key.)
 _SILENT_DEFAULTS: dict[str, Any] = {
     "objective.pairs": "inter",
     "objective.score_noise": 0.0,
     "train.drop_last": False,
+    "train.channels_last": False,
 }
 
 # eval keys that configure fine-tuning: part of a fine-tuned cell's key, not of evaluations.

@@ -1,9 +1,19 @@
 """Training-time augmentations for clips (T, C, H, W), stills (C, H, W) and volumes (1, D, H, W).
 
-Every random parameter is drawn from the ``numpy.random.Generator`` passed in, so an item's
-augmentation is a pure function of its RNG (the dataset derives that RNG from seed, epoch and
-index, which keeps runs reproducible with any number of DataLoader workers). A clip gets ONE
-transform shared by all its frames: motion between frames is signal, not something to
+Two halves, so that a DataLoader worker only draws numbers and the training device does the
+arithmetic (issue 29: per-item affine grids in the workers left a GPU waiting 70-80% of the
+time):
+
+- ``draw_*_params`` draw every random parameter of one item from the
+  ``numpy.random.Generator`` passed in, as a small float32 vector. An item's augmentation is
+  thus a pure function of its RNG (the dataset derives that RNG from seed, epoch and index,
+  which keeps runs reproducible with any number of DataLoader workers).
+- ``apply_*_params`` apply a whole batch of such vectors at once (one ``affine_grid`` /
+  ``grid_sample`` call per batch) on whatever device the batch is on.
+
+``augment_clip`` / ``augment_image`` / ``augment_volume`` compose the two for one item (the
+draws in the same order as always, so a seed gives the transforms it always gave). A clip gets
+ONE transform shared by all its frames: motion between frames is signal, not something to
 scramble. Nothing here runs at evaluation.
 
 Geometric transforms resample once through a single affine grid (crop, rotation and scale
@@ -126,29 +136,27 @@ class VolumeAugment:
         )
 
 
-def augment_clip(
-    clip: torch.Tensor, rng: np.random.Generator, spec: ClipAugment | None = None
-) -> torch.Tensor:
-    """Random resized crop + rotation + brightness/contrast, the same for every frame.
+# A clip's parameter vector: the 2 x 3 affine theta (row-major), contrast, brightness.
+CLIP_PARAMS = 8
+# A volume's: the 3 x 4 affine theta (row-major), intensity gain, intensity shift.
+VOLUME_PARAMS = 14
+
+
+def draw_clip_params(
+    rng: np.random.Generator, spec: ClipAugment | None, height: int, width: int
+) -> np.ndarray:
+    """One clip's random resized crop + rotation + brightness/contrast, as a parameter vector.
 
     Args:
-        clip: float tensor (T, C, H, W).
-        rng: source of every random parameter.
+        rng: source of every random parameter (drawn in a fixed order).
         spec: ranges; defaults to :class:`ClipAugment`'s.
+        height, width: the frame size the transform applies to (the rotation is built in
+            pixel units, so that non-square frames are not sheared).
 
     Returns:
-        Float tensor (T, C, H, W), same dtype.
-
-    Raises:
-        ValueError: ``clip`` is not 4-D floating point.
+        float32 ``(CLIP_PARAMS,)``: theta (6), contrast, brightness.
     """
     spec = spec or ClipAugment()
-    if clip.ndim != 4 or not clip.is_floating_point():
-        raise ValueError(
-            f"expected a float clip (T, C, H, W), got {tuple(clip.shape)} {clip.dtype}"
-        )
-    _, _, height, width = clip.shape
-
     area = rng.uniform(*spec.crop_scale)
     aspect = math.exp(rng.uniform(math.log(spec.crop_aspect[0]), math.log(spec.crop_aspect[1])))
     crop_w = min(1.0, math.sqrt(area * aspect))
@@ -162,17 +170,98 @@ def augment_clip(
 
     # affine_grid works in normalised [-1, 1] coordinates per axis; rotate in pixel units
     # (S^-1 R S) so that non-square frames are not sheared.
-    half = torch.tensor([width / 2.0, height / 2.0], dtype=torch.float64)
+    half = np.array([width / 2.0, height / 2.0])
     cos, sin = math.cos(angle), math.sin(angle)
-    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)
-    linear = torch.diag(torch.tensor([crop_w, crop_h], dtype=torch.float64)) @ (
-        torch.diag(1.0 / half) @ rotation @ torch.diag(half)
-    )
-    theta = torch.cat([linear, torch.tensor([[centre_x], [centre_y]], dtype=torch.float64)], 1)
-    out = _resample(clip, theta.to(clip.dtype))
+    rotation = np.array([[cos, -sin], [sin, cos]])
+    linear = np.diag([crop_w, crop_h]) @ (np.diag(1.0 / half) @ rotation @ np.diag(half))
+    theta = np.concatenate([linear, [[centre_x], [centre_y]]], axis=1)
+    return np.concatenate([theta.ravel(), [contrast, brightness]]).astype(np.float32)
 
-    mean = out.mean()
+
+def apply_clip_params(clips: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply one parameter vector per clip to a batch of clips, every frame alike.
+
+    Args:
+        clips: float (B, T, C, H, W).
+        params: (B, CLIP_PARAMS) from :func:`draw_clip_params`, on any device.
+
+    Returns:
+        Float (B, T, C, H, W), same dtype and device.
+
+    Raises:
+        ValueError: ``clips`` is not 5-D floating point or ``params`` does not match it.
+    """
+    if clips.ndim != 5 or not clips.is_floating_point():
+        raise ValueError(
+            f"expected float clips (B, T, C, H, W), got {tuple(clips.shape)} {clips.dtype}"
+        )
+    params = _check_params(params, clips.shape[0], CLIP_PARAMS).to(clips.device, clips.dtype)
+    b, t, c, h, w = clips.shape
+    theta = params[:, :6].reshape(b, 2, 3)
+    # The frames and channels of a clip share its transform: sample them as channels of one
+    # image, one grid per clip.
+    out = _resample(clips.reshape(b, t * c, h, w), theta).reshape(b, t, c, h, w)
+    contrast, brightness = (params[:, i].view(b, 1, 1, 1, 1) for i in (6, 7))
+    mean = out.mean(dim=(1, 2, 3, 4), keepdim=True)
     return (out - mean) * contrast + mean + brightness
+
+
+def draw_volume_params(rng: np.random.Generator, spec: VolumeAugment | None) -> np.ndarray:
+    """One volume's small 3D rotation + isotropic zoom + intensity gain and shift.
+
+    Returns:
+        float32 ``(VOLUME_PARAMS,)``: theta (12), gain, shift.
+    """
+    spec = spec or VolumeAugment()
+    angles = np.radians(rng.uniform(-spec.rotation_deg, spec.rotation_deg, size=3))
+    zoom = rng.uniform(*spec.scale)
+    gain = rng.uniform(1.0 - spec.intensity_scale, 1.0 + spec.intensity_scale)
+    shift = rng.uniform(-spec.intensity_shift, spec.intensity_shift)
+    rotation = np.eye(3)
+    for axis, angle in enumerate(angles):
+        rotation = rotation @ _axis_rotation(axis, float(angle))
+    # Sampling the source on a grid shrunk by 1/zoom magnifies the content by zoom.
+    theta = np.concatenate([rotation / zoom, np.zeros((3, 1))], axis=1)
+    return np.concatenate([theta.ravel(), [gain, shift]]).astype(np.float32)
+
+
+def apply_volume_params(volumes: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply one parameter vector per volume to a batch (B, C, D, H, W); see
+    :func:`apply_clip_params`."""
+    if volumes.ndim != 5 or not volumes.is_floating_point():
+        raise ValueError(
+            f"expected float volumes (B, C, D, H, W), got {tuple(volumes.shape)} {volumes.dtype}"
+        )
+    b = volumes.shape[0]
+    params = _check_params(params, b, VOLUME_PARAMS).to(volumes.device, volumes.dtype)
+    out = _resample(volumes, params[:, :12].reshape(b, 3, 4))
+    gain, shift = (params[:, i].view(b, 1, 1, 1, 1) for i in (12, 13))
+    return out * gain + shift
+
+
+def augment_clip(
+    clip: torch.Tensor, rng: np.random.Generator, spec: ClipAugment | None = None
+) -> torch.Tensor:
+    """Random resized crop + rotation + brightness/contrast of one clip, the same for every
+    frame: :func:`draw_clip_params` then :func:`apply_clip_params` on a batch of one.
+
+    Args:
+        clip: float tensor (T, C, H, W).
+        rng: source of every random parameter.
+        spec: ranges; defaults to :class:`ClipAugment`'s.
+
+    Returns:
+        Float tensor (T, C, H, W), same dtype.
+
+    Raises:
+        ValueError: ``clip`` is not 4-D floating point.
+    """
+    if clip.ndim != 4 or not clip.is_floating_point():
+        raise ValueError(
+            f"expected a float clip (T, C, H, W), got {tuple(clip.shape)} {clip.dtype}"
+        )
+    params = draw_clip_params(rng, spec, clip.shape[-2], clip.shape[-1])
+    return apply_clip_params(clip[None], torch.from_numpy(params)[None])[0]
 
 
 def augment_image(
@@ -187,7 +276,7 @@ def augment_image(
 def augment_volume(
     volume: torch.Tensor, rng: np.random.Generator, spec: VolumeAugment | None = None
 ) -> torch.Tensor:
-    """Small 3D rotation + isotropic zoom, then intensity scaling and shift.
+    """Small 3D rotation + isotropic zoom, then intensity scaling and shift, of one volume.
 
     Args:
         volume: float tensor (C, D, H, W) (C = 1 for the encoders here).
@@ -200,43 +289,39 @@ def augment_volume(
     Raises:
         ValueError: ``volume`` is not 4-D floating point.
     """
-    spec = spec or VolumeAugment()
     if volume.ndim != 4 or not volume.is_floating_point():
         raise ValueError(
             f"expected a float volume (C, D, H, W), got {tuple(volume.shape)} {volume.dtype}"
         )
-    angles = np.radians(rng.uniform(-spec.rotation_deg, spec.rotation_deg, size=3))
-    zoom = rng.uniform(*spec.scale)
-    gain = rng.uniform(1.0 - spec.intensity_scale, 1.0 + spec.intensity_scale)
-    shift = rng.uniform(-spec.intensity_shift, spec.intensity_shift)
-
-    rotation = torch.eye(3, dtype=torch.float64)
-    for axis, angle in enumerate(angles):
-        rotation = rotation @ _axis_rotation(axis, float(angle))
-    # Sampling the source on a grid shrunk by 1/zoom magnifies the content by zoom.
-    theta = torch.cat([rotation / zoom, torch.zeros(3, 1, dtype=torch.float64)], 1)
-    out = _resample(volume.unsqueeze(0), theta.to(volume.dtype)).squeeze(0)
-    return out * gain + shift
+    params = draw_volume_params(rng, spec)
+    return apply_volume_params(volume[None], torch.from_numpy(params)[None])[0]
 
 
-def _axis_rotation(axis: int, angle: float) -> torch.Tensor:
+def _check_params(params: torch.Tensor, batch: int, width: int) -> torch.Tensor:
+    if params.shape != (batch, width):
+        raise ValueError(
+            f"expected augmentation parameters of shape ({batch}, {width}), got "
+            f"{tuple(params.shape)}"
+        )
+    return params
+
+
+def _axis_rotation(axis: int, angle: float) -> np.ndarray:
     """3x3 rotation by ``angle`` radians about coordinate ``axis`` (0, 1 or 2)."""
     cos, sin = math.cos(angle), math.sin(angle)
     i, j = [a for a in range(3) if a != axis]
-    matrix = torch.eye(3, dtype=torch.float64)
+    matrix = np.eye(3)
     matrix[i, i], matrix[i, j], matrix[j, i], matrix[j, j] = cos, -sin, sin, cos
     return matrix
 
 
 def _resample(batch: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Apply one affine ``theta`` to every item of ``batch`` (N, C, *spatial), bilinear.
+    """Apply affine ``theta[i]`` to item ``i`` of ``batch`` (N, C, *spatial), bilinear.
 
-    Points that map outside the source take the batch minimum (the dark background).
+    Points that map outside the source take the item's minimum (its dark background).
     """
-    fill = batch.min()
-    # One sampling grid serves every item: build it once, then broadcast it over the batch.
-    grid = F.affine_grid(theta.unsqueeze(0), [1, *batch.shape[1:]], align_corners=False)
-    grid = grid.expand(batch.shape[0], *grid.shape[1:])
+    fill = batch.amin(dim=tuple(range(1, batch.ndim)), keepdim=True)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
     # zeros padding of (x - fill) is padding with fill.
     sampled = F.grid_sample(
         batch - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False

@@ -24,6 +24,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
+from numpy.typing import DTypeLike
 
 # ITU-R BT.601 luma weights, the usual RGB -> grey conversion.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -277,7 +278,7 @@ def resample_volume(
     return out
 
 
-def slices_as_frames(volume: np.ndarray, frames: int) -> np.ndarray:
+def slices_as_frames(volume: np.ndarray, frames: int, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Evenly spaced axial slices (along D) as a clip of ``frames`` frames.
 
     Slices are the centres of ``frames`` equal segments of the D axis, as in evaluation-time
@@ -286,9 +287,10 @@ def slices_as_frames(volume: np.ndarray, frames: int) -> np.ndarray:
     Args:
         volume: ``(D, H, W)``.
         frames: slices to take (T).
+        dtype: of the result (None: the volume's own, e.g. a cache's float16).
 
     Returns:
-        float32 ``(frames, H, W)``.
+        ``(frames, H, W)`` of ``dtype``.
 
     Example:
         >>> slices_as_frames(np.zeros((100, 8, 8)), 4).shape
@@ -296,7 +298,8 @@ def slices_as_frames(volume: np.ndarray, frames: int) -> np.ndarray:
     """
     _check_volume(volume)
     indices = sample_frame_indices(volume.shape[0], frames, train=False)
-    return volume[indices].astype(np.float32)
+    picked = np.asarray(volume[indices])
+    return picked if dtype is None else picked.astype(dtype)
 
 
 def normalize_intensity(x: np.ndarray) -> np.ndarray:

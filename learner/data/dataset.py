@@ -14,8 +14,12 @@ What is cached (:class:`~learner.data.cache.DecodeCache`), so that epoch 2 decod
 
 Items are ``{"x": float32 tensor, "y": float, "pid": int64, "index": int}``. Training items
 draw all randomness from an RNG seeded by ``(seed, epoch, index)``: results do not depend on
-DataLoader worker count or order. Call :meth:`ScanDataset.set_epoch` each epoch; the epoch is
-held in shared memory so that persistent workers see the change.
+DataLoader worker count or order. With ``batch_augment=True`` a training item is what a
+worker slices (uint8 frames, or the cached float16 volume) plus its augmentation parameters
+under ``"aug"``, and :func:`learner.data.training_batch.finish_training_batch` makes the
+batch on the training device; without, the item is finished in place by the same code.
+Call :meth:`ScanDataset.set_epoch` each epoch; the epoch is held in shared memory so that
+persistent workers see the change.
 
 Example:
     >>> np.save("clip.npy", np.zeros((20, 64, 64), np.uint8))  # a (T, H, W) grey clip
@@ -43,9 +47,8 @@ from torch.utils.data import Dataset
 from learner.data.augment import (
     ClipAugment,
     VolumeAugment,
-    augment_clip,
-    augment_image,
-    augment_volume,
+    draw_clip_params,
+    draw_volume_params,
 )
 from learner.data.cache import DecodeCache
 from learner.data.clips import (
@@ -59,6 +62,7 @@ from learner.data.clips import (
     slices_as_frames,
 )
 from learner.data.readers import Scan, read_scan
+from learner.data.training_batch import AUGMENT_KEY, training_input
 from learner.errors import ConfigError, DataError
 
 InputKind = Literal["video", "image", "volume", "slices", "tabular"]
@@ -161,6 +165,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
         seed: base of every item RNG.
         feature_stats: optional (mean, std) arrays of shape (F,) standardising tabular
             features; compute them on the training rows only.
+        batch_augment: training items leave their float conversion, standardisation and
+            augmentation to :func:`~learner.data.training_batch.finish_training_batch` on the
+            training device (pretraining does this); otherwise each item is finished here.
 
     Raises:
         ConfigError: a bad score range or a feature column the frame lacks.
@@ -179,12 +186,14 @@ class ScanDataset(Dataset[dict[str, Any]]):
         patient_codes: Mapping[str, int],
         seed: int = 0,
         feature_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        batch_augment: bool = False,
     ) -> None:
         low, high = (float(v) for v in score_range)
         if not np.isfinite([low, high]).all() or high <= low:
             raise ConfigError(f"score range {score_range}: needs finite low < high")
         self.input = input
         self.train = train
+        self.batch_augment = batch_augment
         self._clip_augment = ClipAugment().scaled(input.augment)
         self._volume_augment = VolumeAugment().scaled(input.augment)
         self.cache = cache
@@ -266,9 +275,18 @@ class ScanDataset(Dataset[dict[str, Any]]):
             raise IndexError(f"index {index} out of range for {len(self)} scans")
         index = int(index) % len(self)
         kind = self.input.kind
+        item: dict[str, Any] = {}
         try:
             if kind == "tabular":
                 x = torch.from_numpy(self._features[index].copy())
+            elif self.train:
+                x, aug = self._training_slice(index)
+                if self.batch_augment:
+                    item[AUGMENT_KEY] = aug
+                else:
+                    x = training_input(x[None], aug[None], kind=kind, channels=self.input.channels)[
+                        0
+                    ]
             elif kind == "video":
                 x = self._video_item(index)
             elif kind == "image":
@@ -287,23 +305,51 @@ class ScanDataset(Dataset[dict[str, Any]]):
             "y": float(self._y[index]),
             "pid": torch.tensor(self._pid[index], dtype=torch.int64),
             "index": index,
+            **item,
         }
 
     def _rng(self, index: int) -> np.random.Generator:
         """Training RNG of item ``index`` at the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, index])
 
+    # -- training: what a worker slices -----------------------------------------------------
+
+    def _training_slice(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw training input of item ``index`` and its augmentation parameters (see
+        :mod:`learner.data.training_batch`), every draw from the item's RNG in the order the
+        per-item augmentation always drew them: frames first, then the transform."""
+        kind, spec, rng = self.input.kind, self.input, self._rng(index)
+        if kind == "video":
+            frames = self._video_frames(index)
+            indices = sample_frame_indices(len(frames), spec.frames, train=True, rng=rng)
+            picked = np.asarray(frames[indices])
+            if spec.channels == 1:
+                picked = grey_frames(picked)
+            if picked.shape[1:3] != (spec.size, spec.size):  # uncached: as decoded
+                picked = resize_frames(picked, spec.size)
+            x = torch.from_numpy(_with_channels(picked, spec.channels))
+        elif kind == "image":
+            x = torch.from_numpy(_with_channels(self._image_pixels(index)[None], spec.channels)[0])
+        elif kind == "slices":
+            volume = self._volume_grid(index)
+            frames = slices_as_frames(volume, spec.frames, dtype=None)  # float16 stays so
+            x = torch.from_numpy(np.ascontiguousarray(frames))
+        else:
+            x = torch.from_numpy(np.array(self._volume_grid(index)))  # off the memmap
+        aug = np.zeros(0, dtype=np.float32)
+        if spec.augment > 0:
+            aug = (
+                draw_volume_params(rng, self._volume_augment)
+                if kind == "volume"
+                else draw_clip_params(rng, self._clip_augment, spec.size, spec.size)
+            )
+        return x, torch.from_numpy(aug)
+
     # -- video ---------------------------------------------------------------------------
 
     def _video_item(self, index: int) -> torch.Tensor:
         spec = self.input
         frames = self._video_frames(index)
-        if self.train:
-            rng = self._rng(index)
-            clip = self._clip(
-                frames, sample_frame_indices(len(frames), spec.frames, train=True, rng=rng)
-            )
-            return augment_clip(torch.from_numpy(clip), rng, self._clip_augment)
         clips = [
             self._clip(frames, indices)
             for indices in _eval_frame_indices(len(frames), spec.frames, spec.clips_per_scan)
@@ -350,30 +396,29 @@ class ScanDataset(Dataset[dict[str, Any]]):
 
     # -- stills --------------------------------------------------------------------------
 
-    def _image_item(self, index: int) -> torch.Tensor:
+    def _image_pixels(self, index: int) -> np.ndarray:
+        """The still, resized (grey) uint8, from the cache or decoded."""
         path = Path(self._paths[index])
         if self.cache is None:
-            pixels = self._decode_image(path)
-        else:
-            params = {
-                "format": _CACHE_FORMAT,
-                "stage": "image",
-                "size": self.input.size,
-                "grey": self.input.channels == 1,
-            }
-            pixels = self.cache.get(path, params, lambda: self._decode_image(path))
+            return self._decode_image(path)
+        params = {
+            "format": _CACHE_FORMAT,
+            "stage": "image",
+            "size": self.input.size,
+            "grey": self.input.channels == 1,
+        }
+        return np.asarray(self.cache.get(path, params, lambda: self._decode_image(path)))
+
+    def _image_item(self, index: int) -> torch.Tensor:
         # A still is a one-frame clip from here on: the same scaling and standardisation.
         clip = prepare_clip(
-            np.asarray(pixels)[None],
+            self._image_pixels(index)[None],
             frames=1,
             size=self.input.size,
             channels=self.input.channels,
             train=False,
         )
-        image = torch.from_numpy(clip[0])
-        if self.train:
-            return augment_image(image, self._rng(index), self._clip_augment)
-        return image
+        return torch.from_numpy(clip[0])
 
     def _decode_image(self, path: Path) -> np.ndarray:
         image = self._read(path, "image").array
@@ -398,19 +443,12 @@ class ScanDataset(Dataset[dict[str, Any]]):
         return normalize_intensity(grid).astype(np.float16)
 
     def _volume_item(self, index: int) -> torch.Tensor:
-        volume = torch.from_numpy(np.asarray(self._volume_grid(index), dtype=np.float32))[None]
-        if self.train:
-            return augment_volume(volume, self._rng(index), self._volume_augment)
-        return volume
+        return torch.from_numpy(np.asarray(self._volume_grid(index), dtype=np.float32))[None]
 
     def _slices_item(self, index: int) -> torch.Tensor:
-        volume = np.asarray(self._volume_grid(index), dtype=np.float32)
-        frames = slices_as_frames(volume, self.input.frames).astype(np.float32, copy=False)
-        clip = torch.from_numpy(np.ascontiguousarray(frames))[:, None]
-        clip = clip.expand(-1, self.input.channels, -1, -1).contiguous()
-        if self.train:
-            return augment_clip(clip, self._rng(index), self._clip_augment)
-        return clip
+        frames = slices_as_frames(self._volume_grid(index), self.input.frames)
+        clip = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32))[:, None]
+        return clip.expand(-1, self.input.channels, -1, -1).contiguous()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -426,6 +464,14 @@ class ScanDataset(Dataset[dict[str, Any]]):
                 f"{settings_for_scan(scan.kind)}"
             )
         return scan
+
+
+def _with_channels(frames: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 frames (T, S, S) grey or (T, S, S, 3) RGB, as RGB where the encoder takes 3
+    channels: a batch mixing grey and colour sources then stacks. A new, writable array."""
+    if channels == 3 and frames.ndim == 3:
+        return np.repeat(frames[..., None], 3, axis=-1)
+    return np.array(frames)
 
 
 def _eval_frame_indices(n_frames: int, n_segments: int, n_clips: int) -> list[np.ndarray]:

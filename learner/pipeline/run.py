@@ -21,7 +21,7 @@ import pandas as pd
 from learner.config import Config, TargetColumn
 from learner.data.manifest import Manifest
 from learner.data.pairs import with_change_labels
-from learner.device import training_device
+from learner.device import on_gpu, training_device
 from learner.errors import ConfigError
 from learner.evaluate.aggregate import CellResult
 from learner.evaluate.ceilings import (
@@ -65,6 +65,7 @@ from learner.provenance import (
     write_key,
 )
 from learner.train.checkpoint import load_checkpoint
+from learner.train.loader import resolve_num_workers
 from learner.train.module import LearnerModule
 from learner.train.prepared import (
     PreparedData,
@@ -237,7 +238,7 @@ def embed_all(
         emb,
         metadata=metadata,
         batch_size=cfg.train.batch_size,
-        num_workers=cfg.data.num_workers,
+        num_workers=resolve_num_workers(cfg.data.num_workers, on_gpu(cfg.train.accelerator)),
     )
 
 

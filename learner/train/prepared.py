@@ -237,7 +237,15 @@ def model_config(cfg: Config, data: PreparedData) -> dict[str, Any]:
     return tree
 
 
-def make_dataset(data: PreparedData, frame: pd.DataFrame, *, train: bool, seed: int) -> ScanDataset:
+def make_dataset(
+    data: PreparedData,
+    frame: pd.DataFrame,
+    *,
+    train: bool,
+    seed: int,
+    batch_augment: bool = False,
+) -> ScanDataset:
+    """The dataset of ``frame``'s rows; ``batch_augment``: see :class:`ScanDataset`."""
     return ScanDataset(
         frame.reset_index(drop=True),
         input=data.input,
@@ -247,4 +255,5 @@ def make_dataset(data: PreparedData, frame: pd.DataFrame, *, train: bool, seed: 
         patient_codes=data.patient_codes,
         seed=seed,
         feature_stats=data.feature_stats,
+        batch_augment=batch_augment,
     )

@@ -44,6 +44,7 @@ from learner.provenance import (
     read_key,
     write_key,
 )
+from learner.train.loader import loader_kwargs
 from learner.train.module import LearnerModule
 from learner.train.prepared import (
     PreparedData,
@@ -273,7 +274,7 @@ def pretrain(
             f"{data.manifest.source}: {found}; the score MSE and the pair objectives need "
             "different scores across patients: check the score column"
         )
-    train_ds = make_dataset(data, train_frame, train=True, seed=seed)
+    train_ds = make_dataset(data, train_frame, train=True, seed=seed, batch_augment=True)
     val_ds = make_dataset(data, val_frame, train=False, seed=seed)
     # intra / all pairs need a patient's own scans in the batch: two per patient, from two
     # visits where it has them (the paper's inter-patient pairs want patients distinct).
@@ -290,13 +291,13 @@ def pretrain(
     )
     world = cfg.train.devices * cfg.train.num_nodes
     distributed = world > 1
-    workers = cfg.data.num_workers
-    train_loader = DataLoader(
-        train_ds, batch_sampler=sampler, num_workers=workers, persistent_workers=False
-    )
+    # Workers slice, the training device augments (learner.data.training_batch); workers
+    # persist across epochs and a GPU gets pinned batches (learner.train.loader).
+    loading = loader_kwargs(cfg, on_gpu(cfg.train.accelerator))
+    train_loader = DataLoader(train_ds, batch_sampler=sampler, **loading)
     # Every rank validates on the whole validation set in batches of the global batch size:
     # the pair terms depend on the batch, and this keeps val/loss that of one process.
-    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size * world, num_workers=workers)
+    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size * world, **loading)
 
     run_info = {
         "seed": seed,
