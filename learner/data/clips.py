@@ -278,7 +278,9 @@ def resample_volume(
     return out
 
 
-def slices_as_frames(volume: np.ndarray, frames: int, dtype: DTypeLike = np.float32) -> np.ndarray:
+def slices_as_frames(
+    volume: np.ndarray, frames: int, dtype: DTypeLike | None = np.float32
+) -> np.ndarray:
     """Evenly spaced axial slices (along D) as a clip of ``frames`` frames.
 
     Slices are the centres of ``frames`` equal segments of the D axis, as in evaluation-time

@@ -117,7 +117,7 @@ class LearnerModule(L.LightningModule):
         # inside, and cuDNN follows the weights' layout.
         self._memory_format = _memory_format(self.cfg) if self.cfg.train.channels_last else None
         if self._memory_format is not None:
-            self.encoder = self.encoder.to(memory_format=self._memory_format)
+            self.encoder = self.encoder.to(memory_format=self._memory_format)  # type: ignore[call-overload]
         embed_dim = int(self.encoder.embed_dim)  # type: ignore[arg-type]
         self.head = RegressionHead(embed_dim)
         # Regularises the score head against memorising patients; identity at evaluation.
