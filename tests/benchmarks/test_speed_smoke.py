@@ -86,11 +86,27 @@ def test_quick_run_pipeline(quick_results: dict[str, Any]) -> None:
     assert second["cache_misses"] == 0 and second["cache_hits"] == 2 * n
     for e in p["epochs"]:
         assert _positive(e["files_s"]) and _positive(e["memory_s"]) and e["steps"] >= 1
-        assert _positive(e["files_worker_s"])
+        assert _positive(e["files_worker_s"]) and _positive(e["files_per_item_s"])
+        assert _positive(e["memory_finished_s"])
         assert e["ratio"] == pytest.approx(e["memory_s"] / e["files_s"])
         assert e["ratio_worker"] == pytest.approx(e["memory_s"] / e["files_worker_s"])
-    for key in ("ratio_epoch1", "ratio_epoch2plus_median", "ratio_worker_epoch2plus_median"):
+        assert e["ratio_finished"] == pytest.approx(e["memory_finished_s"] / e["files_s"])
+        assert e["per_item_over_batched"] == pytest.approx(e["files_per_item_s"] / e["files_s"])
+    for key in (
+        "ratio_epoch1",
+        "ratio_epoch2plus_median",
+        "ratio_worker_epoch2plus_median",
+        "ratio_finished_epoch2plus_median",
+        "per_item_over_batched_epoch2plus_median",
+    ):
         assert _positive(p[key]), key
+    # The loader rows: both paths over the same clips, and the ratios they state.
+    (row,) = p["loader"]
+    assert row["clips"] == n
+    assert row["sliced_over_per_item"] == pytest.approx(
+        row["sliced_clips_per_s"] / row["per_item_clips_per_s"]
+    )
+    assert row["bytes_per_item"]["sliced"] * 4 == row["bytes_per_item"]["per_item"]
 
 
 def test_quick_run_objectives(quick_results: dict[str, Any]) -> None:
