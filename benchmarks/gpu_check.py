@@ -19,11 +19,14 @@ One run (at most ~8 minutes on one large GPU) writes one JSON file with:
    workers (what `learner run` does) against one CPU process (what it did until 2026-11-30).
 
 ``--smoke`` shrinks every size so that the whole script runs on a CPU in seconds: the test
-suite runs it, so the script cannot rot before a GPU is at hand.
+suite runs it, so the script cannot rot before a GPU is at hand. It writes
+``benchmarks/work/gpu_check_smoke.json`` (``benchmarks/work/`` is git-ignored scratch) unless
+``--out`` is given, and never the committed ``benchmarks/results/gpu_check.json``, which only
+a full run writes (its default ``--out``).
 
 Usage:
-    .venv/bin/python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
-    .venv/bin/python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check_smoke.json
+    .venv/bin/python benchmarks/gpu_check.py                       # -> results/gpu_check.json
+    .venv/bin/python benchmarks/gpu_check.py --smoke               # -> work/gpu_check_smoke.json
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ from learner.io import write_json
 from learner.models import build_encoder
 
 CONFIGS = Path(learner.__file__).resolve().parent / "configs"
+BENCHMARKS = Path(__file__).resolve().parent
+# What a full run writes (committed) and what --smoke writes (git-ignored scratch).
+COMMITTED = BENCHMARKS / "results" / "gpu_check.json"
+SMOKE_OUT = BENCHMARKS / "work" / "gpu_check_smoke.json"
 
 
 @dataclass(frozen=True)
@@ -386,12 +393,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds on a CPU")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "gpu_check.json"
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/gpu_check.json; with --smoke "
+        "benchmarks/work/gpu_check_smoke.json (git-ignored scratch)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (pipeline)")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: a tmp dir)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = SMOKE_OUT if args.smoke else COMMITTED
+    elif args.smoke and args.out.resolve() == COMMITTED.resolve():
+        parser.error(f"--smoke never writes {COMMITTED}: the committed full run's result")
     result = run(args)
     write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py --smoke: the GPU check runs end to end on a CPU in seconds and
-writes every section of its JSON (issue #16), so it works the day a GPU is at hand."""
+writes every section of its JSON (issue #16), so it works the day a GPU is at hand; a smoke
+run never touches the committed result (issue 29)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_smoke_writes_every_section(
@@ -43,3 +48,27 @@ def test_gpu_check_smoke_writes_every_section(
     embed = result["embed"]
     assert embed["scans"] == 8 and embed["device_scans_per_s"] > 0
     assert embed["device_over_cpu"] == embed["device_scans_per_s"] / embed["cpu_scans_per_s"]
+
+
+def test_gpu_check_smoke_never_writes_the_committed_result(
+    load_benchmark: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpu_check = load_benchmark("gpu_check.py")
+    committed = REPO / "benchmarks" / "results" / "gpu_check.json"
+    assert gpu_check.COMMITTED == committed and committed.is_file()
+    # The smoke default is git-ignored scratch (benchmarks/work/); here a tmp file stands in
+    # for it so that the test leaves the checkout as it was.
+    assert gpu_check.SMOKE_OUT.parent == REPO / "benchmarks" / "work"
+    assert "benchmarks/work/" in (REPO / ".gitignore").read_text().splitlines()
+    scratch = tmp_path / "scratch" / "gpu_check_smoke.json"
+    monkeypatch.setattr(gpu_check, "SMOKE_OUT", scratch)
+    before = (committed.read_bytes(), committed.stat().st_mtime_ns)
+
+    args = ["--smoke", "--device", "cpu", "--workers", "0", "--workdir", str(tmp_path / "w")]
+    assert gpu_check.main(args) == 0  # no --out: the scratch file
+    assert (committed.read_bytes(), committed.stat().st_mtime_ns) == before
+    assert json.loads(scratch.read_text())["smoke"] is True
+    # Even when asked, a smoke run does not overwrite the committed file.
+    with pytest.raises(SystemExit):
+        gpu_check.main([*args, "--out", str(committed)])
+    assert (committed.read_bytes(), committed.stat().st_mtime_ns) == before
