@@ -1,6 +1,6 @@
 """A one-command GPU check for `learner` (docs/scale.md, benchmarks/reports/gpu-check.md).
 
-One run (at most ~8 minutes on one large GPU) writes one JSON file with:
+One run writes one JSON file with:
 
 1. ``matmul``: the device's measured bf16 (and fp32) matmul rate, TFLOP/s: the ceiling the
    encoders are measured against.
@@ -8,24 +8,40 @@ One run (at most ~8 minutes on one large GPU) writes one JSON file with:
    forward + backward throughput (items/s) in fp32, bf16 autocast, channels_last and
    channels_last + bf16, each with its achieved FLOP rate (``torch.utils.flop_counter``) as a
    fraction of the bf16 matmul rate.
-3. ``pipeline``: the data pipeline's rate (ScanDataset + DecodeCache from mp4 files, DataLoader
-   with ``--workers`` processes; a cold epoch that decodes and a warm one that reads the cache)
-   against the model's training-step rate on the same batches held on the device: loading is
-   the bottleneck where ``data_over_model`` < 1.
+3. ``pipeline``: the training data pipeline (ScanDataset + DecodeCache from mp4 files with
+   ``batch_augment``: workers only slice uint8 frames, the augmentation runs batched in the
+   training step on the device) for each worker count of ``--workers`` (default 4 8 15): a
+   cold epoch that decodes (a fresh decode cache per worker count) and a warm one that reads
+   the cache, through one DataLoader with persistent workers (pinned memory on CUDA). Against
+   it, the model's training-step rate on the same batches held on the device, measured twice:
+   ``fp32`` and ``channels_last+bf16`` (the module built with ``train.channels_last: true``,
+   bf16 autocast); the step includes the batched augmentation. ``data_over_model`` (warm data
+   clips/s over the model's) per worker count and variant: loading is the bottleneck where it
+   is < 1.
 4. ``pretrain``: `learner pretrain` with the paper-size LUS config (configs lus.yaml: TSM-R18
-   width 64, 8 x 224^2, bf16-mixed on a GPU) on a synthetic LUS cohort of the bench preset,
-   a few epochs, with the seconds per epoch.
-5. ``embed``: embedding the first scans with that checkpoint on the device with the loader
-   workers (what `learner run` does) against one CPU process (what it did until 2026-11-30).
+   width 64, 8 x 224^2, ``train.channels_last: true``, bf16-mixed on a GPU, the largest
+   worker count of the sweep) on a synthetic LUS cohort of the bench preset, a few epochs,
+   with the seconds per epoch (its decode cache is the sweep's last: warm).
+5. ``embed``: embedding the first scans with that checkpoint on the device with the largest
+   worker count of the sweep (what `learner run` does) against one CPU process (what it did
+   until 2026-11-30).
 
-``--smoke`` shrinks every size so that the whole script runs on a CPU in seconds: the test
-suite runs it, so the script cannot rot before a GPU is at hand. It writes
-``benchmarks/work/gpu_check_smoke.json`` (``benchmarks/work/`` is git-ignored scratch) unless
-``--out`` is given, and never the committed ``benchmarks/results/gpu_check.json``, which only
-a full run writes (its default ``--out``).
+Time on one H200: the run of 2026-11-30 (sections 1-5, one worker count, one model variant)
+took 76 s. The sweep adds, per worker count, a cold and a warm epoch of 420 clips (about 4 s
+and 2.5 s at the old 4-worker rates, less with more workers) and the workers' start, so about
+30 s for 4, 8 and 15 workers; the second model variant adds 3 epochs of 420 clips at ~1,250
+clips/s (~1 s). Estimate: about 2 minutes; 4 minutes at twice every measured time, inside the
+8 minutes the check is allowed.
+
+``--smoke`` shrinks every size (and sweeps workers 0 and 1) so that the whole script runs on
+a CPU in seconds: the test suite runs it, so the script cannot rot before a GPU is at hand.
+It writes ``benchmarks/work/gpu_check_smoke.json`` (``benchmarks/work/`` is git-ignored
+scratch) unless ``--out`` is given, and never the committed
+``benchmarks/results/gpu_check.json``, which only a full run writes (its default ``--out``).
 
 Usage:
     .venv/bin/python benchmarks/gpu_check.py                       # -> results/gpu_check.json
+    .venv/bin/python benchmarks/gpu_check.py --workers 4 8 15      # the default sweep
     .venv/bin/python benchmarks/gpu_check.py --smoke               # -> work/gpu_check_smoke.json
 """
 
@@ -60,6 +76,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 # What a full run writes (committed) and what --smoke writes (git-ignored scratch).
 COMMITTED = BENCHMARKS / "results" / "gpu_check.json"
 SMOKE_OUT = BENCHMARKS / "work" / "gpu_check_smoke.json"
+# The two ways the model's training steps are timed in section 3 (names as in ``encoders``).
+MODEL_VARIANTS = ("fp32", "channels_last+bf16")
 
 
 @dataclass(frozen=True)
@@ -78,9 +96,10 @@ class Sizes:
     repeats: int
     embed_scans: int
     overrides: tuple[str, ...]
+    workers: tuple[int, ...]  # the pipeline's worker sweep (``--workers`` overrides it)
 
 
-FULL = Sizes(8192, 16, 8, 224, 4, 96, 64, 60, 3, 10, 96, ())
+FULL = Sizes(8192, 16, 8, 224, 4, 96, 64, 60, 3, 10, 96, (), (4, 8, 15))
 SMOKE = Sizes(
     128,
     1,
@@ -94,6 +113,7 @@ SMOKE = Sizes(
     1,
     8,
     ("model.width=8", "data.input.size=32", "data.input.frames=4", "train.batch_size=4"),
+    (0, 1),
 )
 
 
@@ -188,67 +208,141 @@ def encoder_rows(sizes: Sizes, device: torch.device, bf16_tflops: float) -> list
     return rows
 
 
-def lus_config(manifest: Path, out: Path, sizes: Sizes, device: torch.device, workers: int) -> Any:
+def lus_config(
+    manifest: Path, cache: Path, sizes: Sizes, device: torch.device, workers: int
+) -> Any:
+    """configs/lus.yaml as a GPU run uses it (bf16-mixed, channels_last; fp32 on a CPU), its
+    decode cache in ``cache``."""
     precision = "bf16-mixed" if device.type == "cuda" else "'32'"  # YAML: a string
     return load_config(
         CONFIGS / "lus.yaml",
         [
             f"data.manifest={manifest}",
-            f"data.cache_dir={out / 'cache'}",
+            f"data.cache_dir={cache}",
             f"train.epochs={sizes.pretrain_epochs}",
             f"train.precision={precision}",
             f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+            "train.channels_last=true",
             f"data.num_workers={workers}",
             *sizes.overrides,
         ],
     )
 
 
-def pipeline_rates(cfg: Any, device: torch.device, workers: int, repeats: int) -> dict[str, Any]:
-    """Clips/s of the data pipeline (cold and warm cache) against the model's training steps."""
+def data_epochs(
+    cfg: Any, device: torch.device, workers: int
+) -> tuple[dict[str, Any], list[dict[str, Tensor]], Any]:
+    """Clips/s of a cold and a warm training epoch with ``workers`` loader processes.
+
+    One DataLoader (persistent workers) runs both epochs; the decode cache is
+    ``cfg.data.cache_dir``, which the caller makes fresh so that the first epoch decodes.
+
+    Returns:
+        ``(row, batches, data)``: the rates, the warm epoch's batches (raw: uint8 frames and
+        augmentation parameters) and the prepared data.
+    """
     from learner.data.samplers import PatientBatchSampler
-    from learner.train.module import LearnerModule
+    from learner.train.loader import loader_kwargs
     from learner.train.prepared import make_dataset, prepare_data
 
     data = prepare_data(cfg)
     train = data.frame[data.frame["split"] == "train"].reset_index(drop=True)
-    dataset = make_dataset(data, train, train=True, seed=0)
+    dataset = make_dataset(data, train, train=True, seed=0, batch_augment=True)
     sampler = PatientBatchSampler(
         train["patient_id"].map(data.patient_codes).to_numpy(),
         train["score"].to_numpy(dtype=float),
         cfg.train.batch_size,
         seed=0,
     )
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers)
-    out: dict[str, Any] = {"workers": workers, "scans": len(train)}
+    kwargs = loader_kwargs(cfg, device.type == "cuda", workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, **kwargs)
+    row: dict[str, Any] = {"workers": kwargs["num_workers"], "scans": len(train)}
     batches: list[dict[str, Tensor]] = []
     for epoch, name in enumerate(("cold", "warm")):
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         start = time.perf_counter()
         batches = list(loader)
-        out[f"data_{name}_clips_per_s"] = len(train) / (time.perf_counter() - start)
+        row[f"data_{name}_clips_per_s"] = len(train) / (time.perf_counter() - start)
+    del loader  # stops the persistent workers before the next worker count starts its own
+    return row, batches, data
 
-    module = LearnerModule(cfg.to_plain(), data.score_range).to(device).train()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr)
+
+def model_rates(
+    cfg: Any, score_range: Any, batches: list[dict[str, Tensor]], device: torch.device, repeats: int
+) -> dict[str, float]:
+    """Clips/s of the model's training steps (``LearnerModule.training_step``, which makes
+    the raw batch into the encoder's input on the device, + backward + AdamW) on ``batches``
+    held on ``device``: fp32, and channels_last (``train.channels_last: true``) + bf16."""
+    from learner.train.module import LearnerModule
+
     on_device = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    bf16 = cfg.train.precision == "bf16-mixed"
+    clips = sum(int(b["y"].shape[0]) for b in on_device)
+    rates: dict[str, float] = {}
+    for variant in MODEL_VARIANTS:
+        plain = cfg.to_plain()
+        plain["train"]["channels_last"] = variant.startswith("channels_last")
+        torch.manual_seed(0)
+        module = LearnerModule(plain, score_range).to(device).train()
+        optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.train.lr)
+        bf16 = variant.endswith("bf16")
 
-    def epoch_of_steps() -> None:
-        for i, batch in enumerate(on_device):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = module.training_step(batch, i)
-            loss.backward()
-            optimizer.step()
+        def epoch_of_steps(
+            module: Any = module, optimizer: Any = optimizer, bf16: bool = bf16
+        ) -> None:
+            for i, batch in enumerate(on_device):
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = module.training_step(batch, i)
+                loss.backward()
+                optimizer.step()
 
-    with warnings.catch_warnings():  # LightningModule.log without a Trainer warns
-        warnings.filterwarnings("ignore", message=".*self.trainer.*")
-        seconds = timed(epoch_of_steps, device, warmup=1, repeats=max(1, repeats // 5))
-    out["model_clips_per_s"] = len(train) / seconds
-    out["data_over_model"] = out["data_warm_clips_per_s"] / out["model_clips_per_s"]
-    out["data_cold_over_model"] = out["data_cold_clips_per_s"] / out["model_clips_per_s"]
-    return out
+        with warnings.catch_warnings():  # LightningModule.log without a Trainer warns
+            warnings.filterwarnings("ignore", message=".*self.trainer.*")
+            seconds = timed(epoch_of_steps, device, warmup=1, repeats=max(1, repeats // 5))
+        rates[variant] = clips / seconds
+        del module, optimizer
+    return rates
+
+
+def pipeline_rates(
+    cfg_with_cache: Callable[[Path, int], Any],
+    work: Path,
+    device: torch.device,
+    workers: list[int],
+    repeats: int,
+) -> dict[str, Any]:
+    """The worker sweep (cold and warm data clips/s per worker count, each with a fresh
+    decode cache ``work/cache-w<N>``) against the model's training steps (fp32 and
+    channels_last + bf16) on the warm batches of the last worker count. The loaders are a
+    training run's (``learner.train.loader.loader_kwargs``): persistent workers, pinned
+    memory on CUDA."""
+    from learner.train.loader import loader_kwargs
+
+    sweep: list[dict[str, Any]] = []
+    batches: list[dict[str, Tensor]] = []
+    data: Any = None
+    cfg: Any = None
+    for count in workers:
+        cfg = cfg_with_cache(work / f"cache-w{count}", count)
+        row, batches, data = data_epochs(cfg, device, count)
+        sweep.append(row)
+    model = model_rates(cfg, data.score_range, batches, device, repeats)
+    for row in sweep:
+        for key in ("warm", "cold"):
+            suffix = "" if key == "warm" else "_cold"
+            row[f"data{suffix}_over_model"] = {
+                variant: row[f"data_{key}_clips_per_s"] / rate for variant, rate in model.items()
+            }
+    kwargs = loader_kwargs(cfg, device.type == "cuda", max(workers))
+    return {
+        "scans": sweep[-1]["scans"],
+        "batch_size": cfg.train.batch_size,
+        "batch_augment": True,
+        "loader": {k: kwargs[k] for k in ("persistent_workers", "pin_memory", "prefetch_factor")},
+        "model_clips_per_s": model,
+        "sweep": sweep,
+    }
 
 
 class EpochTimes(L.Callback):
@@ -277,6 +371,8 @@ def pretrain_epochs(cfg: Any, out: Path) -> dict[str, Any]:
         "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size,
         "precision": cfg.train.precision,
+        "channels_last": cfg.train.channels_last,
+        "num_workers": cfg.data.num_workers,
         "seconds_per_epoch": times.seconds,
         "total_s": time.perf_counter() - start,
     }
@@ -374,16 +470,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "scans": files.scans,
             "write_s": time.perf_counter() - t0,
         }
-        cfg = lus_config(files.manifest, work, sizes, device, args.workers)
-        log("pipeline")
-        result["pipeline"] = pipeline_rates(cfg, device, args.workers, sizes.repeats)
+        workers = list(args.workers if args.workers is not None else sizes.workers)
+
+        def cfg_with_cache(cache: Path, count: int) -> Any:
+            return lus_config(files.manifest, cache, sizes, device, count)
+
+        log(f"pipeline, workers {workers}")
+        result["pipeline"] = pipeline_rates(cfg_with_cache, work, device, workers, sizes.repeats)
+        # Pretraining and embedding as a GPU run would: the most workers, on the decode
+        # cache the sweep's last worker count filled.
+        most = max(workers)
+        cfg = cfg_with_cache(work / f"cache-w{workers[-1]}", most)
         log("pretrain")
         result["pretrain"] = pretrain_epochs(cfg, work)
         log("embed")
         checkpoint = Path(result["pretrain"]["checkpoint"])
-        result["embed"] = embed_rates(
-            cfg, checkpoint, work, device, args.workers, sizes.embed_scans
-        )
+        result["embed"] = embed_rates(cfg, checkpoint, work, device, most, sizes.embed_scans)
     result["total_s"] = time.perf_counter() - start
     log("done")
     return result
@@ -400,9 +502,18 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/work/gpu_check_smoke.json (git-ignored scratch)",
     )
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
-    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers (pipeline)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="DataLoader worker counts of the pipeline sweep (default 4 8 15; --smoke: 0 1); "
+        "pretraining and embedding use the largest",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: a tmp dir)")
     args = parser.parse_args(argv)
+    if args.workers is not None and min(args.workers) < 0:
+        parser.error("--workers: counts must be 0 or more")
     if args.out is None:
         args.out = SMOKE_OUT if args.smoke else COMMITTED
     elif args.smoke and args.out.resolve() == COMMITTED.resolve():
