@@ -17,8 +17,8 @@ Epochs: 12, the recipe's (``benchmarks/configs/synth_lus.yaml``). The recipe sea
 patients (``aug2+epochs24`` against ``aug2``), and what the paired comparisons of this run
 lack is seeds (one seed's test pairs give a minimum detectable difference near 0.1), so the
 time goes to seeds; 12 epochs also keep the one difference from the recipe's committed CPU
-result at the input and model size. At pool 300 an epoch is about 1,630 training clips
-(1,200 pool scans and 70% of the 620 longitudinal ones): about 600 optimizer steps per model.
+result at the input and model size. At pool 300 an epoch is about 1,570 training clips
+(1,200 pool scans and 60% of the 620 longitudinal ones): about 590 optimizer steps per model.
 
 Seeds: as many as fit in ``--budget`` (540 s), from the rates a GPU check measured on the
 same kind of machine (``benchmarks/results/gpu_check.json``, ``--rates``):
@@ -34,11 +34,11 @@ the script stops with the arithmetic (``--seeds N`` runs N seeds regardless).
 
 With the rates of the committed check (one H200, 2026-11-30, before issue 29's loader: 1,253
 clips/s for TSM-R18 in channels_last + bf16, 172 warm data clips/s with 4 workers, 99 cold, 55
-scans/s embedding): an epoch is 1,634 / 172 + 93 / 55 = 11.2 s, a trained cell 5 + 12 x 11.2
-+ 1,820 / 55 + 5 = 177 s, the baselines 1,820 / 55 + 2 x 5 = 43 s, a seed 1.25 x (3 x 177 +
-43) = 719 s: no seed fits, and the script says so. At the rates issue 29 aims at (data 1,000
-clips/s, training 1,100, embedding 200 scans/s, cold 400 clips/s): 2.1 s per epoch, 44 s per
-trained cell, 190 s per seed, 2 seeds after about 95 s of fixed cost (75 s of start-up with
+scans/s embedding): an epoch is 1,572 / 172 + 124 / 55 = 11.4 s, a trained cell 5 + 12 x
+11.4 + 1,820 / 55 + 5 = 180 s, the baselines 1,820 / 55 + 2 x 5 = 43 s, a seed 1.25 x (3 x
+180 + 43) = 728 s: no seed fits, and the script says so. At the rates issue 29 aims at (data 1,000
+clips/s, training 1,100, embedding 200 scans/s, cold 400 clips/s): 2.2 s per epoch, 45 s per
+trained cell, 194 s per seed, 2 seeds after about 95 s of fixed cost (75 s of start-up with
 the cohort written on the spot). A fresh ``gpu_check.py`` on the machine that runs this
 decides.
 
