@@ -294,10 +294,21 @@ def pretrain(
     # Workers slice, the training device augments (learner.data.training_batch); workers
     # persist across epochs and a GPU gets pinned batches (learner.train.loader).
     loading = loader_kwargs(cfg, on_gpu(cfg.train.accelerator))
-    train_loader = DataLoader(train_ds, batch_sampler=sampler, **loading)
+    # A DataLoader iterator draws its workers' base seed when it is made: from torch's global
+    # generator unless it has its own. That is once per epoch without persistent workers and
+    # once per run with them, so the global stream (dropout) would depend on the workers.
+    # The items draw nothing from that seed (their RNG is (seed, epoch, index)).
+    train_loader = DataLoader(
+        train_ds, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed), **loading
+    )
     # Every rank validates on the whole validation set in batches of the global batch size:
     # the pair terms depend on the batch, and this keeps val/loss that of one process.
-    val_loader = DataLoader(val_ds, batch_size=cfg.train.batch_size * world, **loading)
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=cfg.train.batch_size * world,
+        generator=torch.Generator().manual_seed(seed),
+        **loading,
+    )
 
     run_info = {
         "seed": seed,
