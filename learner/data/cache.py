@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,10 @@ def file_identity(path: Path) -> list[Any]:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
+# Cache entries one process keeps memory-mapped (each map costs an address range, not memory).
+OPEN_ENTRIES = 8192
+
+
 class DecodeCache:
     """Decoded arrays on disk, keyed by file identity and preprocessing parameters.
 
@@ -67,7 +73,11 @@ class DecodeCache:
     complete file and readers never see a partial one.
 
     ``hits`` and ``misses`` count this process's lookups (each DataLoader worker process
-    holds its own copy).
+    holds its own copy). Entries read once stay memory-mapped in this process (at most
+    :data:`OPEN_ENTRIES`), so later epochs skip re-opening and parsing the file: that was half
+    of what a training worker spent per item (0.2 of 0.4 ms at the demo size). A lookup
+    still checks the source file's identity, and the entry file's (a changed or truncated
+    entry is opened again, never read through a stale map).
 
     Args:
         root: cache folder (created on first write).
@@ -77,6 +87,7 @@ class DecodeCache:
         self.root = Path(root)
         self.hits = 0
         self.misses = 0
+        self._opened: OrderedDict[Path, tuple[tuple[int, int, int], np.ndarray]] = OrderedDict()
 
     def key(self, path: Path, params: Mapping[str, Any]) -> str:
         """The cache key of ``path`` preprocessed with ``params`` (64 hex characters).
@@ -113,6 +124,11 @@ class DecodeCache:
                 object array (which plain ``.npy`` cannot hold without pickle).
         """
         target = self.location(self.key(path, params))
+        opened = self._opened.pop(target, None)
+        if opened is not None and opened[0] == _identity(target):
+            self._opened[target] = opened  # the most recently used
+            self.hits += 1
+            return opened[1]
         if target.is_file():
             try:
                 array = _open_read_only(target)
@@ -121,13 +137,26 @@ class DecodeCache:
                 pass
             else:
                 self.hits += 1
-                return array
+                return self._remember(target, array)
         self.misses += 1
         array = np.ascontiguousarray(build())
         if array.dtype.hasobject:
             raise DataError(f"{path}: decoded to an object array; cannot cache it")
         self._write(target, array)
-        return _open_read_only(target)
+        return self._remember(target, _open_read_only(target))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker started by pickling (spawn) opens its own maps: pickling one would copy
+        # the whole array.
+        return {**self.__dict__, "_opened": OrderedDict()}
+
+    def _remember(self, target: Path, array: np.ndarray) -> np.ndarray:
+        identity = _identity(target)
+        if identity is not None:
+            self._opened[target] = (identity, array)
+            if len(self._opened) > OPEN_ENTRIES:
+                self._opened.popitem(last=False)
+        return array
 
     def _write(self, target: Path, array: np.ndarray) -> None:
         """Write ``array`` to ``target`` atomically (:func:`learner.io.atomic_path`): whatever
@@ -141,3 +170,13 @@ def _open_read_only(path: Path) -> np.ndarray:
     """Memory-map a cached ``.npy`` read-only (plain format: no pickle allowed)."""
     array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
     return array
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a cache entry's file, None when it is gone: a kept map is used
+    only while this is what it was (a map of a file truncated in place would fault)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -224,3 +224,42 @@ def test_entries_are_written_through_learner_io(
     assert len(written) == 1 and written[0].parent == stored.parent
     assert is_partial_write(written[0]) and not written[0].exists()
     np.testing.assert_array_equal(np.load(stored), np.arange(10))
+
+
+def test_an_entry_read_once_stays_mapped_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later epochs skip re-opening the entry's file. A changed source is a new key, built
+    afresh; an entry file changed in place is opened again (the truncation test above);
+    a pickled cache (a spawned worker) carries no maps."""
+    import pickle
+
+    import learner.data.cache as cache_module
+
+    source = tmp_path / "scan.npy"
+    np.save(source, np.arange(4))
+    cache = DecodeCache(tmp_path / "cache")
+    opens: list[Path] = []
+    real_open = cache_module._open_read_only
+
+    def counting_open(path: Path) -> np.ndarray:
+        opens.append(path)
+        return real_open(path)
+
+    monkeypatch.setattr(cache_module, "_open_read_only", counting_open)
+    builds: list[int] = []
+
+    def build() -> np.ndarray:
+        builds.append(1)
+        return np.load(source) * 2
+
+    first = cache.get(source, {"stage": "x"}, build)
+    for _ in range(3):
+        assert cache.get(source, {"stage": "x"}, build) is first
+    assert len(opens) == 1 and builds == [1] and cache.hits == 3
+    np.save(source, np.arange(5))
+    os.utime(source, ns=(1, 1))  # a new identity: a new key, built afresh
+    changed = cache.get(source, {"stage": "x"}, build)
+    assert changed.tolist() == [0, 2, 4, 6, 8] and builds == [1, 1]
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone.root == cache.root and not clone._opened
