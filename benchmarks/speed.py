@@ -527,6 +527,29 @@ class LoaderCase:
     augment: float
 
 
+def training_clips(
+    frame: pd.DataFrame, case: LoaderCase, cache: DecodeCache, *, batch_augment: bool
+) -> ScanDataset:
+    """The training dataset of ``frame``'s clips at ``case``'s size (seed 0)."""
+    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
+    return ScanDataset(
+        frame,
+        input=InputSpec(
+            kind="video",
+            frames=case.frames,
+            size=case.size,
+            channels=case.channels,
+            augment=case.augment,
+        ),
+        train=True,
+        cache=cache,
+        score_range=(0.0, 500.0),
+        patient_codes=codes,
+        seed=0,
+        batch_augment=batch_augment,
+    )
+
+
 def loader_cases(quick: bool) -> list[LoaderCase]:
     if quick:
         return [LoaderCase("tiny 4x32^2 grey", 4, 32, 1, 2.0)]
@@ -554,29 +577,11 @@ def bench_loader(
     """
     from learner.data.training_batch import finish_training_batch
 
-    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
     cache = DecodeCache(workdir / f"cache-{case.size}-{case.channels}")
-    spec = InputSpec(
-        kind="video",
-        frames=case.frames,
-        size=case.size,
-        channels=case.channels,
-        augment=case.augment,
-    )
-
-    def dataset(batch_augment: bool) -> ScanDataset:
-        return ScanDataset(
-            frame,
-            input=spec,
-            train=True,
-            cache=cache,
-            score_range=(0.0, 500.0),
-            patient_codes=codes,
-            seed=0,
-            batch_augment=batch_augment,
-        )
-
-    datasets = {"per_item": dataset(False), "sliced": dataset(True)}
+    datasets = {
+        "per_item": training_clips(frame, case, cache, batch_augment=False),
+        "sliced": training_clips(frame, case, cache, batch_augment=True),
+    }
     sampler = PatientBatchSampler(
         datasets["sliced"].patient_codes, datasets["sliced"].scores, batch_size, seed=0
     )
@@ -654,7 +659,6 @@ def bench_pipeline(spec: PipelineSpec, workdir: Path, *, repeats: int = 3) -> di
     write_s = time.perf_counter() - start
     cfg = _pipeline_config(spec)
     frame = load_manifest(files.manifest).frame
-    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
     inp = cfg.data.input
 
     loader_rows = [
@@ -668,23 +672,10 @@ def bench_pipeline(spec: PipelineSpec, workdir: Path, *, repeats: int = 3) -> di
         for case in loader_cases(spec.preset == "tiny")
     ]
 
+    demo_case = LoaderCase("pipeline", inp.frames, inp.size, inp.channels, inp.augment)
+
     def make_dataset(cache: DecodeCache, batch_augment: bool = True) -> ScanDataset:
-        return ScanDataset(
-            frame,
-            input=InputSpec(
-                kind="video",
-                frames=inp.frames,
-                size=inp.size,
-                channels=inp.channels,
-                augment=inp.augment,
-            ),
-            train=True,
-            cache=cache,
-            score_range=(0.0, 500.0),
-            patient_codes=codes,
-            seed=0,
-            batch_augment=batch_augment,
-        )
+        return training_clips(frame, demo_case, cache, batch_augment=batch_augment)
 
     # The worker and per-item paths have their own caches, so that their epoch 1 is cold too.
     cache, cache_w = DecodeCache(workdir / "cache"), DecodeCache(workdir / "cache_worker")

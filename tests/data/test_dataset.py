@@ -71,6 +71,7 @@ def make(
     train: bool,
     cache: DecodeCache | None = None,
     seed: int = 0,
+    batch_augment: bool = False,
 ) -> ScanDataset:
     codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
     return ScanDataset(
@@ -81,6 +82,7 @@ def make(
         score_range=(0.0, 30.0),
         patient_codes=codes,
         seed=seed,
+        batch_augment=batch_augment,
     )
 
 

@@ -30,7 +30,7 @@ from learner.data.clips import grey_frames, prepare_clip, sample_frame_indices
 from learner.data.dataset import InputSpec, ScanDataset
 from learner.data.readers import read_scan
 from learner.data.training_batch import finish_training_batch, is_raw, standardise_clips
-from tests.data.test_dataset import frame_of, write_mp4
+from tests.data.test_dataset import frame_of, make, write_mp4
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +54,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def dataset(
     frame: pd.DataFrame, spec: InputSpec, cache: DecodeCache | None, *, batch: bool, seed: int = 0
 ) -> ScanDataset:
-    codes = {p: i for i, p in enumerate(sorted(frame["patient_id"].unique()))}
-    return ScanDataset(
-        frame,
-        input=spec,
-        train=True,
-        cache=cache,
-        score_range=(0.0, 30.0),
-        patient_codes=codes,
-        seed=seed,
-        batch_augment=batch,
-    )
+    return make(frame, spec, train=True, cache=cache, seed=seed, batch_augment=batch)
 
 
 def frame_for(scans: dict[str, Path], kind: str) -> pd.DataFrame:
