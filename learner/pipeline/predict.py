@@ -308,10 +308,20 @@ def _as_manifest(
     if "path" in frame.columns:
         # Relative paths in a frame start at the working directory.
         frame["path"] = [str(Path(p).resolve()) for p in frame["path"].astype(str)]
+    for name in frame.columns:
+        if frame[name].dtype == object:
+            # A column of mixed cells ("" beside numbers, as a clinic's sheet gives) is text,
+            # as the same manifest read from CSV would be; parquet refuses mixed objects.
+            frame[name] = [None if _blank(v) else str(v) for v in frame[name]]
     with tempfile.TemporaryDirectory(prefix="learner-predict-") as tmp:
         tmp_path = Path(tmp) / "manifest.parquet"
         frame.to_parquet(tmp_path, index=False)
         return load_manifest(tmp_path, **options)
+
+
+def _blank(value: Any) -> bool:
+    """A missing cell of a frame: None, NaN or NaT."""
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
 def predict_change(

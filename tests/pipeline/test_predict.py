@@ -150,6 +150,20 @@ def test_predicting_from_a_frame_leaves_nothing_in_the_temp_directory(
     assert list(scratch.iterdir()) == []
 
 
+def test_a_frame_with_blank_cells_among_numbers_predicts(trained: dict[str, Path]) -> None:
+    """A clinic's sheet read into pandas gives "" beside numbers in one column (object
+    dtype); the frame is read as the same manifest from CSV would be, not a pyarrow
+    traceback."""
+    second = trained["second"]
+    frame = pd.read_csv(second)
+    frame["path"] = [str(second.parent / p) for p in frame["path"]]
+    frame["score"] = frame["score"].astype(object)
+    frame.loc[frame.index[0], "score"] = ""
+    result = load_model(trained["run"]).predict_change(frame)
+    assert len(result.scans) == len(frame)
+    assert np.isnan(result.scans["score"].iloc[0]) and result.scans["score"].iloc[1:].notna().all()
+
+
 def test_a_planted_pickle_is_refused(trained: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(trained["run"] / "change-model", folder)
