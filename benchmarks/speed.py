@@ -75,6 +75,7 @@ from learner.io import write_json
 from learner.losses import build_objective
 from learner.losses import functional as fn
 from learner.models import build_encoder
+from learner.train.loader import usable_cpus
 from learner.train.module import LearnerModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu_model": cpu_model,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
+        "usable_cpus": usable_cpus(),
         "physical_cores": len(cores) or None,
         "memory_gib": round(mem_gib, 1),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -184,11 +185,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
 
 
 def alt_threads(threads: int) -> int:

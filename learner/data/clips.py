@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from numpy.typing import DTypeLike
 
 # ITU-R BT.601 luma weights, the usual RGB -> grey conversion.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_EPS = 1e-6
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+EPS = 1e-6
 
 
 def _check_video(video: np.ndarray) -> None:
@@ -49,7 +49,7 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     std = float(x.std(dtype=np.float64))
     # Relative threshold: float32 rounding leaves a constant array a std of ~1e-8 * |mean|,
     # which a fixed eps would blow up into visible noise.
-    if std <= _EPS * max(1.0, abs(mean)):
+    if std <= EPS * max(1.0, abs(mean)):
         return np.zeros(x.shape, dtype=np.float32)
     return ((x - mean) / std).astype(np.float32, copy=False)
 
@@ -112,7 +112,7 @@ def grey_frames(video: np.ndarray) -> np.ndarray:
     """
     if video.ndim != 4:
         return video
-    luma = video.astype(np.float32) @ _LUMA
+    luma = video.astype(np.float32) @ LUMA
     return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
 
 
@@ -212,9 +212,9 @@ def prepare_clip(
         resized = resized.permute(0, 2, 3, 1) if picked.ndim == 4 else resized[:, 0]
         x = resized.numpy()
         lo, hi = float(x.min()), float(x.max())
-        x = (x - lo) / max(hi - lo, _EPS)
+        x = (x - lo) / max(hi - lo, EPS)
     if x.ndim == 4:  # (T, H, W, 3)
-        x = x @ _LUMA if channels == 1 else x
+        x = x @ LUMA if channels == 1 else x
     if x.ndim == 3:  # grey (T, H, W)
         x = x[..., None]
         if channels == 3:

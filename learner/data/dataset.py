@@ -283,10 +283,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
                 x, aug = self._training_slice(index)
                 if self.batch_augment:
                     item[AUGMENT_KEY] = aug
-                else:
-                    x = training_input(x[None], aug[None], kind=kind, channels=self.input.channels)[
-                        0
-                    ]
+                else:  # finished here: the batched arithmetic on a batch of one
+                    x = training_input(x[None], aug[None], kind=kind, channels=self.input.channels)
+                    x = x[0]
             elif kind == "video":
                 x = self._video_item(index)
             elif kind == "image":
@@ -468,10 +467,11 @@ class ScanDataset(Dataset[dict[str, Any]]):
 
 def _with_channels(frames: np.ndarray, channels: int) -> np.ndarray:
     """uint8 frames (T, S, S) grey or (T, S, S, 3) RGB, as RGB where the encoder takes 3
-    channels: a batch mixing grey and colour sources then stacks. A new, writable array."""
+    channels: a batch mixing grey and colour sources then stacks. Writable and contiguous:
+    copied only where needed (a cache entry's read-only map), not the frames a slice made."""
     if channels == 3 and frames.ndim == 3:
         return np.repeat(frames[..., None], 3, axis=-1)
-    return np.array(frames)
+    return np.require(frames, requirements=("C_CONTIGUOUS", "WRITEABLE"))
 
 
 def _eval_frame_indices(n_frames: int, n_segments: int, n_clips: int) -> list[np.ndarray]:

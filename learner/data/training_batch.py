@@ -34,12 +34,10 @@ from typing import Any
 import torch
 
 from learner.data.augment import apply_clip_params, apply_volume_params
+from learner.data.clips import EPS, LUMA
 
 # The key that marks a batch whose input still needs finishing.
 AUGMENT_KEY = "aug"
-# ITU-R BT.601 luma weights (as learner.data.clips uses).
-_LUMA = (0.299, 0.587, 0.114)
-_EPS = 1e-6
 
 
 def is_raw(batch: dict[str, Any]) -> bool:
@@ -76,9 +74,8 @@ def training_input(x: torch.Tensor, aug: torch.Tensor, *, kind: str, channels: i
     """The arithmetic of :func:`finish_training_batch` on the raw input ``x`` and parameters
     ``aug`` (B, P); P = 0: no augmentation."""
     if x.device.type == "cpu" and len(x) > 1:
-        rgb = x.ndim == (5 if kind == "video" else 4) and kind in ("video", "image")
-        per_item = 4 * x[0].numel() * (1 if rgb or kind == "volume" else channels)
-        chunk = max(1, CPU_CHUNK_BYTES // per_item)
+        # At most `channels` floats per raw value (a grey clip expanded to RGB).
+        chunk = max(1, CPU_CHUNK_BYTES // (4 * x[0].numel() * channels))
         if chunk < len(x):
             parts = [
                 _training_input(x[i : i + chunk], aug[i : i + chunk], kind, channels)
@@ -110,7 +107,7 @@ def _as_clip_channels(frames: torch.Tensor, channels: int) -> torch.Tensor:
     x = frames.float() / 255.0
     if x.ndim == 5:  # RGB
         if channels == 1:
-            luma = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
+            luma = torch.as_tensor(LUMA, dtype=x.dtype, device=x.device)
             return (x @ luma)[:, :, None]
         return x.permute(0, 1, 4, 2, 3)
     return x[:, :, None].expand(-1, -1, channels, -1, -1)
@@ -121,8 +118,9 @@ def standardise_clips(clips: torch.Tensor) -> torch.Tensor:
     :func:`learner.data.clips.prepare_clip` standardises one clip)."""
     dims = tuple(range(1, clips.ndim))
     mean = clips.mean(dim=dims, keepdim=True)
-    std = (clips - mean).square().mean(dim=dims, keepdim=True).sqrt()
+    centred = clips - mean
+    std = centred.square().mean(dim=dims, keepdim=True).sqrt()
     # The relative threshold of clips._standardise: float rounding leaves a constant clip a
     # tiny std that a fixed eps would blow up into noise.
-    constant = std <= _EPS * mean.abs().clamp(min=1.0)
-    return torch.where(constant, torch.zeros_like(clips), (clips - mean) / std)
+    constant = std <= EPS * mean.abs().clamp(min=1.0)
+    return (centred / std).masked_fill_(constant, 0.0)

@@ -83,6 +83,10 @@ def cosine_distance_spearman(u: Tensor, y: Tensor, pid: Tensor) -> float:
     return float(spearmanr(d, g).statistic)
 
 
+# Encoders whose input takes the channels-last layout too (4-D stills, 5-D volumes).
+_LAYOUT_INPUTS = ("resnet2d_18", "resnet3d_18")
+
+
 def _memory_format(cfg: Config) -> torch.memory_format | None:
     """The channels-last layout of ``model.encoder``'s convolutions; None for the MLP."""
     if cfg.model.encoder == "mlp":
@@ -115,9 +119,12 @@ class LearnerModule(L.LightningModule):
         # 1.6x faster, 2x with bf16 (benchmarks/reports/gpu-check.md). A 3-D encoder takes
         # its inputs in the same layout; the video encoders fold frames into the batch
         # inside, and cuDNN follows the weights' layout.
-        self._memory_format = _memory_format(self.cfg) if self.cfg.train.channels_last else None
-        if self._memory_format is not None:
-            self.encoder = self.encoder.to(memory_format=self._memory_format)  # type: ignore[call-overload]
+        layout = _memory_format(self.cfg) if self.cfg.train.channels_last else None
+        if layout is not None:
+            self.encoder = self.encoder.to(memory_format=layout)  # type: ignore[call-overload]
+        # Inputs converted to the layout: volumes and stills; a clip's frames are folded into
+        # the batch inside the video encoders.
+        self._input_format = layout if self.cfg.model.encoder in _LAYOUT_INPUTS else None
         embed_dim = int(self.encoder.embed_dim)  # type: ignore[arg-type]
         self.head = RegressionHead(embed_dim)
         # Regularises the score head against memorising patients; identity at evaluation.
@@ -135,10 +142,8 @@ class LearnerModule(L.LightningModule):
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return (u (B, D), normalised score prediction (B,))."""
-        if self._memory_format is torch.channels_last_3d or (
-            self._memory_format is torch.channels_last and x.ndim == 4
-        ):
-            x = x.contiguous(memory_format=self._memory_format)
+        if self._input_format is not None:
+            x = x.contiguous(memory_format=self._input_format)
         u = self.encoder(x)
         return u, self.head(self.head_dropout(u))
 
